@@ -1,0 +1,407 @@
+//! The deduplicated repository: config and keys, the index, blob reads, pack writes, snapshots.
+//!
+//! ```text
+//! Store ──get──▶ Repository::open (config, key) ──load_index──▶ Index
+//!                    │ read_blob / load_tree  (pack range → envelope → zstd → id check)
+//!                    │ BlobWriter::add        (random open pack → finished pack → upload → index file)
+//!                    └ save_snapshot / snapshots / find_snapshot
+//! ```
+
+mod config;
+pub mod index;
+mod writer;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+pub use config::{Compression, CompressionAlgorithm, Config, Encryption, PlainKeys, DEFAULT_PACK_SIZE, DEFAULT_ZSTD_LEVEL};
+pub use index::{Index, Location};
+pub use writer::{BlobWriter, FinishedPack, PackEntries, WriterStats};
+
+use crate::chunk::{Chunker, ChunkerParams};
+use crate::crypto::{Crypto, Domain, KdfParams, KeyFile, MasterKey};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, ObjectId, PackId, SnapshotId};
+use crate::pack::{self, BlobEntry, BlobKind, FLAG_ZSTD, TRAILER_LEN};
+use crate::snapshot::{Snapshot, Tree};
+use crate::store::{Kind, Store, CONFIG_ID};
+
+/// Settings for a new repository.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// `None` creates an unencrypted repository.
+    pub password: Option<Vec<u8>>,
+    /// Argon2id costs for the first key.
+    pub kdf: KdfParams,
+    /// Chunker sizes.
+    pub chunker: ChunkerParams,
+    /// Target pack size.
+    pub pack_size: u32,
+    /// zstd level (0 = off).
+    pub compression_level: i32,
+    /// Recorded in the key file.
+    pub hostname: String,
+    /// Recorded in the key file.
+    pub username: String,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            password: None,
+            kdf: KdfParams::default(),
+            chunker: ChunkerParams::default(),
+            pack_size: DEFAULT_PACK_SIZE,
+            compression_level: DEFAULT_ZSTD_LEVEL,
+            hostname: String::new(),
+            username: String::new(),
+        }
+    }
+}
+
+/// An open repository.
+pub struct Repository {
+    store: Arc<dyn Store>,
+    config: Config,
+    crypto: Crypto,
+    chunker: Chunker,
+    key_id: Option<ObjectId>,
+    index: Index,
+}
+
+/// What loading the index found.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IndexStats {
+    /// Index files read.
+    pub files: usize,
+    /// Packs referenced.
+    pub packs: usize,
+    /// Distinct blobs.
+    pub blobs: usize,
+}
+
+impl Repository {
+    /// Creates a repository in an empty store.
+    pub fn init(store: Arc<dyn Store>, opts: &InitOptions) -> Result<Self> {
+        opts.chunker.validate()?;
+        match store.get(Kind::Config, &CONFIG_ID, None) {
+            Ok(_) => return Err(Error::Invalid(format!("a repository already exists at {}", store.location()))),
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let master = MasterKey::generate();
+        let mut id = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut id);
+        let (encryption, plain_keys) = match opts.password {
+            Some(_) => (Encryption::XChaCha20Poly1305, None),
+            None => (Encryption::None, Some(PlainKeys { id_key: master.id_key, chunker_seed: master.chunker_seed })),
+        };
+        let config = Config {
+            version: 1,
+            id: ObjectId(id),
+            encryption,
+            compression: Compression { algorithm: CompressionAlgorithm::Zstd, level: opts.compression_level },
+            chunker: opts.chunker,
+            pack_size: opts.pack_size,
+            plain_keys,
+        };
+        let mut key_id = None;
+        if let Some(pw) = &opts.password {
+            let kf = KeyFile::create(&master, pw, opts.kdf, &opts.hostname, &opts.username)?;
+            let bytes = serde_json::to_vec_pretty(&kf).expect("key files serialize");
+            let kid = ObjectId::of(&bytes);
+            store.put(Kind::Key, &kid, &bytes)?;
+            key_id = Some(kid);
+        }
+        // The config goes last: a repository without one is not a repository, so a crash during
+        // init leaves nothing that `open` would accept.
+        store.put(Kind::Config, &CONFIG_ID, &config.encode())?;
+        let crypto = if opts.password.is_some() { Crypto::encrypted(&master) } else { Crypto::plain(master.id_key) };
+        let chunker = Chunker::new(config.chunker, master.chunker_seed)?;
+        Ok(Repository { store, config, crypto, chunker, key_id, index: Index::default() })
+    }
+
+    /// Opens an existing repository. `password` is called only if the repository is encrypted.
+    pub fn open(store: Arc<dyn Store>, password: &mut dyn FnMut() -> Result<Vec<u8>>) -> Result<Self> {
+        let bytes = match store.get(Kind::Config, &CONFIG_ID, None) {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::NoRepository { location: store.location(), reason: "no config file".into() })
+            }
+            Err(e) => return Err(e),
+        };
+        let config = Config::decode(&bytes)?;
+        let (crypto, seed, key_id) = if let (Encryption::None, Some(pk)) = (config.encryption, config.plain_keys) {
+            (Crypto::plain(pk.id_key), pk.chunker_seed, None)
+        } else {
+            let pw = password()?;
+            let (kid, master) = Self::unlock(&*store, &pw)?;
+            (Crypto::encrypted(&master), master.chunker_seed, Some(kid))
+        };
+        let chunker = Chunker::new(config.chunker, seed)?;
+        Ok(Repository { store, config, crypto, chunker, key_id, index: Index::default() })
+    }
+
+    fn unlock(store: &dyn Store, password: &[u8]) -> Result<(ObjectId, MasterKey)> {
+        let keys = store.list(Kind::Key)?;
+        if keys.is_empty() {
+            return Err(Error::corrupt(Kind::Key, "-", "the repository is encrypted but has no key files"));
+        }
+        let mut damaged = None;
+        for (id, _) in keys {
+            let parsed = store.get(Kind::Key, &id, None).and_then(|b| KeyFile::decode(&b, &id));
+            match parsed.and_then(|kf| kf.open(password, &id)) {
+                Ok(Some(master)) => return Ok((id, master)),
+                Ok(None) => {}
+                Err(e) => damaged = Some(e),
+            }
+        }
+        Err(damaged.unwrap_or(Error::WrongPassword))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Envelope and id functions.
+    pub fn crypto(&self) -> &Crypto {
+        &self.crypto
+    }
+
+    /// The configured chunker.
+    pub fn chunker(&self) -> &Chunker {
+        &self.chunker
+    }
+
+    /// The key file this session unlocked with.
+    pub fn key_id(&self) -> Option<ObjectId> {
+        self.key_id
+    }
+
+    /// The loaded index (empty until [`Repository::load_index`]).
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Reads every index file into memory.
+    pub fn load_index(&mut self) -> Result<IndexStats> {
+        let mut index = Index::default();
+        let files = self.store.list(Kind::Index)?;
+        for (id, _) in &files {
+            let bytes = self.store.get(Kind::Index, id, None)?;
+            for (pack, entries) in index::open(&self.crypto, id, &bytes)? {
+                index.add_pack(pack, &entries);
+            }
+        }
+        self.index = index;
+        Ok(IndexStats { files: files.len(), packs: self.index.packs().len(), blobs: self.index.len() })
+    }
+
+    /// Adds entries to the in-memory index (after this process wrote or adopted packs).
+    pub fn index_add(&mut self, pack: PackId, entries: &[BlobEntry]) {
+        self.index.add_pack(pack, entries);
+    }
+
+    /// Writes an index file for `packs`.
+    pub fn write_index(&self, packs: &[(PackId, Vec<BlobEntry>)]) -> Result<ObjectId> {
+        let (id, bytes) = index::seal(&self.crypto, packs);
+        self.store.put(Kind::Index, &id, &bytes)?;
+        Ok(id)
+    }
+
+    /// Compresses (when worth it) and seals a blob's plaintext: `(flags, envelope)`.
+    pub fn encode_blob(&self, compressor: Option<&mut zstd::bulk::Compressor<'_>>, plain: &[u8]) -> (u8, Vec<u8>) {
+        if let Some(c) = compressor {
+            if plain.len() >= 64 {
+                if let Ok(z) = c.compress(plain) {
+                    if z.len() <= plain.len() - plain.len() / 32 {
+                        return (FLAG_ZSTD, self.crypto.seal(Domain::Blob, &z));
+                    }
+                }
+            }
+        }
+        (0, self.crypto.seal(Domain::Blob, plain))
+    }
+
+    /// A zstd compressor at the configured level, or `None` when compression is off.
+    pub fn compressor(&self) -> Option<zstd::bulk::Compressor<'static>> {
+        let level = self.config.compression.level;
+        (level != 0).then(|| zstd::bulk::Compressor::new(level).expect("zstd accepts the configured level"))
+    }
+
+    /// Opens, decompresses and verifies a blob envelope read from its pack.
+    pub fn decode_blob(&self, id: &BlobId, loc: &Location, envelope: &[u8]) -> Result<Vec<u8>> {
+        let kind = if loc.kind() == BlobKind::Tree { Kind::Tree } else { Kind::Blob };
+        let payload = self.crypto.open(Domain::Blob, envelope, kind, id)?;
+        let plain = if loc.flags() & FLAG_ZSTD != 0 {
+            let mut out = Vec::with_capacity(loc.raw_len as usize);
+            zstd::stream::copy_decode(payload.as_slice(), &mut out).map_err(|e| Error::corrupt(kind, id, format!("zstd: {e}")))?;
+            out
+        } else {
+            payload
+        };
+        if plain.len() != loc.raw_len as usize {
+            return Err(Error::corrupt(kind, id, format!("length {} instead of {}", plain.len(), loc.raw_len)));
+        }
+        if self.crypto.blob_id(&plain) != *id {
+            return Err(Error::corrupt(kind, id, "content does not match its id"));
+        }
+        Ok(plain)
+    }
+
+    /// Reads one blob by id.
+    pub fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
+        let (pack, loc) = self.index.get(id).ok_or_else(|| Error::NotFound { kind: Kind::Blob, id: id.to_hex() })?;
+        let env = self.store.get(Kind::Pack, &pack, Some(loc.range()))?;
+        if env.len() != loc.stored_len as usize {
+            return Err(Error::corrupt(Kind::Pack, pack, format!("blob {} is cut short (pack truncated?)", id.short())));
+        }
+        self.decode_blob(id, &loc, &env)
+    }
+
+    /// Reads and parses a tree.
+    pub fn load_tree(&self, id: &BlobId) -> Result<Tree> {
+        let bytes = self.read_blob(id)?;
+        Tree::decode(&bytes).map_err(|r| Error::corrupt(Kind::Tree, id, r))
+    }
+
+    /// Stores a snapshot object; call only after everything it references is indexed.
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
+        let (id, bytes) = snap.seal(&self.crypto);
+        self.store.put(Kind::Snapshot, &id, &bytes)?;
+        Ok(id)
+    }
+
+    /// Loads one snapshot.
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let bytes = self.store.get(Kind::Snapshot, id, None)?;
+        Snapshot::open(&self.crypto, id, &bytes)
+    }
+
+    /// All snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let mut out = Vec::new();
+        for (id, _) in self.store.list(Kind::Snapshot)? {
+            out.push((id, self.load_snapshot(&id)?));
+        }
+        out.sort_by(|a, b| a.1.datetime().cmp(&b.1.datetime()).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Resolves `latest` or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
+        if spec == "latest" {
+            return self.snapshots()?.pop().ok_or_else(|| Error::Invalid("the repository has no snapshots yet".into()));
+        }
+        let spec = spec.to_ascii_lowercase();
+        if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Invalid(format!("{spec:?} is neither `latest` nor a hex snapshot id prefix")));
+        }
+        let ids: Vec<ObjectId> = self.store.list(Kind::Snapshot)?.into_iter().map(|(id, _)| id).filter(|id| id.to_hex().starts_with(&spec)).collect();
+        match ids.as_slice() {
+            [id] => Ok((*id, self.load_snapshot(id)?)),
+            [] => Err(Error::Invalid(format!("no snapshot with id prefix {spec}"))),
+            _ => Err(Error::Invalid(format!("snapshot prefix {spec} is ambiguous ({} matches); give more characters", ids.len()))),
+        }
+    }
+
+    /// Reads a pack's header (trailer, then header envelope).
+    pub fn read_pack_header(&self, id: &PackId, len: u64) -> Result<Vec<BlobEntry>> {
+        if len < TRAILER_LEN as u64 {
+            return Err(Error::corrupt(Kind::Pack, id, format!("{len} bytes is too short to be a pack")));
+        }
+        let trailer = self.store.get(Kind::Pack, id, Some(len - TRAILER_LEN as u64..len))?;
+        let (off, hlen) = pack::header_location(len, &trailer, id)?;
+        let sealed = self.store.get(Kind::Pack, id, Some(off..off + hlen))?;
+        pack::parse_header(&self.crypto, &sealed, off, id)
+    }
+
+    /// Packs in the store that no index file references (left by an interrupted backup).
+    pub fn unindexed_packs(&self) -> Result<Vec<(PackId, u64)>> {
+        Ok(self.store.list(Kind::Pack)?.into_iter().filter(|(id, _)| !self.index.has_pack(id)).collect())
+    }
+
+    /// Indexes packs that an interrupted backup wrote but did not index, from their headers, so
+    /// their blobs are reused instead of uploaded again. Damaged packs are skipped and returned.
+    pub fn adopt_packs(&mut self) -> Result<(usize, Vec<(PackId, Error)>)> {
+        let mut adopted = Vec::new();
+        let mut damaged = Vec::new();
+        for (id, len) in self.unindexed_packs()? {
+            match self.read_pack_header(&id, len) {
+                Ok(entries) => adopted.push((id, entries)),
+                Err(e @ Error::Corrupt { .. }) => damaged.push((id, e)),
+                Err(e) => return Err(e),
+            }
+        }
+        if !adopted.is_empty() {
+            self.write_index(&adopted)?;
+            for (id, entries) in &adopted {
+                self.index.add_pack(*id, entries);
+            }
+        }
+        Ok((adopted.len(), damaged))
+    }
+
+    /// Key files with their ids.
+    pub fn keys(&self) -> Result<Vec<(ObjectId, KeyFile)>> {
+        let mut out = Vec::new();
+        for (id, _) in self.store.list(Kind::Key)? {
+            let bytes = self.store.get(Kind::Key, &id, None)?;
+            out.push((id, KeyFile::decode(&bytes, &id)?));
+        }
+        Ok(out)
+    }
+
+    /// Adds a password: a new key file wrapping the same master key.
+    pub fn add_key(&self, password: &[u8], kdf: KdfParams, hostname: &str, username: &str, current_password: &[u8]) -> Result<ObjectId> {
+        if !self.crypto.is_encrypted() {
+            return Err(Error::Invalid("this repository is not encrypted; it has no keys".into()));
+        }
+        let (_, master) = Self::unlock(&*self.store, current_password)?;
+        let kf = KeyFile::create(&master, password, kdf, hostname, username)?;
+        let bytes = serde_json::to_vec_pretty(&kf).expect("key files serialize");
+        let id = ObjectId::of(&bytes);
+        self.store.put(Kind::Key, &id, &bytes)?;
+        Ok(id)
+    }
+
+    /// Removes a key file by id prefix; refuses the key in use and the last key.
+    pub fn remove_key(&self, prefix: &str) -> Result<ObjectId> {
+        let keys: Vec<ObjectId> = self.store.list(Kind::Key)?.into_iter().map(|(id, _)| id).collect();
+        let matching: Vec<&ObjectId> = keys.iter().filter(|id| id.to_hex().starts_with(&prefix.to_ascii_lowercase())).collect();
+        let id = match matching.as_slice() {
+            [id] => **id,
+            [] => return Err(Error::Invalid(format!("no key with id prefix {prefix}"))),
+            _ => return Err(Error::Invalid(format!("key prefix {prefix} is ambiguous"))),
+        };
+        if Some(id) == self.key_id {
+            return Err(Error::Invalid("refusing to remove the key this command was unlocked with; use another password".into()));
+        }
+        if keys.len() <= 1 {
+            return Err(Error::Invalid("refusing to remove the last key".into()));
+        }
+        self.store.delete(Kind::Key, &id)?;
+        Ok(id)
+    }
+
+    /// Every tree reachable from `roots`, each visited once: calls `each(tree_id, tree)`.
+    pub fn walk_trees(&self, roots: &[BlobId], each: &mut dyn FnMut(&BlobId, &Tree) -> Result<()>) -> Result<()> {
+        let mut seen = HashSet::new();
+        let mut stack: Vec<BlobId> = roots.to_vec();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            let tree = self.load_tree(&id)?;
+            each(&id, &tree)?;
+            stack.extend(tree.nodes.iter().filter_map(|n| n.subtree));
+        }
+        Ok(())
+    }
+}

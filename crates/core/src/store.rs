@@ -1,0 +1,96 @@
+//! The storage boundary: every repository byte goes through a [`Store`]. Implementations live
+//! in `tidemark-store` (local directory) and `tidemark-testkit` (memory, fault injection); wrappers
+//! add behaviour (counting, failing) without flags inside adapters.
+
+use std::fmt;
+use std::ops::Range;
+
+use crate::error::Result;
+use crate::id::ObjectId;
+
+/// The kinds of objects a repository holds; each is a separate namespace in a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// The single `config` object (id all zeros).
+    Config,
+    /// Key files wrapping the master key.
+    Key,
+    /// Snapshot objects.
+    Snapshot,
+    /// Index files.
+    Index,
+    /// Pack files.
+    Pack,
+    /// A blob inside a pack (only used in error messages).
+    Blob,
+    /// A tree blob (only used in error messages).
+    Tree,
+}
+
+impl Kind {
+    /// Every kind a store holds as separate objects, in the order `check` walks them.
+    pub const STORED: [Kind; 5] = [Kind::Config, Kind::Key, Kind::Snapshot, Kind::Index, Kind::Pack];
+
+    /// The directory name of this kind in a local store.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Kind::Config => "",
+            Kind::Key => "keys",
+            Kind::Snapshot => "snapshots",
+            Kind::Index => "index",
+            Kind::Pack | Kind::Blob | Kind::Tree => "data",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Config => "config",
+            Kind::Key => "key",
+            Kind::Snapshot => "snapshot",
+            Kind::Index => "index",
+            Kind::Pack => "pack",
+            Kind::Blob => "blob",
+            Kind::Tree => "tree",
+        })
+    }
+}
+
+/// Where a repository's objects live: a directory, S3, a peer, memory.
+///
+/// Blocking by design; the daemon calls it from worker threads.
+pub trait Store: Send + Sync + 'static {
+    /// Stores `bytes` atomically: afterwards the object is wholly there or not at all, and it is
+    /// durable when this returns. Same id, same bytes: a second put of an existing id may be a no-op.
+    fn put(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<()>;
+    /// Reads an object, or the byte `range` of it. A missing object is `Error::NotFound`.
+    fn get(&self, kind: Kind, id: &ObjectId, range: Option<Range<u64>>) -> Result<Vec<u8>>;
+    /// Lists the objects of a kind with their sizes, in no particular order.
+    fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>>;
+    /// Deletes an object; deleting a missing object is not an error.
+    fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()>;
+    /// A human-readable location for messages (`/srv/repo`, `s3:…`).
+    fn location(&self) -> String;
+}
+
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn put(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<()> {
+        (**self).put(kind, id, bytes)
+    }
+    fn get(&self, kind: Kind, id: &ObjectId, range: Option<Range<u64>>) -> Result<Vec<u8>> {
+        (**self).get(kind, id, range)
+    }
+    fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
+        (**self).list(kind)
+    }
+    fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
+        (**self).delete(kind, id)
+    }
+    fn location(&self) -> String {
+        (**self).location()
+    }
+}
+
+/// The fixed id of the config object.
+pub const CONFIG_ID: ObjectId = ObjectId([0; 32]);

@@ -1,0 +1,179 @@
+//! `Store` adapters for tidemark repositories. [`LocalStore`]: a directory on a local or mounted
+//! filesystem, with atomic, durable puts (write temp, fsync, rename, fsync directory).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+use tidemark_core::id::ObjectId;
+use tidemark_core::store::{Kind, Store, CONFIG_ID};
+use tidemark_core::{Error, Result};
+
+/// A repository in a local directory (layout in `docs/format.md` §1).
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// A store rooted at `root`; directories are created on first write.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStore { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir(&self, kind: Kind, id: &ObjectId) -> PathBuf {
+        match kind {
+            Kind::Config => self.root.clone(),
+            Kind::Pack | Kind::Blob | Kind::Tree => self.root.join("data").join(&id.to_hex()[..2]),
+            _ => self.root.join(kind.dir_name()),
+        }
+    }
+
+    fn path(&self, kind: Kind, id: &ObjectId) -> PathBuf {
+        if kind == Kind::Config {
+            self.root.join("config")
+        } else {
+            self.dir(kind, id).join(id.to_hex())
+        }
+    }
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+impl Store for LocalStore {
+    fn put(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<()> {
+        let dir = self.dir(kind, id);
+        let final_path = self.path(kind, id);
+        if kind != Kind::Config && final_path.exists() {
+            return Ok(()); // same id, same bytes
+        }
+        let created = !dir.exists();
+        fs::create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
+        if created {
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent).map_err(|e| Error::io("syncing directory", parent, e))?;
+            }
+        }
+        let tmp = dir.join(format!(".tmp-{:016x}", rand::thread_rng().next_u64()));
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &final_path)?;
+            sync_dir(&dir)
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io("writing", &final_path, e)
+        })
+    }
+
+    fn get(&self, kind: Kind, id: &ObjectId, range: Option<Range<u64>>) -> Result<Vec<u8>> {
+        let path = self.path(kind, id);
+        let mut f = File::open(&path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => Error::NotFound { kind, id: if kind == Kind::Config { "config".into() } else { id.to_hex() } },
+            _ => Error::io("opening", &path, e),
+        })?;
+        let read = |f: &mut File| -> std::io::Result<Vec<u8>> {
+            match range {
+                None => {
+                    let mut v = Vec::new();
+                    f.read_to_end(&mut v)?;
+                    Ok(v)
+                }
+                Some(r) => {
+                    let len = r.end.saturating_sub(r.start) as usize;
+                    let mut v = vec![0; len];
+                    f.seek(SeekFrom::Start(r.start))?;
+                    let mut got = 0;
+                    while got < len {
+                        match f.read(&mut v[got..])? {
+                            0 => break,
+                            n => got += n,
+                        }
+                    }
+                    v.truncate(got);
+                    Ok(v)
+                }
+            }
+        };
+        read(&mut f).map_err(|e| Error::io("reading", &path, e))
+    }
+
+    fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
+        if kind == Kind::Config {
+            let p = self.root.join("config");
+            return Ok(p.metadata().map(|m| vec![(CONFIG_ID, m.len())]).unwrap_or_default());
+        }
+        let base = self.root.join(kind.dir_name());
+        let dirs: Vec<PathBuf> = if kind == Kind::Pack {
+            match fs::read_dir(&base) {
+                Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect(),
+                Err(e) if e.kind() == ErrorKind::NotFound => vec![],
+                Err(e) => return Err(Error::io("listing", &base, e)),
+            }
+        } else {
+            vec![base]
+        };
+        let mut out = Vec::new();
+        for d in dirs {
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("listing", &d, e)),
+            };
+            for e in rd {
+                let e = e.map_err(|e| Error::io("listing", &d, e))?;
+                let name = e.file_name();
+                let Some(name) = name.to_str() else { continue };
+                // Temp files of interrupted writes start with '.', and are not objects.
+                let Some(id) = ObjectId::from_hex(name) else { continue };
+                let len = e.metadata().map_err(|err| Error::io("stat", e.path(), err))?.len();
+                out.push((id, len));
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
+        let p = self.path(kind, id);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("deleting", &p, e)),
+        }
+    }
+
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_store_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        tidemark_testkit::store_suite(&LocalStore::new(dir.path().join("repo")));
+    }
+
+    #[test]
+    fn temp_files_are_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(dir.path());
+        s.put(Kind::Index, &ObjectId([1; 32]), b"x").unwrap();
+        fs::write(dir.path().join("index/.tmp-123"), b"partial").unwrap();
+        assert_eq!(s.list(Kind::Index).unwrap(), vec![(ObjectId([1; 32]), 1)]);
+    }
+}

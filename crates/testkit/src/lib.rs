@@ -1,0 +1,200 @@
+//! Test doubles and conformance suites for tidemark: an in-memory [`MemStore`], a
+//! [`CrashStore`] that stops accepting writes after a countdown (a simulated crash at each write
+//! point), a [`CountingStore`], the [`store_suite`] every `Store` must pass, and seeded data.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use rand::{RngCore, SeedableRng};
+use tidemark_core::id::ObjectId;
+use tidemark_core::store::{Kind, Store, CONFIG_ID};
+use tidemark_core::{Error, Result};
+
+/// A store in memory.
+#[derive(Default)]
+pub struct MemStore {
+    objects: Mutex<BTreeMap<(Kind, ObjectId), Vec<u8>>>,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Flips one bit of an object (to test damage detection).
+    pub fn corrupt(&self, kind: Kind, id: &ObjectId, byte: usize) {
+        let mut o = self.objects.lock().unwrap();
+        let v = o.get_mut(&(kind, *id)).expect("object exists");
+        let i = byte % v.len();
+        v[i] ^= 0x10;
+    }
+}
+
+fn slice(v: &[u8], range: Option<Range<u64>>) -> Vec<u8> {
+    match range {
+        None => v.to_vec(),
+        Some(r) => {
+            let s = (r.start as usize).min(v.len());
+            let e = (r.end as usize).min(v.len());
+            v[s..e.max(s)].to_vec()
+        }
+    }
+}
+
+impl Store for MemStore {
+    fn put(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<()> {
+        self.objects.lock().unwrap().insert((kind, *id), bytes.to_vec());
+        Ok(())
+    }
+    fn get(&self, kind: Kind, id: &ObjectId, range: Option<Range<u64>>) -> Result<Vec<u8>> {
+        let o = self.objects.lock().unwrap();
+        let v = o.get(&(kind, *id)).ok_or_else(|| Error::NotFound { kind, id: id.to_hex() })?;
+        Ok(slice(v, range))
+    }
+    fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
+        Ok(self.objects.lock().unwrap().iter().filter(|((k, _), _)| *k == kind).map(|((_, id), v)| (*id, v.len() as u64)).collect())
+    }
+    fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
+        self.objects.lock().unwrap().remove(&(kind, *id));
+        Ok(())
+    }
+    fn location(&self) -> String {
+        "memory".into()
+    }
+}
+
+/// Wraps a store; after `budget` successful puts every put fails, as if the process died there.
+/// Reads keep working, so the test can then inspect what a crash at that point leaves behind.
+pub struct CrashStore<S> {
+    inner: S,
+    budget: AtomicUsize,
+    /// Puts that went through.
+    pub puts: AtomicUsize,
+}
+
+impl<S: Store> CrashStore<S> {
+    /// Allows `budget` puts, then fails.
+    pub fn new(inner: S, budget: usize) -> Self {
+        CrashStore { inner, budget: AtomicUsize::new(budget), puts: AtomicUsize::new(0) }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: Store> Store for CrashStore<S> {
+    fn put(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<()> {
+        if self.budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1)).is_err() {
+            return Err(Error::io("writing", format!("{kind} {}", id.short()), std::io::Error::other("simulated crash")));
+        }
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        self.inner.put(kind, id, bytes)
+    }
+    fn get(&self, kind: Kind, id: &ObjectId, range: Option<Range<u64>>) -> Result<Vec<u8>> {
+        self.inner.get(kind, id, range)
+    }
+    fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
+        self.inner.list(kind)
+    }
+    fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
+        self.inner.delete(kind, id)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
+/// Counts bytes put into a store (to show that a second backup re-sends nothing).
+pub struct CountingStore<S> {
+    inner: S,
+    /// Bytes of pack objects put.
+    pub pack_bytes: AtomicU64,
+}
+
+impl<S: Store> CountingStore<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        CountingStore { inner, pack_bytes: AtomicU64::new(0) }
+    }
+}
+
+impl<S: Store> Store for CountingStore<S> {
+    fn put(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<()> {
+        if kind == Kind::Pack {
+            self.pack_bytes.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+        }
+        self.inner.put(kind, id, bytes)
+    }
+    fn get(&self, kind: Kind, id: &ObjectId, range: Option<Range<u64>>) -> Result<Vec<u8>> {
+        self.inner.get(kind, id, range)
+    }
+    fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
+        self.inner.list(kind)
+    }
+    fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
+        self.inner.delete(kind, id)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
+/// The behaviour every `Store` must show. Panics on the first violation.
+pub fn store_suite(store: &dyn Store) {
+    let a = ObjectId([0xaa; 32]);
+    let b = ObjectId([0xbb; 32]);
+    for kind in [Kind::Key, Kind::Snapshot, Kind::Index, Kind::Pack] {
+        assert!(store.list(kind).unwrap().is_empty(), "{kind}: new store lists nothing");
+        assert!(matches!(store.get(kind, &a, None), Err(Error::NotFound { .. })), "{kind}: missing object is NotFound");
+        store.put(kind, &a, b"hello world").unwrap();
+        store.put(kind, &a, b"hello world").unwrap(); // idempotent
+        store.put(kind, &b, b"").unwrap();
+        assert_eq!(store.get(kind, &a, None).unwrap(), b"hello world");
+        assert_eq!(store.get(kind, &a, Some(6..11)).unwrap(), b"world");
+        assert_eq!(store.get(kind, &b, None).unwrap(), b"");
+        let mut l = store.list(kind).unwrap();
+        l.sort();
+        assert_eq!(l, vec![(a, 11), (b, 0)], "{kind}: list gives ids and sizes");
+        store.delete(kind, &a).unwrap();
+        store.delete(kind, &a).unwrap(); // deleting a missing object is fine
+        assert_eq!(store.list(kind).unwrap(), vec![(b, 0)]);
+        store.delete(kind, &b).unwrap();
+    }
+    // Kinds are separate namespaces.
+    store.put(Kind::Index, &a, b"i").unwrap();
+    assert!(store.get(Kind::Snapshot, &a, None).is_err());
+    store.delete(Kind::Index, &a).unwrap();
+    // The config has a fixed id and can be replaced.
+    store.put(Kind::Config, &CONFIG_ID, b"{}").unwrap();
+    assert_eq!(store.get(Kind::Config, &CONFIG_ID, None).unwrap(), b"{}");
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn seeded_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_store_conformance() {
+        store_suite(&MemStore::new());
+    }
+
+    #[test]
+    fn crash_store_stops_after_budget() {
+        let s = CrashStore::new(MemStore::new(), 1);
+        s.put(Kind::Index, &ObjectId([1; 32]), b"a").unwrap();
+        assert!(s.put(Kind::Index, &ObjectId([2; 32]), b"b").is_err());
+        assert_eq!(s.list(Kind::Index).unwrap().len(), 1);
+    }
+}
