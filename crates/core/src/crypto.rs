@@ -72,7 +72,12 @@ impl MasterKey {
         rng.fill_bytes(&mut encrypt);
         rng.fill_bytes(&mut id_key);
         let chunker_seed = rng.next_u64() | 1;
-        MasterKey { version: 1, encrypt, id_key, chunker_seed }
+        MasterKey {
+            version: 1,
+            encrypt,
+            id_key,
+            chunker_seed,
+        }
     }
 }
 
@@ -86,12 +91,18 @@ pub struct Crypto {
 impl Crypto {
     /// Encryption with `key`.
     pub fn encrypted(key: &MasterKey) -> Self {
-        Crypto { cipher: Some(XChaCha20Poly1305::new((&key.encrypt).into())), id_key: key.id_key }
+        Crypto {
+            cipher: Some(XChaCha20Poly1305::new((&key.encrypt).into())),
+            id_key: key.id_key,
+        }
     }
 
     /// No encryption; ids are still keyed with `id_key`.
     pub fn plain(id_key: [u8; 32]) -> Self {
-        Crypto { cipher: None, id_key }
+        Crypto {
+            cipher: None,
+            id_key,
+        }
     }
 
     /// Whether envelopes are encrypted.
@@ -101,7 +112,11 @@ impl Crypto {
 
     /// Bytes an envelope adds to its plaintext.
     pub fn overhead(&self) -> usize {
-        if self.cipher.is_some() { ENVELOPE_OVERHEAD } else { 0 }
+        if self.cipher.is_some() {
+            ENVELOPE_OVERHEAD
+        } else {
+            0
+        }
     }
 
     /// The blob id of `plaintext`.
@@ -111,11 +126,19 @@ impl Crypto {
 
     /// Wraps `plaintext` in an envelope.
     pub fn seal(&self, domain: Domain, plaintext: &[u8]) -> Vec<u8> {
-        let Some(cipher) = &self.cipher else { return plaintext.to_vec() };
+        let Some(cipher) = &self.cipher else {
+            return plaintext.to_vec();
+        };
         let mut nonce = [0u8; 24];
         rand::thread_rng().fill_bytes(&mut nonce);
         let ct = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: domain.aad() })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: domain.aad(),
+                },
+            )
             .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
         let mut out = Vec::with_capacity(24 + ct.len());
         out.extend_from_slice(&nonce);
@@ -124,15 +147,39 @@ impl Crypto {
     }
 
     /// Opens an envelope; `kind` and `id` only name the object in the error.
-    pub fn open(&self, domain: Domain, envelope: &[u8], kind: Kind, id: &dyn std::fmt::Display) -> Result<Vec<u8>> {
-        let Some(cipher) = &self.cipher else { return Ok(envelope.to_vec()) };
+    pub fn open(
+        &self,
+        domain: Domain,
+        envelope: &[u8],
+        kind: Kind,
+        id: &dyn std::fmt::Display,
+    ) -> Result<Vec<u8>> {
+        let Some(cipher) = &self.cipher else {
+            return Ok(envelope.to_vec());
+        };
         if envelope.len() < ENVELOPE_OVERHEAD {
-            return Err(Error::corrupt(kind, id, format!("envelope of {} bytes is shorter than 40", envelope.len())));
+            return Err(Error::corrupt(
+                kind,
+                id,
+                format!("envelope of {} bytes is shorter than 40", envelope.len()),
+            ));
         }
         let (nonce, ct) = envelope.split_at(24);
         cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: domain.aad() })
-            .map_err(|_| Error::corrupt(kind, id, "authentication failed (bit rot, tampering, or a different key)"))
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: domain.aad(),
+                },
+            )
+            .map_err(|_| {
+                Error::corrupt(
+                    kind,
+                    id,
+                    "authentication failed (bit rot, tampering, or a different key)",
+                )
+            })
     }
 }
 
@@ -150,7 +197,11 @@ pub struct KdfParams {
 impl Default for KdfParams {
     /// 64 MiB, 3 passes, 1 lane: ~0.2 s on this class of machine (OWASP's second recommended set).
     fn default() -> Self {
-        KdfParams { m_cost_kib: 64 * 1024, t_cost: 3, p_cost: 1 }
+        KdfParams {
+            m_cost_kib: 64 * 1024,
+            t_cost: 3,
+            p_cost: 1,
+        }
     }
 }
 
@@ -191,7 +242,13 @@ fn derive(password: &[u8], salt: &[u8], params: KdfParams) -> Result<[u8; 32]> {
 
 impl KeyFile {
     /// Wraps `key` with `password`.
-    pub fn create(key: &MasterKey, password: &[u8], params: KdfParams, hostname: &str, username: &str) -> Result<Self> {
+    pub fn create(
+        key: &MasterKey,
+        password: &[u8],
+        params: KdfParams,
+        hostname: &str,
+        username: &str,
+    ) -> Result<Self> {
         let mut salt = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut salt);
         let kek = derive(password, &salt, params)?;
@@ -200,7 +257,13 @@ impl KeyFile {
         rand::thread_rng().fill_bytes(&mut nonce);
         let plain = serde_json::to_vec(key).expect("master key serializes");
         let ct = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: &plain, aad: KEY_AAD })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: KEY_AAD,
+                },
+            )
             .expect("encryption of a small buffer cannot fail");
         let mut data = nonce.to_vec();
         data.extend_from_slice(&ct);
@@ -218,37 +281,69 @@ impl KeyFile {
 
     /// Parses a stored key file.
     pub fn decode(bytes: &[u8], id: &dyn std::fmt::Display) -> Result<Self> {
-        let kf: KeyFile = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(Kind::Key, id, format!("not a key file: {e}")))?;
+        let kf: KeyFile = serde_json::from_slice(bytes)
+            .map_err(|e| Error::corrupt(Kind::Key, id, format!("not a key file: {e}")))?;
         if kf.version != 1 {
-            return Err(Error::UnsupportedVersion { kind: Kind::Key, id: id.to_string(), version: kf.version, supported: 1 });
+            return Err(Error::UnsupportedVersion {
+                kind: Kind::Key,
+                id: id.to_string(),
+                version: kf.version,
+                supported: 1,
+            });
         }
         if kf.kdf != "argon2id" {
-            return Err(Error::corrupt(Kind::Key, id, format!("unknown kdf {:?}", kf.kdf)));
+            return Err(Error::corrupt(
+                Kind::Key,
+                id,
+                format!("unknown kdf {:?}", kf.kdf),
+            ));
         }
         Ok(kf)
     }
 
     /// Unwraps the master key. `Ok(None)` means the password does not open this key file.
     pub fn open(&self, password: &[u8], id: &dyn std::fmt::Display) -> Result<Option<MasterKey>> {
-        let salt = B64.decode(&self.salt).map_err(|e| Error::corrupt(Kind::Key, id, format!("salt: {e}")))?;
-        let data = B64.decode(&self.data).map_err(|e| Error::corrupt(Kind::Key, id, format!("data: {e}")))?;
+        let salt = B64
+            .decode(&self.salt)
+            .map_err(|e| Error::corrupt(Kind::Key, id, format!("salt: {e}")))?;
+        let data = B64
+            .decode(&self.data)
+            .map_err(|e| Error::corrupt(Kind::Key, id, format!("data: {e}")))?;
         if data.len() < ENVELOPE_OVERHEAD {
             return Err(Error::corrupt(Kind::Key, id, "data too short"));
         }
         // Bound the cost an attacker-supplied key file can make us pay.
-        if self.params.m_cost_kib > 4 * 1024 * 1024 || self.params.t_cost > 100 || self.params.p_cost > 64 {
-            return Err(Error::corrupt(Kind::Key, id, "unreasonable Argon2id parameters"));
+        if self.params.m_cost_kib > 4 * 1024 * 1024
+            || self.params.t_cost > 100
+            || self.params.p_cost > 64
+        {
+            return Err(Error::corrupt(
+                Kind::Key,
+                id,
+                "unreasonable Argon2id parameters",
+            ));
         }
         let kek = derive(password, &salt, self.params)?;
         let cipher = XChaCha20Poly1305::new((&kek).into());
         let (nonce, ct) = data.split_at(24);
-        let Ok(plain) = cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: KEY_AAD }) else {
+        let Ok(plain) = cipher.decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: ct,
+                aad: KEY_AAD,
+            },
+        ) else {
             return Ok(None);
         };
-        let key: MasterKey =
-            serde_json::from_slice(&plain).map_err(|e| Error::corrupt(Kind::Key, id, format!("master key: {e}")))?;
+        let key: MasterKey = serde_json::from_slice(&plain)
+            .map_err(|e| Error::corrupt(Kind::Key, id, format!("master key: {e}")))?;
         if key.version != 1 {
-            return Err(Error::UnsupportedVersion { kind: Kind::Key, id: id.to_string(), version: key.version, supported: 1 });
+            return Err(Error::UnsupportedVersion {
+                kind: Kind::Key,
+                id: id.to_string(),
+                version: key.version,
+                supported: 1,
+            });
         }
         Ok(Some(key))
     }
@@ -274,14 +369,21 @@ pub(crate) mod hex32 {
 mod tests {
     use super::*;
 
-    const CHEAP: KdfParams = KdfParams { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
+    const CHEAP: KdfParams = KdfParams {
+        m_cost_kib: 64,
+        t_cost: 1,
+        p_cost: 1,
+    };
 
     #[test]
     fn envelope_round_trip_and_domain_binding() {
         let c = Crypto::encrypted(&MasterKey::generate());
         let env = c.seal(Domain::Blob, b"hello");
         assert_eq!(env.len(), 5 + ENVELOPE_OVERHEAD);
-        assert_eq!(c.open(Domain::Blob, &env, Kind::Blob, &"x").unwrap(), b"hello");
+        assert_eq!(
+            c.open(Domain::Blob, &env, Kind::Blob, &"x").unwrap(),
+            b"hello"
+        );
         assert!(c.open(Domain::Snapshot, &env, Kind::Blob, &"x").is_err());
         let mut bad = env.clone();
         bad[30] ^= 1;

@@ -20,19 +20,37 @@ pub enum Error {
     NotFound { kind: Kind, id: String },
     /// An object exists but its bytes are damaged or not what the format allows.
     #[error("{kind} {id} is damaged: {reason}")]
-    Corrupt { kind: Kind, id: String, reason: String },
+    Corrupt {
+        kind: Kind,
+        id: String,
+        reason: String,
+    },
     /// A format version this build cannot read.
     #[error("{kind} {id} has format version {version}, this tidemark reads version {supported}")]
-    UnsupportedVersion { kind: Kind, id: String, version: u32, supported: u32 },
+    UnsupportedVersion {
+        kind: Kind,
+        id: String,
+        version: u32,
+        supported: u32,
+    },
     /// An I/O error, with what was being done and on which path.
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, #[source] source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// A request that cannot be satisfied (bad snapshot prefix, bad option …).
     #[error("{0}")]
     Invalid(String),
     /// A restore refused an entry that would write outside the target.
     #[error("refusing unsafe path {path:?} in tree {tree}: {reason}")]
-    UnsafePath { path: String, tree: String, reason: String },
+    UnsafePath {
+        path: String,
+        tree: String,
+        reason: String,
+    },
     /// A previous write failed; this handle no longer accepts work.
     #[error("stopped after an earlier write error: {0}")]
     Poisoned(String),
@@ -47,11 +65,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An I/O error on `path` while doing `op`.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io { op, path: path.into(), source }
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 
     /// A damaged object.
     pub fn corrupt(kind: Kind, id: impl std::fmt::Display, reason: impl Into<String>) -> Self {
-        Error::Corrupt { kind, id: id.to_string(), reason: reason.into() }
+        Error::Corrupt {
+            kind,
+            id: id.to_string(),
+            reason: reason.into(),
+        }
     }
 }

@@ -29,7 +29,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind a store holds as separate objects, in the order `check` walks them.
-    pub const STORED: [Kind; 5] = [Kind::Config, Kind::Key, Kind::Snapshot, Kind::Index, Kind::Pack];
+    pub const STORED: [Kind; 5] = [
+        Kind::Config,
+        Kind::Key,
+        Kind::Snapshot,
+        Kind::Index,
+        Kind::Pack,
+    ];
 
     /// The directory name of this kind in a local store.
     pub fn dir_name(self) -> &'static str {

@@ -80,7 +80,14 @@ impl Store for LocalStore {
     fn get(&self, kind: Kind, id: &ObjectId, range: Option<Range<u64>>) -> Result<Vec<u8>> {
         let path = self.path(kind, id);
         let mut f = File::open(&path).map_err(|e| match e.kind() {
-            ErrorKind::NotFound => Error::NotFound { kind, id: if kind == Kind::Config { "config".into() } else { id.to_hex() } },
+            ErrorKind::NotFound => Error::NotFound {
+                kind,
+                id: if kind == Kind::Config {
+                    "config".into()
+                } else {
+                    id.to_hex()
+                },
+            },
             _ => Error::io("opening", &path, e),
         })?;
         let read = |f: &mut File| -> std::io::Result<Vec<u8>> {
@@ -112,12 +119,19 @@ impl Store for LocalStore {
     fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
         if kind == Kind::Config {
             let p = self.root.join("config");
-            return Ok(p.metadata().map(|m| vec![(CONFIG_ID, m.len())]).unwrap_or_default());
+            return Ok(p
+                .metadata()
+                .map(|m| vec![(CONFIG_ID, m.len())])
+                .unwrap_or_default());
         }
         let base = self.root.join(kind.dir_name());
         let dirs: Vec<PathBuf> = if kind == Kind::Pack {
             match fs::read_dir(&base) {
-                Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect(),
+                Ok(rd) => rd
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect(),
                 Err(e) if e.kind() == ErrorKind::NotFound => vec![],
                 Err(e) => return Err(Error::io("listing", &base, e)),
             }
@@ -136,8 +150,13 @@ impl Store for LocalStore {
                 let name = e.file_name();
                 let Some(name) = name.to_str() else { continue };
                 // Temp files of interrupted writes start with '.', and are not objects.
-                let Some(id) = ObjectId::from_hex(name) else { continue };
-                let len = e.metadata().map_err(|err| Error::io("stat", e.path(), err))?.len();
+                let Some(id) = ObjectId::from_hex(name) else {
+                    continue;
+                };
+                let len = e
+                    .metadata()
+                    .map_err(|err| Error::io("stat", e.path(), err))?
+                    .len();
                 out.push((id, len));
             }
         }

@@ -46,16 +46,29 @@ fn slice(v: &[u8], range: Option<Range<u64>>) -> Vec<u8> {
 
 impl Store for MemStore {
     fn put(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<()> {
-        self.objects.lock().unwrap().insert((kind, *id), bytes.to_vec());
+        self.objects
+            .lock()
+            .unwrap()
+            .insert((kind, *id), bytes.to_vec());
         Ok(())
     }
     fn get(&self, kind: Kind, id: &ObjectId, range: Option<Range<u64>>) -> Result<Vec<u8>> {
         let o = self.objects.lock().unwrap();
-        let v = o.get(&(kind, *id)).ok_or_else(|| Error::NotFound { kind, id: id.to_hex() })?;
+        let v = o.get(&(kind, *id)).ok_or_else(|| Error::NotFound {
+            kind,
+            id: id.to_hex(),
+        })?;
         Ok(slice(v, range))
     }
     fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
-        Ok(self.objects.lock().unwrap().iter().filter(|((k, _), _)| *k == kind).map(|((_, id), v)| (*id, v.len() as u64)).collect())
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((k, _), _)| *k == kind)
+            .map(|((_, id), v)| (*id, v.len() as u64))
+            .collect())
     }
     fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
         self.objects.lock().unwrap().remove(&(kind, *id));
@@ -78,7 +91,11 @@ pub struct CrashStore<S> {
 impl<S: Store> CrashStore<S> {
     /// Allows `budget` puts, then fails.
     pub fn new(inner: S, budget: usize) -> Self {
-        CrashStore { inner, budget: AtomicUsize::new(budget), puts: AtomicUsize::new(0) }
+        CrashStore {
+            inner,
+            budget: AtomicUsize::new(budget),
+            puts: AtomicUsize::new(0),
+        }
     }
 
     /// The wrapped store.
@@ -89,8 +106,16 @@ impl<S: Store> CrashStore<S> {
 
 impl<S: Store> Store for CrashStore<S> {
     fn put(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<()> {
-        if self.budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1)).is_err() {
-            return Err(Error::io("writing", format!("{kind} {}", id.short()), std::io::Error::other("simulated crash")));
+        if self
+            .budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+            .is_err()
+        {
+            return Err(Error::io(
+                "writing",
+                format!("{kind} {}", id.short()),
+                std::io::Error::other("simulated crash"),
+            ));
         }
         self.puts.fetch_add(1, Ordering::SeqCst);
         self.inner.put(kind, id, bytes)
@@ -119,14 +144,18 @@ pub struct CountingStore<S> {
 impl<S: Store> CountingStore<S> {
     /// Wraps `inner`.
     pub fn new(inner: S) -> Self {
-        CountingStore { inner, pack_bytes: AtomicU64::new(0) }
+        CountingStore {
+            inner,
+            pack_bytes: AtomicU64::new(0),
+        }
     }
 }
 
 impl<S: Store> Store for CountingStore<S> {
     fn put(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<()> {
         if kind == Kind::Pack {
-            self.pack_bytes.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+            self.pack_bytes
+                .fetch_add(bytes.len() as u64, Ordering::SeqCst);
         }
         self.inner.put(kind, id, bytes)
     }
@@ -149,8 +178,14 @@ pub fn store_suite(store: &dyn Store) {
     let a = ObjectId([0xaa; 32]);
     let b = ObjectId([0xbb; 32]);
     for kind in [Kind::Key, Kind::Snapshot, Kind::Index, Kind::Pack] {
-        assert!(store.list(kind).unwrap().is_empty(), "{kind}: new store lists nothing");
-        assert!(matches!(store.get(kind, &a, None), Err(Error::NotFound { .. })), "{kind}: missing object is NotFound");
+        assert!(
+            store.list(kind).unwrap().is_empty(),
+            "{kind}: new store lists nothing"
+        );
+        assert!(
+            matches!(store.get(kind, &a, None), Err(Error::NotFound { .. })),
+            "{kind}: missing object is NotFound"
+        );
         store.put(kind, &a, b"hello world").unwrap();
         store.put(kind, &a, b"hello world").unwrap(); // idempotent
         store.put(kind, &b, b"").unwrap();

@@ -165,7 +165,10 @@ impl Ctx<'_> {
 
     fn source_error(&self, path: &Path, e: impl std::fmt::Display) {
         self.progress.errors.fetch_add(1, Ordering::Relaxed);
-        self.errors.lock().expect("errors lock").push(SourceError { path: path.to_owned(), error: e.to_string() });
+        self.errors.lock().expect("errors lock").push(SourceError {
+            path: path.to_owned(),
+            error: e.to_string(),
+        });
     }
 
     /// True if the blob must be stored (not in the index, not already queued by this backup).
@@ -173,10 +176,21 @@ impl Ctx<'_> {
         !self.repo.index().contains(id) && self.known.lock().expect("known lock").insert(*id)
     }
 
-    fn store_blob(&self, packs: &Sender<FinishedPack>, id: BlobId, kind: BlobKind, plain: &[u8], z: Option<&mut zstd::bulk::Compressor<'_>>) {
+    fn store_blob(
+        &self,
+        packs: &Sender<FinishedPack>,
+        id: BlobId,
+        kind: BlobKind,
+        plain: &[u8],
+        z: Option<&mut zstd::bulk::Compressor<'_>>,
+    ) {
         let (flags, env) = self.repo.encode_blob(z, plain);
-        self.counters.data_added.fetch_add(plain.len() as u64, Ordering::Relaxed);
-        self.counters.data_added_packed.fetch_add(env.len() as u64, Ordering::Relaxed);
+        self.counters
+            .data_added
+            .fetch_add(plain.len() as u64, Ordering::Relaxed);
+        self.counters
+            .data_added_packed
+            .fetch_add(env.len() as u64, Ordering::Relaxed);
         match self.writer.add(id, kind, flags, plain.len() as u32, &env) {
             Ok(Some(pack)) => {
                 // The uploader only stops after every sender is gone, so this cannot fail
@@ -196,7 +210,10 @@ impl Ctx<'_> {
                 return;
             }
             let nodes = std::mem::take(&mut *dir.nodes.lock().expect("dir lock"));
-            let tree = Tree { version: 1, nodes: nodes.into_iter().flatten().collect() };
+            let tree = Tree {
+                version: 1,
+                nodes: nodes.into_iter().flatten().collect(),
+            };
             let bytes = tree.encode();
             let id = self.repo.crypto().blob_id(&bytes);
             if self.claim(&id) {
@@ -222,7 +239,15 @@ impl Ctx<'_> {
     }
 
     /// Walks `children` of a directory (real or virtual) into a new PendingDir.
-    fn walk_dir(&self, sinks: &Sinks, jobs: &Sender<FileJob>, parent: Option<(Arc<PendingDir>, usize)>, entries: Vec<Entry>, old: Option<&Tree>, root_dev: Option<u64>) {
+    fn walk_dir(
+        &self,
+        sinks: &Sinks,
+        jobs: &Sender<FileJob>,
+        parent: Option<(Arc<PendingDir>, usize)>,
+        entries: Vec<Entry>,
+        old: Option<&Tree>,
+        root_dev: Option<u64>,
+    ) {
         let dir = Arc::new(PendingDir {
             nodes: Mutex::new(vec![None; entries.len()]),
             remaining: AtomicUsize::new(1 + entries.len()),
@@ -239,10 +264,23 @@ impl Ctx<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn entry(&self, sinks: &Sinks, jobs: &Sender<FileJob>, dir: &Arc<PendingDir>, slot: usize, entry: Entry, old: Option<&Tree>, root_dev: Option<u64>) {
+    fn entry(
+        &self,
+        sinks: &Sinks,
+        jobs: &Sender<FileJob>,
+        dir: &Arc<PendingDir>,
+        slot: usize,
+        entry: Entry,
+        old: Option<&Tree>,
+        root_dev: Option<u64>,
+    ) {
         let (name, path, virtual_children) = match entry {
             Entry::Real { name, path } => (name, path, None),
-            Entry::Virtual { name, path, children } => (name, path, Some(children)),
+            Entry::Virtual {
+                name,
+                path,
+                children,
+            } => (name, path, Some(children)),
         };
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(m) => m,
@@ -254,7 +292,8 @@ impl Ctx<'_> {
         };
         let mut node = node_from_metadata(&meta);
         node.set_name(&name);
-        let old_node = old.and_then(|t| t.find(std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str())));
+        let old_node =
+            old.and_then(|t| t.find(std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str())));
         if node.kind() != NodeType::File {
             match read_xattrs(&path) {
                 Ok(x) => node.xattrs = x,
@@ -276,39 +315,76 @@ impl Ctx<'_> {
                         Vec::new()
                     }
                 };
-                let old_tree = match old_node.filter(|n| n.kind() == NodeType::Dir).and_then(|n| n.subtree) {
+                let old_tree = match old_node
+                    .filter(|n| n.kind() == NodeType::Dir)
+                    .and_then(|n| n.subtree)
+                {
                     Some(id) => match self.repo.load_tree(&id) {
                         Ok(t) => Some(t),
                         Err(e) => {
                             // A damaged parent only costs speed: read everything below again.
-                            self.source_error(&path, format!("parent tree unreadable, re-reading this directory: {e}"));
+                            self.source_error(
+                                &path,
+                                format!("parent tree unreadable, re-reading this directory: {e}"),
+                            );
                             None
                         }
                     },
                     None => None,
                 };
                 dir.nodes.lock().expect("dir lock")[slot] = Some(node);
-                self.walk_dir(sinks, jobs, Some((Arc::clone(dir), slot)), children, old_tree.as_ref(), root_dev);
+                self.walk_dir(
+                    sinks,
+                    jobs,
+                    Some((Arc::clone(dir), slot)),
+                    children,
+                    old_tree.as_ref(),
+                    root_dev,
+                );
             }
             NodeType::File => {
-                self.counters.bytes_total.fetch_add(node.size, Ordering::Relaxed);
-                if let Some(o) = old_node.filter(|o| unchanged(o, &node) && o.content.iter().all(|c| self.repo.index().contains(c) || self.known.lock().expect("known lock").contains(c))) {
+                self.counters
+                    .bytes_total
+                    .fetch_add(node.size, Ordering::Relaxed);
+                if let Some(o) = old_node.filter(|o| {
+                    unchanged(o, &node)
+                        && o.content.iter().all(|c| {
+                            self.repo.index().contains(c)
+                                || self.known.lock().expect("known lock").contains(c)
+                        })
+                }) {
                     let mut n = o.clone();
                     n.set_name(&name);
                     // Metadata that does not imply a content change is taken fresh.
-                    (n.mode, n.uid, n.gid, n.atime_ns, n.links, n.device_id) = (node.mode, node.uid, node.gid, node.atime_ns, node.links, node.device_id);
+                    (n.mode, n.uid, n.gid, n.atime_ns, n.links, n.device_id) = (
+                        node.mode,
+                        node.uid,
+                        node.gid,
+                        node.atime_ns,
+                        node.links,
+                        node.device_id,
+                    );
                     match read_xattrs(&path) {
                         Ok(x) => n.xattrs = x,
-                        Err(e) => self.source_error(&path, format!("reading extended attributes: {e}")),
+                        Err(e) => {
+                            self.source_error(&path, format!("reading extended attributes: {e}"))
+                        }
                     }
                     dir.nodes.lock().expect("dir lock")[slot] = Some(n);
-                    self.counters.files_unmodified.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .files_unmodified
+                        .fetch_add(1, Ordering::Relaxed);
                     self.progress.files.fetch_add(1, Ordering::Relaxed);
                     self.progress.bytes.fetch_add(node.size, Ordering::Relaxed);
                     self.child_done(sinks, Arc::clone(dir));
                 } else {
                     dir.nodes.lock().expect("dir lock")[slot] = Some(node);
-                    let job = FileJob { path, dir: Arc::clone(dir), slot, is_new: old_node.is_none() };
+                    let job = FileJob {
+                        path,
+                        dir: Arc::clone(dir),
+                        slot,
+                        is_new: old_node.is_none(),
+                    };
                     if jobs.send(job).is_err() {
                         self.cancel.store(true, Ordering::Relaxed);
                     }
@@ -338,7 +414,10 @@ impl Ctx<'_> {
         for e in std::fs::read_dir(path)? {
             names.push(e?.file_name());
         }
-        names.sort_unstable_by(|a, b| std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str()).cmp(std::os::unix::ffi::OsStrExt::as_bytes(b.as_os_str())));
+        names.sort_unstable_by(|a, b| {
+            std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())
+                .cmp(std::os::unix::ffi::OsStrExt::as_bytes(b.as_os_str()))
+        });
         Ok(names
             .into_iter()
             .filter_map(|name| {
@@ -377,7 +456,9 @@ impl Ctx<'_> {
         let mut nodes = job.dir.nodes.lock().expect("dir lock");
         match result.expect("at least one attempt") {
             Ok((content, meta)) => {
-                let slot = nodes[job.slot].as_mut().expect("file slot was filled by the walker");
+                let slot = nodes[job.slot]
+                    .as_mut()
+                    .expect("file slot was filled by the walker");
                 let name = slot.os_name();
                 let xattrs = slot.xattrs.clone();
                 *slot = node_from_metadata(&meta);
@@ -386,7 +467,9 @@ impl Ctx<'_> {
                 slot.xattrs = xattrs;
                 match read_xattrs(&job.path) {
                     Ok(x) => slot.xattrs = x,
-                    Err(e) => self.source_error(&job.path, format!("reading extended attributes: {e}")),
+                    Err(e) => {
+                        self.source_error(&job.path, format!("reading extended attributes: {e}"))
+                    }
                 }
                 if job.is_new {
                     self.counters.files_new.fetch_add(1, Ordering::Relaxed);
@@ -406,7 +489,12 @@ impl Ctx<'_> {
         self.child_done(sinks, job.dir);
     }
 
-    fn read_once(&self, sinks: &Sinks, path: &Path, buf: &mut [u8]) -> std::io::Result<(Vec<BlobId>, std::fs::Metadata, std::fs::Metadata, u64)> {
+    fn read_once(
+        &self,
+        sinks: &Sinks,
+        path: &Path,
+        buf: &mut [u8],
+    ) -> std::io::Result<(Vec<BlobId>, std::fs::Metadata, std::fs::Metadata, u64)> {
         let mut file = open_noatime(path)?;
         let before = file.metadata()?;
         if !before.is_file() {
@@ -414,20 +502,33 @@ impl Ctx<'_> {
         }
         let mut content = Vec::new();
         let crypto = self.repo.crypto();
-        let bytes = self.repo.chunker().stream(&mut file as &mut dyn Read, buf, |chunk| {
-            if self.stopped() {
-                return Err(std::io::Error::other("interrupted"));
-            }
-            let id = crypto.blob_id(chunk);
-            content.push(id);
-            self.counters.bytes_read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            self.progress.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            if self.claim(&id) {
-                self.counters.data_blobs_new.fetch_add(1, Ordering::Relaxed);
-                sinks.blobs.send(NewBlob { id, data: chunk.to_vec() }).map_err(|_| std::io::Error::other("pipeline stopped"))?;
-            }
-            Ok(())
-        })?;
+        let bytes = self
+            .repo
+            .chunker()
+            .stream(&mut file as &mut dyn Read, buf, |chunk| {
+                if self.stopped() {
+                    return Err(std::io::Error::other("interrupted"));
+                }
+                let id = crypto.blob_id(chunk);
+                content.push(id);
+                self.counters
+                    .bytes_read
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                self.progress
+                    .bytes
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                if self.claim(&id) {
+                    self.counters.data_blobs_new.fetch_add(1, Ordering::Relaxed);
+                    sinks
+                        .blobs
+                        .send(NewBlob {
+                            id,
+                            data: chunk.to_vec(),
+                        })
+                        .map_err(|_| std::io::Error::other("pipeline stopped"))?;
+                }
+                Ok(())
+            })?;
         let after = file.metadata()?;
         Ok((content, before, after, bytes))
     }
@@ -435,15 +536,29 @@ impl Ctx<'_> {
 
 /// Opens for reading without updating atime where permitted (owner or root).
 fn open_noatime(path: &Path) -> std::io::Result<File> {
-    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW).open(path) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path),
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path),
         r => r,
     }
 }
 
 enum Entry {
-    Real { name: OsString, path: PathBuf },
-    Virtual { name: OsString, path: PathBuf, children: Vec<Entry> },
+    Real {
+        name: OsString,
+        path: PathBuf,
+    },
+    Virtual {
+        name: OsString,
+        path: PathBuf,
+        children: Vec<Entry>,
+    },
 }
 
 /// Builds the virtual top of the tree: `/a/b` and `/a/c` become `a` → {`b`, `c`}.
@@ -456,18 +571,26 @@ fn top_entries(paths: &[PathBuf]) -> Result<Vec<Entry>> {
     let mut root = Trie::default();
     for p in paths {
         if !p.is_absolute() {
-            return Err(Error::Invalid(format!("backup path {} is not absolute", p.display())));
+            return Err(Error::Invalid(format!(
+                "backup path {} is not absolute",
+                p.display()
+            )));
         }
         let mut t = &mut root;
         for c in p.components() {
             if let Component::Normal(n) = c {
-                t = t.children.entry(std::os::unix::ffi::OsStrExt::as_bytes(n).to_vec()).or_default();
+                t = t
+                    .children
+                    .entry(std::os::unix::ffi::OsStrExt::as_bytes(n).to_vec())
+                    .or_default();
             }
         }
         t.real = true;
     }
     if root.real {
-        return Err(Error::Invalid("backing up / itself is not supported; name its top-level directories".into()));
+        return Err(Error::Invalid(
+            "backing up / itself is not supported; name its top-level directories".into(),
+        ));
     }
     fn build(t: Trie, base: &Path) -> Vec<Entry> {
         t.children
@@ -479,7 +602,11 @@ fn top_entries(paths: &[PathBuf]) -> Result<Vec<Entry>> {
                     Entry::Real { name, path }
                 } else {
                     let children = build(child, &path);
-                    Entry::Virtual { name, path, children }
+                    Entry::Virtual {
+                        name,
+                        path,
+                        children,
+                    }
                 }
             })
             .collect()
@@ -488,20 +615,32 @@ fn top_entries(paths: &[PathBuf]) -> Result<Vec<Entry>> {
 }
 
 /// Counts files and bytes under `paths` for a progress ETA (runs beside the backup).
-pub fn estimate(paths: &[PathBuf], excludes: &Excludes, progress: &BackupProgress, cancel: &AtomicBool) {
+pub fn estimate(
+    paths: &[PathBuf],
+    excludes: &Excludes,
+    progress: &BackupProgress,
+    cancel: &AtomicBool,
+) {
     let mut stack: Vec<PathBuf> = paths.to_vec();
     while let Some(p) = stack.pop() {
         if cancel.load(Ordering::Relaxed) {
             return;
         }
-        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
         if meta.is_dir() {
             if let Ok(rd) = std::fs::read_dir(&p) {
-                stack.extend(rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|c| !excludes.matches(c)));
+                stack.extend(
+                    rd.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|c| !excludes.matches(c)),
+                );
             }
         } else if meta.is_file() {
             progress.total_files.fetch_add(1, Ordering::Relaxed);
-            progress.total_bytes.fetch_add(meta.size(), Ordering::Relaxed);
+            progress
+                .total_bytes
+                .fetch_add(meta.size(), Ordering::Relaxed);
         }
     }
     progress.estimate_done.store(true, Ordering::Relaxed);
@@ -511,7 +650,12 @@ pub fn estimate(paths: &[PathBuf], excludes: &Excludes, progress: &BackupProgres
 ///
 /// Packs left by an interrupted earlier backup are indexed first, so their chunks are reused.
 /// `cancel` stops the backup early (`Error::Interrupted`); what was uploaded is indexed.
-pub fn backup(repo: &mut Repository, opts: &BackupOptions, progress: &BackupProgress, cancel: &AtomicBool) -> Result<BackupResult> {
+pub fn backup(
+    repo: &mut Repository,
+    opts: &BackupOptions,
+    progress: &BackupProgress,
+    cancel: &AtomicBool,
+) -> Result<BackupResult> {
     let start = chrono::Utc::now();
     let (adopted_packs, _damaged) = repo.adopt_packs()?;
     let parent_tree = match &opts.parent {
@@ -534,7 +678,11 @@ pub fn backup(repo: &mut Repository, opts: &BackupOptions, progress: &BackupProg
         root: Mutex::new(None),
     };
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-    let readers = if opts.readers == 0 { cores } else { opts.readers };
+    let readers = if opts.readers == 0 {
+        cores
+    } else {
+        opts.readers
+    };
     let sealers = cores;
     let old_root = match parent_tree {
         Some(id) => Some(repo_ref.load_tree(&id)?),
@@ -553,7 +701,13 @@ pub fn backup(repo: &mut Repository, opts: &BackupOptions, progress: &BackupProg
         }
         let mut reader_handles = Vec::new();
         for _ in 0..readers {
-            let (rx, sinks) = (job_rx.clone(), Sinks { blobs: blob_tx.clone(), packs: pack_tx.clone() });
+            let (rx, sinks) = (
+                job_rx.clone(),
+                Sinks {
+                    blobs: blob_tx.clone(),
+                    packs: pack_tx.clone(),
+                },
+            );
             reader_handles.push(s.spawn(move || {
                 let mut buf = ctx.repo.chunker().buffer();
                 for job in rx {
@@ -562,7 +716,10 @@ pub fn backup(repo: &mut Repository, opts: &BackupOptions, progress: &BackupProg
             }));
         }
         drop((job_rx, blob_rx));
-        let sinks = Sinks { blobs: blob_tx, packs: pack_tx };
+        let sinks = Sinks {
+            blobs: blob_tx,
+            packs: pack_tx,
+        };
         ctx.walk_dir(&sinks, &job_tx, None, entries, old_root.as_ref(), None);
         drop(job_tx);
         for h in reader_handles {
@@ -573,7 +730,14 @@ pub fn backup(repo: &mut Repository, opts: &BackupOptions, progress: &BackupProg
         drop(sinks);
     });
 
-    let Ctx { writer, fatal, root, counters, errors, .. } = ctx;
+    let Ctx {
+        writer,
+        fatal,
+        root,
+        counters,
+        errors,
+        ..
+    } = ctx;
     if let Some(e) = fatal.into_inner().expect("fatal lock") {
         return Err(e);
     }
@@ -584,7 +748,10 @@ pub fn backup(repo: &mut Repository, opts: &BackupOptions, progress: &BackupProg
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Interrupted);
     }
-    let tree = root.into_inner().expect("root lock").ok_or_else(|| Error::Invalid("backup ended without a root tree".into()))?;
+    let tree = root
+        .into_inner()
+        .expect("root lock")
+        .ok_or_else(|| Error::Invalid("backup ended without a root tree".into()))?;
     let errors = errors.into_inner().expect("errors lock");
     let c = &counters;
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -611,7 +778,11 @@ pub fn backup(repo: &mut Repository, opts: &BackupOptions, progress: &BackupProg
         username: opts.username.clone(),
         uid: nix::unistd::getuid().as_raw(),
         gid: nix::unistd::getgid().as_raw(),
-        paths: opts.paths.iter().map(|p| p.to_string_lossy().into_owned()).collect(),
+        paths: opts
+            .paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect(),
         tags: opts.tags.clone(),
         parent: opts.parent,
         tree,
@@ -619,7 +790,12 @@ pub fn backup(repo: &mut Repository, opts: &BackupOptions, progress: &BackupProg
         summary,
     };
     let id = repo.save_snapshot(&snapshot)?;
-    Ok(BackupResult { id, snapshot, errors, adopted_packs })
+    Ok(BackupResult {
+        id,
+        snapshot,
+        errors,
+        adopted_packs,
+    })
 }
 
 fn uploader(ctx: &Ctx<'_>, rx: &Receiver<FinishedPack>) {
@@ -644,7 +820,19 @@ fn sealer(ctx: &Ctx<'_>, rx: &Receiver<NewBlob>, packs: &Sender<FinishedPack>) {
 }
 
 /// The latest snapshot with exactly these paths and hostname: the default parent.
-pub fn find_parent(repo: &Repository, paths: &[PathBuf], hostname: &str) -> Result<Option<SnapshotId>> {
-    let want: Vec<String> = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-    Ok(repo.snapshots()?.into_iter().rev().find(|(_, s)| s.hostname == hostname && s.paths == want).map(|(id, _)| id))
+pub fn find_parent(
+    repo: &Repository,
+    paths: &[PathBuf],
+    hostname: &str,
+) -> Result<Option<SnapshotId>> {
+    let want: Vec<String> = paths
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    Ok(repo
+        .snapshots()?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.hostname == hostname && s.paths == want)
+        .map(|(id, _)| id))
 }

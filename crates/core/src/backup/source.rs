@@ -42,7 +42,12 @@ pub fn node_from_metadata(meta: &Metadata) -> Node {
         uid: meta.uid(),
         gid: meta.gid(),
         mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
-        atime_ns: ns(meta.atime(), meta.atime_nsec()),
+        // A directory's atime changes whenever it is listed, by this backup too: not recorded.
+        atime_ns: if t == NodeType::Dir {
+            0
+        } else {
+            ns(meta.atime(), meta.atime_nsec())
+        },
         ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
         inode: meta.ino(),
         device_id: meta.dev(),
@@ -74,7 +79,10 @@ pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
     for name in names {
         let Some(s) = name.to_str() else { continue };
         if let Some(value) = xattr::get(path, &name)? {
-            out.push(Xattr { name: s.to_owned(), value });
+            out.push(Xattr {
+                name: s.to_owned(),
+                value,
+            });
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -96,13 +104,24 @@ impl Excludes {
         let mut names = GlobSetBuilder::new();
         let mut paths = GlobSetBuilder::new();
         let (mut n, mut p) = (0, 0);
-        for pat in patterns.iter().map(|s| s.trim()).filter(|s| !s.is_empty() && !s.starts_with('#')) {
+        for pat in patterns
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty() && !s.starts_with('#'))
+        {
             let pat = pat.trim_end_matches('/');
             let build = |g: &str| {
-                globset::GlobBuilder::new(g).literal_separator(true).build().map_err(|e| Error::Invalid(format!("bad exclude pattern {pat:?}: {e}")))
+                globset::GlobBuilder::new(g)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| Error::Invalid(format!("bad exclude pattern {pat:?}: {e}")))
             };
             if pat.contains('/') {
-                let full = if pat.starts_with('/') { pat.to_owned() } else { format!("**/{pat}") };
+                let full = if pat.starts_with('/') {
+                    pat.to_owned()
+                } else {
+                    format!("**/{pat}")
+                };
                 paths.add(build(&full)?);
                 paths.add(build(&format!("{full}/**"))?);
                 p += 1;
@@ -112,8 +131,14 @@ impl Excludes {
             }
         }
         Ok(Excludes {
-            names: (n > 0).then(|| names.build()).transpose().map_err(|e| Error::Invalid(e.to_string()))?,
-            paths: (p > 0).then(|| paths.build()).transpose().map_err(|e| Error::Invalid(e.to_string()))?,
+            names: (n > 0)
+                .then(|| names.build())
+                .transpose()
+                .map_err(|e| Error::Invalid(e.to_string()))?,
+            paths: (p > 0)
+                .then(|| paths.build())
+                .transpose()
+                .map_err(|e| Error::Invalid(e.to_string()))?,
         })
     }
 
@@ -134,7 +159,13 @@ mod tests {
 
     #[test]
     fn exclude_semantics() {
-        let e = Excludes::new(&["*.tmp".into(), "cache/".into(), "/abs/skip".into(), "# comment".into()]).unwrap();
+        let e = Excludes::new(&[
+            "*.tmp".into(),
+            "cache/".into(),
+            "/abs/skip".into(),
+            "# comment".into(),
+        ])
+        .unwrap();
         assert!(e.matches(Path::new("/x/y/a.tmp")));
         assert!(!e.matches(Path::new("/x/y/a.tmpx")));
         assert!(e.matches(Path::new("/x/cache")));

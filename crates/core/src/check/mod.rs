@@ -71,22 +71,32 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
     let store = repo.store();
 
     for (id, _) in store.list(Kind::Key)? {
-        if let Err(e) = store.get(Kind::Key, &id, None).and_then(|b| crate::crypto::KeyFile::decode(&b, &id)) {
-            report.errors.push(problem(format!("key {}", id.short()), &e));
+        if let Err(e) = store
+            .get(Kind::Key, &id, None)
+            .and_then(|b| crate::crypto::KeyFile::decode(&b, &id))
+        {
+            report
+                .errors
+                .push(problem(format!("key {}", id.short()), &e));
         }
     }
 
     let mut idx = Index::default();
     let mut indexed: HashMap<PackId, Vec<crate::pack::BlobEntry>> = HashMap::new();
     for (id, _) in store.list(Kind::Index)? {
-        match store.get(Kind::Index, &id, None).and_then(|b| index::open(crypto, &id, &b)) {
+        match store
+            .get(Kind::Index, &id, None)
+            .and_then(|b| index::open(crypto, &id, &b))
+        {
             Ok(packs) => {
                 for (p, entries) in packs {
                     idx.add_pack(p, &entries);
                     indexed.entry(p).or_default().extend(entries);
                 }
             }
-            Err(e) => report.errors.push(problem(format!("index {}", id.short()), &e)),
+            Err(e) => report
+                .errors
+                .push(problem(format!("index {}", id.short()), &e)),
         }
     }
     report.blobs = idx.len();
@@ -96,20 +106,42 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
     let mut bad_packs: HashSet<PackId> = HashSet::new();
     for (pack, entries) in &indexed {
         let Some(&len) = stored.get(pack) else {
-            report.errors.push(Problem { object: format!("pack {}", pack.short()), error: format!("listed in the index with {} blobs but missing from the store", entries.len()), affected: vec![] });
+            report.errors.push(Problem {
+                object: format!("pack {}", pack.short()),
+                error: format!(
+                    "listed in the index with {} blobs but missing from the store",
+                    entries.len()
+                ),
+                affected: vec![],
+            });
             bad_packs.insert(*pack);
             continue;
         };
         match repo.read_pack_header(pack, len) {
             Ok(header) => {
-                let set: HashSet<_> = header.iter().map(|e| (e.id, e.offset, e.stored_len)).collect();
-                if let Some(e) = entries.iter().find(|e| !set.contains(&(e.id, e.offset, e.stored_len))) {
-                    report.errors.push(Problem { object: format!("pack {}", pack.short()), error: format!("index lists blob {} that the pack header does not", e.id.short()), affected: vec![] });
+                let set: HashSet<_> = header
+                    .iter()
+                    .map(|e| (e.id, e.offset, e.stored_len))
+                    .collect();
+                if let Some(e) = entries
+                    .iter()
+                    .find(|e| !set.contains(&(e.id, e.offset, e.stored_len)))
+                {
+                    report.errors.push(Problem {
+                        object: format!("pack {}", pack.short()),
+                        error: format!(
+                            "index lists blob {} that the pack header does not",
+                            e.id.short()
+                        ),
+                        affected: vec![],
+                    });
                     bad_packs.insert(*pack);
                 }
             }
             Err(e) => {
-                report.errors.push(problem(format!("pack {}", pack.short()), &e));
+                report
+                    .errors
+                    .push(problem(format!("pack {}", pack.short()), &e));
                 bad_packs.insert(*pack);
             }
         }
@@ -122,7 +154,9 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
     for (id, _) in store.list(Kind::Snapshot)? {
         match repo.load_snapshot(&id) {
             Ok(s) => snapshots.push((id, s)),
-            Err(e) => report.errors.push(problem(format!("snapshot {}", id.short()), &e)),
+            Err(e) => report
+                .errors
+                .push(problem(format!("snapshot {}", id.short()), &e)),
         }
     }
     report.snapshots = snapshots.len();
@@ -150,20 +184,31 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
             }
             for c in &n.content {
                 if !idx.contains(c) && missing_data.insert(*c) {
-                    bad.push(Bad::Blob(*c, "referenced by a tree but not in any index".into()));
+                    bad.push(Bad::Blob(
+                        *c,
+                        "referenced by a tree but not in any index".into(),
+                    ));
                 }
             }
         }
     }
 
     if opts.read_data {
-        let by_pack: Mutex<Vec<(&PackId, &Vec<crate::pack::BlobEntry>)>> = Mutex::new(indexed.iter().filter(|(p, _)| stored.contains_key(p)).collect());
-        let found: Mutex<(Vec<Problem>, Vec<Bad>, usize, u64)> = Mutex::new((Vec::new(), Vec::new(), 0, 0));
+        let by_pack: Mutex<Vec<(&PackId, &Vec<crate::pack::BlobEntry>)>> = Mutex::new(
+            indexed
+                .iter()
+                .filter(|(p, _)| stored.contains_key(p))
+                .collect(),
+        );
+        let found: Mutex<(Vec<Problem>, Vec<Bad>, usize, u64)> =
+            Mutex::new((Vec::new(), Vec::new(), 0, 0));
         let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| loop {
-                    let Some((pack, entries)) = by_pack.lock().expect("queue lock").pop() else { return };
+                    let Some((pack, entries)) = by_pack.lock().expect("queue lock").pop() else {
+                        return;
+                    };
                     let r = read_pack(repo, &idx, pack, entries);
                     let mut f = found.lock().expect("found lock");
                     f.0.extend(r.0);
@@ -187,18 +232,29 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
                 Bad::Blob(id, e) => (format!("blob {}", id.short()), e, id),
                 Bad::Tree(id, e) => (format!("tree {}", id.short()), e, id),
             };
-            report.errors.push(Problem { object, error, affected: affected.get(&id).cloned().unwrap_or_default() });
+            report.errors.push(Problem {
+                object,
+                error,
+                affected: affected.get(&id).cloned().unwrap_or_default(),
+            });
         }
     }
     Ok(report)
 }
 
 fn problem(object: String, e: &Error) -> Problem {
-    Problem { object, error: e.to_string(), affected: vec![] }
+    Problem {
+        object,
+        error: e.to_string(),
+        affected: vec![],
+    }
 }
 
 fn read_tree(repo: &Repository, idx: &Index, id: &BlobId) -> Result<crate::snapshot::Tree> {
-    let (pack, loc) = idx.get(id).ok_or_else(|| Error::NotFound { kind: Kind::Tree, id: id.to_hex() })?;
+    let (pack, loc) = idx.get(id).ok_or_else(|| Error::NotFound {
+        kind: Kind::Tree,
+        id: id.to_hex(),
+    })?;
     let env = repo.store().get(Kind::Pack, &pack, Some(loc.range()))?;
     if env.len() != loc.stored_len as usize {
         return Err(Error::corrupt(Kind::Pack, pack, "cut short"));
@@ -207,39 +263,69 @@ fn read_tree(repo: &Repository, idx: &Index, id: &BlobId) -> Result<crate::snaps
     crate::snapshot::Tree::decode(&plain).map_err(|r| Error::corrupt(Kind::Tree, id, r))
 }
 
-fn read_pack(repo: &Repository, idx: &Index, pack: &ObjectId, entries: &[crate::pack::BlobEntry]) -> (Vec<Problem>, Vec<Bad>, usize, u64) {
+fn read_pack(
+    repo: &Repository,
+    idx: &Index,
+    pack: &ObjectId,
+    entries: &[crate::pack::BlobEntry],
+) -> (Vec<Problem>, Vec<Bad>, usize, u64) {
     let mut problems = Vec::new();
     let mut bad = Vec::new();
     let bytes = match repo.store().get(Kind::Pack, pack, None) {
         Ok(b) => b,
         Err(e) => {
             problems.push(problem(format!("pack {}", pack.short()), &e));
-            bad.extend(entries.iter().map(|e| Bad::Blob(e.id, format!("pack {} unreadable", pack.short()))));
+            bad.extend(
+                entries
+                    .iter()
+                    .map(|e| Bad::Blob(e.id, format!("pack {} unreadable", pack.short()))),
+            );
             return (problems, bad, 0, 0);
         }
     };
     if ObjectId::of(&bytes) != *pack {
-        problems.push(Problem { object: format!("pack {}", pack.short()), error: "content does not match its name (BLAKE3 mismatch): the file is damaged".into(), affected: vec![] });
+        problems.push(Problem {
+            object: format!("pack {}", pack.short()),
+            error: "content does not match its name (BLAKE3 mismatch): the file is damaged".into(),
+            affected: vec![],
+        });
     }
     let mut n = 0;
     for e in entries {
-        let Some((_, loc)) = idx.get(&e.id).filter(|(p, _)| p == pack) else { continue };
-        let r = bytes.get(loc.range().start as usize..loc.range().end as usize).ok_or_else(|| Error::corrupt(Kind::Pack, pack, "blob beyond the end of the pack")).and_then(|env| repo.decode_blob(&e.id, &loc, env));
+        let Some((_, loc)) = idx.get(&e.id).filter(|(p, _)| p == pack) else {
+            continue;
+        };
+        let r = bytes
+            .get(loc.range().start as usize..loc.range().end as usize)
+            .ok_or_else(|| Error::corrupt(Kind::Pack, pack, "blob beyond the end of the pack"))
+            .and_then(|env| repo.decode_blob(&e.id, &loc, env));
         n += 1;
         if let Err(err) = r {
             let tree = loc.kind() == crate::pack::BlobKind::Tree;
             let msg = format!("in pack {}: {err}", pack.short());
-            bad.push(if tree { Bad::Tree(e.id, msg) } else { Bad::Blob(e.id, msg) });
+            bad.push(if tree {
+                Bad::Tree(e.id, msg)
+            } else {
+                Bad::Blob(e.id, msg)
+            });
         }
     }
     (problems, bad, n, bytes.len() as u64)
 }
 
 /// Maps each bad blob or tree to up to 20 `snapshot:path` strings that use it.
-fn affected_paths(repo: &Repository, idx: &Index, snapshots: &[(SnapshotId, Snapshot)], bad: &[Bad]) -> HashMap<BlobId, Vec<String>> {
-    let targets: HashSet<BlobId> = bad.iter().map(|b| match b {
-        Bad::Blob(id, _) | Bad::Tree(id, _) => *id,
-    }).collect();
+fn affected_paths(
+    repo: &Repository,
+    idx: &Index,
+    snapshots: &[(SnapshotId, Snapshot)],
+    bad: &[Bad],
+) -> HashMap<BlobId, Vec<String>> {
+    let targets: HashSet<BlobId> = bad
+        .iter()
+        .map(|b| match b {
+            Bad::Blob(id, _) | Bad::Tree(id, _) => *id,
+        })
+        .collect();
     let mut out: HashMap<BlobId, Vec<String>> = HashMap::new();
     let mut note = |id: &BlobId, snap: &SnapshotId, path: &Path| {
         let v = out.entry(*id).or_default();
@@ -253,7 +339,9 @@ fn affected_paths(repo: &Repository, idx: &Index, snapshots: &[(SnapshotId, Snap
         }
         let mut stack: Vec<(BlobId, PathBuf)> = vec![(snap.tree, PathBuf::from("/"))];
         while let Some((tid, dir)) = stack.pop() {
-            let Ok(tree) = read_tree(repo, idx, &tid) else { continue };
+            let Ok(tree) = read_tree(repo, idx, &tid) else {
+                continue;
+            };
             for n in &tree.nodes {
                 let p = dir.join(n.os_name());
                 for c in &n.content {

@@ -37,14 +37,22 @@ pub enum ChunkAlgorithm {
 impl Default for ChunkerParams {
     /// 256 KiB / 1 MiB / 4 MiB, normalization 1: chosen by measurement, see `docs/format.md` §10.
     fn default() -> Self {
-        ChunkerParams { algorithm: ChunkAlgorithm::FastCdc2020, min_size: 256 << 10, avg_size: 1 << 20, max_size: 4 << 20, normalization: 1 }
+        ChunkerParams {
+            algorithm: ChunkAlgorithm::FastCdc2020,
+            min_size: 256 << 10,
+            avg_size: 1 << 20,
+            max_size: 4 << 20,
+            normalization: 1,
+        }
     }
 }
 
 impl ChunkerParams {
     /// Checks the sizes against what FastCDC 2020 accepts.
     pub fn validate(&self) -> Result<()> {
-        use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN};
+        use fastcdc::v2020::{
+            AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
+        };
         let ok = (MINIMUM_MIN..=MINIMUM_MAX).contains(&self.min_size)
             && (AVERAGE_MIN..=AVERAGE_MAX).contains(&self.avg_size)
             && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&self.max_size)
@@ -80,7 +88,13 @@ impl Chunker {
         let (gear, gear_ls) = get_gear_with_seed(seed);
         let bits = fastcdc::v2020::logarithm2(params.avg_size);
         let level = u32::from(params.normalization);
-        Ok(Chunker { params, gear, gear_ls, mask_s: MASKS[(bits + level) as usize], mask_l: MASKS[(bits - level) as usize] })
+        Ok(Chunker {
+            params,
+            gear,
+            gear_ls,
+            mask_s: MASKS[(bits + level) as usize],
+            mask_l: MASKS[(bits - level) as usize],
+        })
     }
 
     /// The settings.
@@ -114,7 +128,12 @@ impl Chunker {
 
     /// Reads `source` to its end and calls `each` with every chunk in order. Memory is bounded
     /// by `buf` (from [`Chunker::buffer`]); the returned value is the number of bytes read.
-    pub fn stream<R: Read + ?Sized, F>(&self, source: &mut R, buf: &mut [u8], mut each: F) -> io::Result<u64>
+    pub fn stream<R: Read + ?Sized, F>(
+        &self,
+        source: &mut R,
+        buf: &mut [u8],
+        mut each: F,
+    ) -> io::Result<u64>
     where
         F: FnMut(&[u8]) -> io::Result<()>,
     {
@@ -181,12 +200,24 @@ mod tests {
 
     #[test]
     fn stream_matches_fastcdc_and_is_independent_of_read_sizes() {
-        let p = ChunkerParams { min_size: 4096, avg_size: 16384, max_size: 65536, ..ChunkerParams::default() };
+        let p = ChunkerParams {
+            min_size: 4096,
+            avg_size: 16384,
+            max_size: 65536,
+            ..ChunkerParams::default()
+        };
         let data = seeded(1 << 20, 7);
         let c = Chunker::new(p, 42).unwrap();
-        let reference: Vec<usize> = fastcdc::v2020::FastCDC::with_level_and_seed(&data, 4096, 16384, 65536, fastcdc::v2020::Normalization::Level1, 42)
-            .map(|c| c.length)
-            .collect();
+        let reference: Vec<usize> = fastcdc::v2020::FastCDC::with_level_and_seed(
+            &data,
+            4096,
+            16384,
+            65536,
+            fastcdc::v2020::Normalization::Level1,
+            42,
+        )
+        .map(|c| c.length)
+        .collect();
         assert_eq!(lengths(&c, &data, 1 << 20), reference);
         assert_eq!(lengths(&c, &data, 1000), reference);
         assert_eq!(lengths(&c, &data, 7), reference);
@@ -202,7 +233,12 @@ mod tests {
 
     #[test]
     fn insertion_only_moves_nearby_boundaries() {
-        let p = ChunkerParams { min_size: 2048, avg_size: 8192, max_size: 32768, ..ChunkerParams::default() };
+        let p = ChunkerParams {
+            min_size: 2048,
+            avg_size: 8192,
+            max_size: 32768,
+            ..ChunkerParams::default()
+        };
         let c = Chunker::new(p, 99).unwrap();
         let a = seeded(1 << 20, 3);
         let mut b = a.clone();
@@ -210,13 +246,25 @@ mod tests {
         let la = lengths(&c, &a, 1 << 16);
         let lb = lengths(&c, &b, 1 << 16);
         let same = la.iter().zip(&lb).take_while(|(x, y)| x == y).count();
-        let same_tail = la.iter().rev().zip(lb.iter().rev()).take_while(|(x, y)| x == y).count();
-        assert!(same + same_tail + 3 >= la.len(), "{same} + {same_tail} of {}", la.len());
+        let same_tail = la
+            .iter()
+            .rev()
+            .zip(lb.iter().rev())
+            .take_while(|(x, y)| x == y)
+            .count();
+        assert!(
+            same + same_tail + 3 >= la.len(),
+            "{same} + {same_tail} of {}",
+            la.len()
+        );
     }
 
     #[test]
     fn rejects_out_of_range_params() {
-        let p = ChunkerParams { min_size: 10, ..ChunkerParams::default() };
+        let p = ChunkerParams {
+            min_size: 10,
+            ..ChunkerParams::default()
+        };
         assert!(Chunker::new(p, 1).is_err());
     }
 }

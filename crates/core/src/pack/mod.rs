@@ -82,7 +82,8 @@ impl BlobEntry {
         if b.len() < HEADER_ENTRY_LEN {
             return Err("entry truncated".into());
         }
-        let kind = BlobKind::from_byte(b[0]).ok_or_else(|| format!("unknown blob kind {}", b[0]))?;
+        let kind =
+            BlobKind::from_byte(b[0]).ok_or_else(|| format!("unknown blob kind {}", b[0]))?;
         let flags = b[1];
         if flags & !FLAG_ZSTD != 0 {
             return Err(format!("unknown blob flags {flags:#x}"));
@@ -90,7 +91,14 @@ impl BlobEntry {
         let stored_len = u32::from_le_bytes(b[2..6].try_into().expect("4 bytes"));
         let raw_len = u32::from_le_bytes(b[6..10].try_into().expect("4 bytes"));
         let id = BlobId(b[10..42].try_into().expect("32 bytes"));
-        Ok(BlobEntry { id, kind, flags, offset, stored_len, raw_len })
+        Ok(BlobEntry {
+            id,
+            kind,
+            flags,
+            offset,
+            stored_len,
+            raw_len,
+        })
     }
 }
 
@@ -109,7 +117,10 @@ impl Default for PackBuilder {
 impl PackBuilder {
     /// An empty pack.
     pub fn new() -> Self {
-        PackBuilder { data: Vec::new(), entries: Vec::new() }
+        PackBuilder {
+            data: Vec::new(),
+            entries: Vec::new(),
+        }
     }
 
     /// Bytes of blobs so far.
@@ -127,7 +138,14 @@ impl PackBuilder {
         let offset = u32::try_from(self.data.len()).expect("packs stay below 4 GiB");
         let stored_len = u32::try_from(envelope.len()).expect("blobs stay below 4 GiB");
         self.data.extend_from_slice(envelope);
-        self.entries.push(BlobEntry { id, kind, flags, offset, stored_len, raw_len });
+        self.entries.push(BlobEntry {
+            id,
+            kind,
+            flags,
+            offset,
+            stored_len,
+            raw_len,
+        });
     }
 
     /// Seals the header, appends it and the trailer; returns the pack id, bytes and entries.
@@ -140,7 +158,8 @@ impl PackBuilder {
         }
         let sealed = crypto.seal(Domain::PackHeader, &header);
         self.data.extend_from_slice(&sealed);
-        self.data.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        self.data
+            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         self.data.extend_from_slice(PACK_MAGIC);
         let id = PackId::of(&self.data);
         (id, self.data, self.entries)
@@ -150,26 +169,49 @@ impl PackBuilder {
 /// Where the header envelope sits, from the pack's trailer: `(offset, len)`.
 pub fn header_location(pack_len: u64, trailer: &[u8], id: &PackId) -> Result<(u64, u64)> {
     if trailer.len() != TRAILER_LEN || pack_len < TRAILER_LEN as u64 {
-        return Err(Error::corrupt(Kind::Pack, id, format!("pack of {pack_len} bytes is too short for a trailer")));
+        return Err(Error::corrupt(
+            Kind::Pack,
+            id,
+            format!("pack of {pack_len} bytes is too short for a trailer"),
+        ));
     }
     if &trailer[4..8] != PACK_MAGIC {
-        return Err(Error::corrupt(Kind::Pack, id, "trailer magic is not TMP1 (truncated or not a tidemark pack)"));
+        return Err(Error::corrupt(
+            Kind::Pack,
+            id,
+            "trailer magic is not TMP1 (truncated or not a tidemark pack)",
+        ));
     }
-    let hlen = u64::from(u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")));
+    let hlen = u64::from(u32::from_le_bytes(
+        trailer[..4].try_into().expect("4 bytes"),
+    ));
     if hlen > pack_len - TRAILER_LEN as u64 {
-        return Err(Error::corrupt(Kind::Pack, id, format!("header length {hlen} exceeds pack length {pack_len}")));
+        return Err(Error::corrupt(
+            Kind::Pack,
+            id,
+            format!("header length {hlen} exceeds pack length {pack_len}"),
+        ));
     }
     Ok((pack_len - TRAILER_LEN as u64 - hlen, hlen))
 }
 
 /// Opens and parses a header envelope; checks that the blobs exactly fill the space before it.
-pub fn parse_header(crypto: &Crypto, sealed: &[u8], header_offset: u64, id: &PackId) -> Result<Vec<BlobEntry>> {
+pub fn parse_header(
+    crypto: &Crypto,
+    sealed: &[u8],
+    header_offset: u64,
+    id: &PackId,
+) -> Result<Vec<BlobEntry>> {
     let plain = crypto.open(Domain::PackHeader, sealed, Kind::Pack, id)?;
-    decode_header(&plain, header_offset).map_err(|reason| Error::corrupt(Kind::Pack, id, format!("header: {reason}")))
+    decode_header(&plain, header_offset)
+        .map_err(|reason| Error::corrupt(Kind::Pack, id, format!("header: {reason}")))
 }
 
 /// Decodes a header plaintext; `header_offset` is where the blobs must end.
-pub fn decode_header(plain: &[u8], header_offset: u64) -> std::result::Result<Vec<BlobEntry>, String> {
+pub fn decode_header(
+    plain: &[u8],
+    header_offset: u64,
+) -> std::result::Result<Vec<BlobEntry>, String> {
     if plain.len() < 5 {
         return Err("shorter than 5 bytes".into());
     }
@@ -178,8 +220,16 @@ pub fn decode_header(plain: &[u8], header_offset: u64) -> std::result::Result<Ve
     }
     let count = u32::from_le_bytes(plain[1..5].try_into().expect("4 bytes")) as usize;
     let body = &plain[5..];
-    if body.len() != count.checked_mul(HEADER_ENTRY_LEN).ok_or("count overflows")? {
-        return Err(format!("{count} entries need {} bytes, header has {}", count * HEADER_ENTRY_LEN, body.len()));
+    if body.len()
+        != count
+            .checked_mul(HEADER_ENTRY_LEN)
+            .ok_or("count overflows")?
+    {
+        return Err(format!(
+            "{count} entries need {} bytes, header has {}",
+            count * HEADER_ENTRY_LEN,
+            body.len()
+        ));
     }
     let mut offset = 0u64;
     let mut out = Vec::with_capacity(count);
@@ -190,7 +240,9 @@ pub fn decode_header(plain: &[u8], header_offset: u64) -> std::result::Result<Ve
         out.push(e);
     }
     if offset != header_offset {
-        return Err(format!("blobs end at {offset} but the header starts at {header_offset}"));
+        return Err(format!(
+            "blobs end at {offset} but the header starts at {header_offset}"
+        ));
     }
     Ok(out)
 }
@@ -202,7 +254,10 @@ mod tests {
 
     #[test]
     fn pack_round_trip() {
-        for crypto in [Crypto::encrypted(&MasterKey::generate()), Crypto::plain([7; 32])] {
+        for crypto in [
+            Crypto::encrypted(&MasterKey::generate()),
+            Crypto::plain([7; 32]),
+        ] {
             let mut b = PackBuilder::new();
             let e1 = crypto.seal(Domain::Blob, b"one");
             let e2 = crypto.seal(Domain::Blob, b"second blob");
@@ -210,11 +265,21 @@ mod tests {
             b.add(crypto.blob_id(b"second blob"), BlobKind::Tree, 0, 11, &e2);
             let (id, bytes, entries) = b.finish(&crypto);
             assert_eq!(id, PackId::of(&bytes));
-            let (off, len) = header_location(bytes.len() as u64, &bytes[bytes.len() - 8..], &id).unwrap();
-            let parsed = parse_header(&crypto, &bytes[off as usize..(off + len) as usize], off, &id).unwrap();
+            let (off, len) =
+                header_location(bytes.len() as u64, &bytes[bytes.len() - 8..], &id).unwrap();
+            let parsed = parse_header(
+                &crypto,
+                &bytes[off as usize..(off + len) as usize],
+                off,
+                &id,
+            )
+            .unwrap();
             assert_eq!(parsed, entries);
             let b2 = &bytes[parsed[1].offset as usize..][..parsed[1].stored_len as usize];
-            assert_eq!(crypto.open(Domain::Blob, b2, Kind::Blob, &"x").unwrap(), b"second blob");
+            assert_eq!(
+                crypto.open(Domain::Blob, b2, Kind::Blob, &"x").unwrap(),
+                b"second blob"
+            );
         }
     }
 

@@ -73,16 +73,35 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 impl Config {
     /// Parses and validates the stored config.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let c: Config = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(Kind::Config, CONFIG_ID.short(), format!("not a tidemark config: {e}")))?;
+        let c: Config = serde_json::from_slice(bytes).map_err(|e| {
+            Error::corrupt(
+                Kind::Config,
+                CONFIG_ID.short(),
+                format!("not a tidemark config: {e}"),
+            )
+        })?;
         if c.version != 1 {
-            return Err(Error::UnsupportedVersion { kind: Kind::Config, id: "config".into(), version: c.version, supported: 1 });
+            return Err(Error::UnsupportedVersion {
+                kind: Kind::Config,
+                id: "config".into(),
+                version: c.version,
+                supported: 1,
+            });
         }
         c.chunker.validate()?;
         if !(1024..=1 << 30).contains(&c.pack_size) {
-            return Err(Error::corrupt(Kind::Config, "config", format!("pack_size {} outside 1 KiB..1 GiB", c.pack_size)));
+            return Err(Error::corrupt(
+                Kind::Config,
+                "config",
+                format!("pack_size {} outside 1 KiB..1 GiB", c.pack_size),
+            ));
         }
         if (c.encryption == Encryption::None) != c.plain_keys.is_some() {
-            return Err(Error::corrupt(Kind::Config, "config", "plain_keys must be present exactly when encryption is none"));
+            return Err(Error::corrupt(
+                Kind::Config,
+                "config",
+                "plain_keys must be present exactly when encryption is none",
+            ));
         }
         Ok(c)
     }

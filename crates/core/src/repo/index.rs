@@ -30,7 +30,11 @@ pub struct Location {
 impl Location {
     /// Data or tree.
     pub fn kind(&self) -> BlobKind {
-        if self.kind_flags & 0x80 == 0 { BlobKind::Data } else { BlobKind::Tree }
+        if self.kind_flags & 0x80 == 0 {
+            BlobKind::Data
+        } else {
+            BlobKind::Tree
+        }
     }
 
     /// Flag bits as in the pack header.
@@ -62,13 +66,21 @@ impl Index {
         self.blobs.reserve(entries.len());
         for e in entries {
             let kind_flags = e.flags | if e.kind == BlobKind::Tree { 0x80 } else { 0 };
-            self.blobs.entry(e.id).or_insert(Location { pack: pos, offset: e.offset, stored_len: e.stored_len, raw_len: e.raw_len, kind_flags });
+            self.blobs.entry(e.id).or_insert(Location {
+                pack: pos,
+                offset: e.offset,
+                stored_len: e.stored_len,
+                raw_len: e.raw_len,
+                kind_flags,
+            });
         }
     }
 
     /// Where a blob is.
     pub fn get(&self, id: &BlobId) -> Option<(PackId, Location)> {
-        self.blobs.get(id).map(|l| (self.packs[l.pack as usize], *l))
+        self.blobs
+            .get(id)
+            .map(|l| (self.packs[l.pack as usize], *l))
     }
 
     /// Whether a blob is indexed.
@@ -98,7 +110,9 @@ impl Index {
 
     /// Every blob with its pack and location.
     pub fn iter(&self) -> impl Iterator<Item = (&BlobId, PackId, &Location)> {
-        self.blobs.iter().map(|(id, l)| (id, self.packs[l.pack as usize], l))
+        self.blobs
+            .iter()
+            .map(|(id, l)| (id, self.packs[l.pack as usize], l))
     }
 }
 
@@ -140,7 +154,11 @@ pub fn decode(b: &[u8]) -> std::result::Result<Vec<(PackId, Vec<BlobEntry>)>, St
         rest = &rest[36..];
         let need = n.checked_mul(ENTRY_LEN).ok_or("entry count overflows")?;
         if rest.len() < need {
-            return Err(format!("pack {} lists {n} entries but only {} bytes follow", id.short(), rest.len()));
+            return Err(format!(
+                "pack {} lists {n} entries but only {} bytes follow",
+                id.short(),
+                rest.len()
+            ));
         }
         let mut entries = Vec::with_capacity(n);
         for e in rest[..need].chunks_exact(ENTRY_LEN) {
@@ -165,7 +183,11 @@ pub fn seal(crypto: &Crypto, packs: &[(PackId, Vec<BlobEntry>)]) -> (ObjectId, V
 /// Opens and decodes a stored index file.
 pub fn open(crypto: &Crypto, id: &ObjectId, bytes: &[u8]) -> Result<Vec<(PackId, Vec<BlobEntry>)>> {
     if ObjectId::of(bytes) != *id {
-        return Err(Error::corrupt(Kind::Index, id, "content does not match its name (BLAKE3 mismatch)"));
+        return Err(Error::corrupt(
+            Kind::Index,
+            id,
+            "content does not match its name (BLAKE3 mismatch)",
+        ));
     }
     let plain = crypto.open(Domain::Index, bytes, Kind::Index, id)?;
     decode(&plain).map_err(|r| Error::corrupt(Kind::Index, id, r))
@@ -177,7 +199,14 @@ mod tests {
 
     #[test]
     fn index_round_trip() {
-        let e = BlobEntry { id: BlobId([3; 32]), kind: BlobKind::Tree, flags: 1, offset: 77, stored_len: 9, raw_len: 20 };
+        let e = BlobEntry {
+            id: BlobId([3; 32]),
+            kind: BlobKind::Tree,
+            flags: 1,
+            offset: 77,
+            stored_len: 9,
+            raw_len: 20,
+        };
         let packs = vec![(ObjectId([1; 32]), vec![e]), (ObjectId([2; 32]), vec![])];
         let enc = encode(&packs);
         assert_eq!(decode(&enc).unwrap(), packs);

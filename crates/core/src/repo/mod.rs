@@ -14,7 +14,10 @@ mod writer;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-pub use config::{Compression, CompressionAlgorithm, Config, Encryption, PlainKeys, DEFAULT_PACK_SIZE, DEFAULT_ZSTD_LEVEL};
+pub use config::{
+    Compression, CompressionAlgorithm, Config, Encryption, PlainKeys, DEFAULT_PACK_SIZE,
+    DEFAULT_ZSTD_LEVEL,
+};
 pub use index::{Index, Location};
 pub use writer::{BlobWriter, FinishedPack, PackEntries, WriterStats};
 
@@ -85,7 +88,12 @@ impl Repository {
     pub fn init(store: Arc<dyn Store>, opts: &InitOptions) -> Result<Self> {
         opts.chunker.validate()?;
         match store.get(Kind::Config, &CONFIG_ID, None) {
-            Ok(_) => return Err(Error::Invalid(format!("a repository already exists at {}", store.location()))),
+            Ok(_) => {
+                return Err(Error::Invalid(format!(
+                    "a repository already exists at {}",
+                    store.location()
+                )))
+            }
             Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -94,13 +102,22 @@ impl Repository {
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut id);
         let (encryption, plain_keys) = match opts.password {
             Some(_) => (Encryption::XChaCha20Poly1305, None),
-            None => (Encryption::None, Some(PlainKeys { id_key: master.id_key, chunker_seed: master.chunker_seed })),
+            None => (
+                Encryption::None,
+                Some(PlainKeys {
+                    id_key: master.id_key,
+                    chunker_seed: master.chunker_seed,
+                }),
+            ),
         };
         let config = Config {
             version: 1,
             id: ObjectId(id),
             encryption,
-            compression: Compression { algorithm: CompressionAlgorithm::Zstd, level: opts.compression_level },
+            compression: Compression {
+                algorithm: CompressionAlgorithm::Zstd,
+                level: opts.compression_level,
+            },
             chunker: opts.chunker,
             pack_size: opts.pack_size,
             plain_keys,
@@ -116,40 +133,71 @@ impl Repository {
         // The config goes last: a repository without one is not a repository, so a crash during
         // init leaves nothing that `open` would accept.
         store.put(Kind::Config, &CONFIG_ID, &config.encode())?;
-        let crypto = if opts.password.is_some() { Crypto::encrypted(&master) } else { Crypto::plain(master.id_key) };
+        let crypto = if opts.password.is_some() {
+            Crypto::encrypted(&master)
+        } else {
+            Crypto::plain(master.id_key)
+        };
         let chunker = Chunker::new(config.chunker, master.chunker_seed)?;
-        Ok(Repository { store, config, crypto, chunker, key_id, index: Index::default() })
+        Ok(Repository {
+            store,
+            config,
+            crypto,
+            chunker,
+            key_id,
+            index: Index::default(),
+        })
     }
 
     /// Opens an existing repository. `password` is called only if the repository is encrypted.
-    pub fn open(store: Arc<dyn Store>, password: &mut dyn FnMut() -> Result<Vec<u8>>) -> Result<Self> {
+    pub fn open(
+        store: Arc<dyn Store>,
+        password: &mut dyn FnMut() -> Result<Vec<u8>>,
+    ) -> Result<Self> {
         let bytes = match store.get(Kind::Config, &CONFIG_ID, None) {
             Ok(b) => b,
             Err(Error::NotFound { .. }) => {
-                return Err(Error::NoRepository { location: store.location(), reason: "no config file".into() })
+                return Err(Error::NoRepository {
+                    location: store.location(),
+                    reason: "no config file".into(),
+                })
             }
             Err(e) => return Err(e),
         };
         let config = Config::decode(&bytes)?;
-        let (crypto, seed, key_id) = if let (Encryption::None, Some(pk)) = (config.encryption, config.plain_keys) {
-            (Crypto::plain(pk.id_key), pk.chunker_seed, None)
-        } else {
-            let pw = password()?;
-            let (kid, master) = Self::unlock(&*store, &pw)?;
-            (Crypto::encrypted(&master), master.chunker_seed, Some(kid))
-        };
+        let (crypto, seed, key_id) =
+            if let (Encryption::None, Some(pk)) = (config.encryption, config.plain_keys) {
+                (Crypto::plain(pk.id_key), pk.chunker_seed, None)
+            } else {
+                let pw = password()?;
+                let (kid, master) = Self::unlock(&*store, &pw)?;
+                (Crypto::encrypted(&master), master.chunker_seed, Some(kid))
+            };
         let chunker = Chunker::new(config.chunker, seed)?;
-        Ok(Repository { store, config, crypto, chunker, key_id, index: Index::default() })
+        Ok(Repository {
+            store,
+            config,
+            crypto,
+            chunker,
+            key_id,
+            index: Index::default(),
+        })
     }
 
     fn unlock(store: &dyn Store, password: &[u8]) -> Result<(ObjectId, MasterKey)> {
         let keys = store.list(Kind::Key)?;
         if keys.is_empty() {
-            return Err(Error::corrupt(Kind::Key, "-", "the repository is encrypted but has no key files"));
+            return Err(Error::corrupt(
+                Kind::Key,
+                "-",
+                "the repository is encrypted but has no key files",
+            ));
         }
         let mut damaged = None;
         for (id, _) in keys {
-            let parsed = store.get(Kind::Key, &id, None).and_then(|b| KeyFile::decode(&b, &id));
+            let parsed = store
+                .get(Kind::Key, &id, None)
+                .and_then(|b| KeyFile::decode(&b, &id));
             match parsed.and_then(|kf| kf.open(password, &id)) {
                 Ok(Some(master)) => return Ok((id, master)),
                 Ok(None) => {}
@@ -200,7 +248,11 @@ impl Repository {
             }
         }
         self.index = index;
-        Ok(IndexStats { files: files.len(), packs: self.index.packs().len(), blobs: self.index.len() })
+        Ok(IndexStats {
+            files: files.len(),
+            packs: self.index.packs().len(),
+            blobs: self.index.len(),
+        })
     }
 
     /// Adds entries to the in-memory index (after this process wrote or adopted packs).
@@ -216,7 +268,11 @@ impl Repository {
     }
 
     /// Compresses (when worth it) and seals a blob's plaintext: `(flags, envelope)`.
-    pub fn encode_blob(&self, compressor: Option<&mut zstd::bulk::Compressor<'_>>, plain: &[u8]) -> (u8, Vec<u8>) {
+    pub fn encode_blob(
+        &self,
+        compressor: Option<&mut zstd::bulk::Compressor<'_>>,
+        plain: &[u8],
+    ) -> (u8, Vec<u8>) {
         if let Some(c) = compressor {
             if plain.len() >= 64 {
                 if let Ok(z) = c.compress(plain) {
@@ -232,22 +288,32 @@ impl Repository {
     /// A zstd compressor at the configured level, or `None` when compression is off.
     pub fn compressor(&self) -> Option<zstd::bulk::Compressor<'static>> {
         let level = self.config.compression.level;
-        (level != 0).then(|| zstd::bulk::Compressor::new(level).expect("zstd accepts the configured level"))
+        (level != 0)
+            .then(|| zstd::bulk::Compressor::new(level).expect("zstd accepts the configured level"))
     }
 
     /// Opens, decompresses and verifies a blob envelope read from its pack.
     pub fn decode_blob(&self, id: &BlobId, loc: &Location, envelope: &[u8]) -> Result<Vec<u8>> {
-        let kind = if loc.kind() == BlobKind::Tree { Kind::Tree } else { Kind::Blob };
+        let kind = if loc.kind() == BlobKind::Tree {
+            Kind::Tree
+        } else {
+            Kind::Blob
+        };
         let payload = self.crypto.open(Domain::Blob, envelope, kind, id)?;
         let plain = if loc.flags() & FLAG_ZSTD != 0 {
             let mut out = Vec::with_capacity(loc.raw_len as usize);
-            zstd::stream::copy_decode(payload.as_slice(), &mut out).map_err(|e| Error::corrupt(kind, id, format!("zstd: {e}")))?;
+            zstd::stream::copy_decode(payload.as_slice(), &mut out)
+                .map_err(|e| Error::corrupt(kind, id, format!("zstd: {e}")))?;
             out
         } else {
             payload
         };
         if plain.len() != loc.raw_len as usize {
-            return Err(Error::corrupt(kind, id, format!("length {} instead of {}", plain.len(), loc.raw_len)));
+            return Err(Error::corrupt(
+                kind,
+                id,
+                format!("length {} instead of {}", plain.len(), loc.raw_len),
+            ));
         }
         if self.crypto.blob_id(&plain) != *id {
             return Err(Error::corrupt(kind, id, "content does not match its id"));
@@ -257,10 +323,17 @@ impl Repository {
 
     /// Reads one blob by id.
     pub fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
-        let (pack, loc) = self.index.get(id).ok_or_else(|| Error::NotFound { kind: Kind::Blob, id: id.to_hex() })?;
+        let (pack, loc) = self.index.get(id).ok_or_else(|| Error::NotFound {
+            kind: Kind::Blob,
+            id: id.to_hex(),
+        })?;
         let env = self.store.get(Kind::Pack, &pack, Some(loc.range()))?;
         if env.len() != loc.stored_len as usize {
-            return Err(Error::corrupt(Kind::Pack, pack, format!("blob {} is cut short (pack truncated?)", id.short())));
+            return Err(Error::corrupt(
+                Kind::Pack,
+                pack,
+                format!("blob {} is cut short (pack truncated?)", id.short()),
+            ));
         }
         self.decode_blob(id, &loc, &env)
     }
@@ -297,26 +370,46 @@ impl Repository {
     /// Resolves `latest` or a unique id prefix.
     pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
         if spec == "latest" {
-            return self.snapshots()?.pop().ok_or_else(|| Error::Invalid("the repository has no snapshots yet".into()));
+            return self
+                .snapshots()?
+                .pop()
+                .ok_or_else(|| Error::Invalid("the repository has no snapshots yet".into()));
         }
         let spec = spec.to_ascii_lowercase();
         if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::Invalid(format!("{spec:?} is neither `latest` nor a hex snapshot id prefix")));
+            return Err(Error::Invalid(format!(
+                "{spec:?} is neither `latest` nor a hex snapshot id prefix"
+            )));
         }
-        let ids: Vec<ObjectId> = self.store.list(Kind::Snapshot)?.into_iter().map(|(id, _)| id).filter(|id| id.to_hex().starts_with(&spec)).collect();
+        let ids: Vec<ObjectId> = self
+            .store
+            .list(Kind::Snapshot)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| id.to_hex().starts_with(&spec))
+            .collect();
         match ids.as_slice() {
             [id] => Ok((*id, self.load_snapshot(id)?)),
             [] => Err(Error::Invalid(format!("no snapshot with id prefix {spec}"))),
-            _ => Err(Error::Invalid(format!("snapshot prefix {spec} is ambiguous ({} matches); give more characters", ids.len()))),
+            _ => Err(Error::Invalid(format!(
+                "snapshot prefix {spec} is ambiguous ({} matches); give more characters",
+                ids.len()
+            ))),
         }
     }
 
     /// Reads a pack's header (trailer, then header envelope).
     pub fn read_pack_header(&self, id: &PackId, len: u64) -> Result<Vec<BlobEntry>> {
         if len < TRAILER_LEN as u64 {
-            return Err(Error::corrupt(Kind::Pack, id, format!("{len} bytes is too short to be a pack")));
+            return Err(Error::corrupt(
+                Kind::Pack,
+                id,
+                format!("{len} bytes is too short to be a pack"),
+            ));
         }
-        let trailer = self.store.get(Kind::Pack, id, Some(len - TRAILER_LEN as u64..len))?;
+        let trailer = self
+            .store
+            .get(Kind::Pack, id, Some(len - TRAILER_LEN as u64..len))?;
         let (off, hlen) = pack::header_location(len, &trailer, id)?;
         let sealed = self.store.get(Kind::Pack, id, Some(off..off + hlen))?;
         pack::parse_header(&self.crypto, &sealed, off, id)
@@ -324,7 +417,12 @@ impl Repository {
 
     /// Packs in the store that no index file references (left by an interrupted backup).
     pub fn unindexed_packs(&self) -> Result<Vec<(PackId, u64)>> {
-        Ok(self.store.list(Kind::Pack)?.into_iter().filter(|(id, _)| !self.index.has_pack(id)).collect())
+        Ok(self
+            .store
+            .list(Kind::Pack)?
+            .into_iter()
+            .filter(|(id, _)| !self.index.has_pack(id))
+            .collect())
     }
 
     /// Indexes packs that an interrupted backup wrote but did not index, from their headers, so
@@ -359,9 +457,18 @@ impl Repository {
     }
 
     /// Adds a password: a new key file wrapping the same master key.
-    pub fn add_key(&self, password: &[u8], kdf: KdfParams, hostname: &str, username: &str, current_password: &[u8]) -> Result<ObjectId> {
+    pub fn add_key(
+        &self,
+        password: &[u8],
+        kdf: KdfParams,
+        hostname: &str,
+        username: &str,
+        current_password: &[u8],
+    ) -> Result<ObjectId> {
         if !self.crypto.is_encrypted() {
-            return Err(Error::Invalid("this repository is not encrypted; it has no keys".into()));
+            return Err(Error::Invalid(
+                "this repository is not encrypted; it has no keys".into(),
+            ));
         }
         let (_, master) = Self::unlock(&*self.store, current_password)?;
         let kf = KeyFile::create(&master, password, kdf, hostname, username)?;
@@ -373,15 +480,26 @@ impl Repository {
 
     /// Removes a key file by id prefix; refuses the key in use and the last key.
     pub fn remove_key(&self, prefix: &str) -> Result<ObjectId> {
-        let keys: Vec<ObjectId> = self.store.list(Kind::Key)?.into_iter().map(|(id, _)| id).collect();
-        let matching: Vec<&ObjectId> = keys.iter().filter(|id| id.to_hex().starts_with(&prefix.to_ascii_lowercase())).collect();
+        let keys: Vec<ObjectId> = self
+            .store
+            .list(Kind::Key)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let matching: Vec<&ObjectId> = keys
+            .iter()
+            .filter(|id| id.to_hex().starts_with(&prefix.to_ascii_lowercase()))
+            .collect();
         let id = match matching.as_slice() {
             [id] => **id,
             [] => return Err(Error::Invalid(format!("no key with id prefix {prefix}"))),
             _ => return Err(Error::Invalid(format!("key prefix {prefix} is ambiguous"))),
         };
         if Some(id) == self.key_id {
-            return Err(Error::Invalid("refusing to remove the key this command was unlocked with; use another password".into()));
+            return Err(Error::Invalid(
+                "refusing to remove the key this command was unlocked with; use another password"
+                    .into(),
+            ));
         }
         if keys.len() <= 1 {
             return Err(Error::Invalid("refusing to remove the last key".into()));
@@ -391,7 +509,11 @@ impl Repository {
     }
 
     /// Every tree reachable from `roots`, each visited once: calls `each(tree_id, tree)`.
-    pub fn walk_trees(&self, roots: &[BlobId], each: &mut dyn FnMut(&BlobId, &Tree) -> Result<()>) -> Result<()> {
+    pub fn walk_trees(
+        &self,
+        roots: &[BlobId],
+        each: &mut dyn FnMut(&BlobId, &Tree) -> Result<()>,
+    ) -> Result<()> {
         let mut seen = HashSet::new();
         let mut stack: Vec<BlobId> = roots.to_vec();
         while let Some(id) = stack.pop() {

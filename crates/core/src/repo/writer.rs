@@ -81,7 +81,14 @@ impl<'r> BlobWriter<'r> {
     }
 
     /// Adds a sealed blob; returns a pack to upload when one filled up.
-    pub fn add(&self, id: BlobId, kind: BlobKind, flags: u8, raw_len: u32, envelope: &[u8]) -> Result<Option<FinishedPack>> {
+    pub fn add(
+        &self,
+        id: BlobId,
+        kind: BlobKind,
+        flags: u8,
+        raw_len: u32,
+        envelope: &[u8],
+    ) -> Result<Option<FinishedPack>> {
         self.check()?;
         let target = self.repo.config().pack_size as usize;
         let full = {
@@ -89,7 +96,11 @@ impl<'r> BlobWriter<'r> {
             let slot = rand::thread_rng().gen_range(0..open.len());
             let pack = &mut open[slot];
             pack.add(id, kind, flags, raw_len, envelope);
-            if pack.len() >= target { Some(std::mem::take(pack)) } else { None }
+            if pack.len() >= target {
+                Some(std::mem::take(pack))
+            } else {
+                None
+            }
         };
         Ok(full.map(|p| self.finish(p)))
     }
@@ -103,7 +114,10 @@ impl<'r> BlobWriter<'r> {
     pub fn flush(&self) -> Vec<FinishedPack> {
         let packs: Vec<PackBuilder> = {
             let mut open = self.open.lock().expect("pack lock");
-            open.iter_mut().filter(|p| !p.is_empty()).map(std::mem::take).collect()
+            open.iter_mut()
+                .filter(|p| !p.is_empty())
+                .map(std::mem::take)
+                .collect()
         };
         packs.into_iter().map(|p| self.finish(p)).collect()
     }
@@ -112,11 +126,13 @@ impl<'r> BlobWriter<'r> {
     pub fn upload(&self, pack: FinishedPack) -> Result<()> {
         self.check()?;
         if let Err(e) = self.repo.store().put(Kind::Pack, &pack.id, &pack.bytes) {
-            *self.poisoned.lock().expect("poison lock") = Some(format!("uploading pack {}: {e}", pack.id.short()));
+            *self.poisoned.lock().expect("poison lock") =
+                Some(format!("uploading pack {}: {e}", pack.id.short()));
             return Err(e);
         }
         self.packs.fetch_add(1, Ordering::Relaxed);
-        self.pack_bytes.fetch_add(pack.bytes.len() as u64, Ordering::Relaxed);
+        self.pack_bytes
+            .fetch_add(pack.bytes.len() as u64, Ordering::Relaxed);
         let batch = {
             let mut u = self.unindexed.lock().expect("index lock");
             u.push((pack.id, pack.entries));
@@ -133,7 +149,8 @@ impl<'r> BlobWriter<'r> {
             return Ok(());
         }
         if let Err(e) = self.repo.write_index(&batch) {
-            *self.poisoned.lock().expect("poison lock") = Some(format!("writing an index file: {e}"));
+            *self.poisoned.lock().expect("poison lock") =
+                Some(format!("writing an index file: {e}"));
             return Err(e);
         }
         self.index_files.fetch_add(1, Ordering::Relaxed);

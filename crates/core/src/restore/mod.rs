@@ -96,27 +96,53 @@ struct Plan {
 }
 
 /// Restores the tree `root` of a snapshot (the repository's index must be loaded).
-pub fn restore(repo: &Repository, root: &crate::id::BlobId, opts: &RestoreOptions, progress: &RestoreProgress) -> Result<RestoreStats> {
+pub fn restore(
+    repo: &Repository,
+    root: &crate::id::BlobId,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<RestoreStats> {
     for inc in &opts.include {
         if !inc.is_absolute() || inc.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(Error::Invalid(format!("--include {} must be an absolute path inside the snapshot", inc.display())));
+            return Err(Error::Invalid(format!(
+                "--include {} must be an absolute path inside the snapshot",
+                inc.display()
+            )));
         }
     }
-    std::fs::create_dir_all(&opts.target).map_err(|e| Error::io("creating target", &opts.target, e))?;
-    let target = opts.target.canonicalize().map_err(|e| Error::io("resolving target", &opts.target, e))?;
+    std::fs::create_dir_all(&opts.target)
+        .map_err(|e| Error::io("creating target", &opts.target, e))?;
+    let target = opts
+        .target
+        .canonicalize()
+        .map_err(|e| Error::io("resolving target", &opts.target, e))?;
     let mut plan = Plan::default();
     let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
-    plan_tree(repo, root, &target, Path::new("/"), &opts.include, &mut plan, &mut inodes)?;
+    plan_tree(
+        repo,
+        root,
+        &target,
+        Path::new("/"),
+        &opts.include,
+        &mut plan,
+        &mut inodes,
+    )?;
     progress.total_bytes.store(plan.bytes, Ordering::Relaxed);
 
-    let threads = if opts.threads == 0 { 2 * std::thread::available_parallelism().map_or(2, std::num::NonZero::get) } else { opts.threads };
+    let threads = if opts.threads == 0 {
+        2 * std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+    } else {
+        opts.threads
+    };
     let queue: Mutex<Vec<(&PackId, &PackNeeds)>> = Mutex::new(plan.packs.iter().rev().collect());
     let errors = Mutex::new(std::mem::take(&mut plan.errors));
     let is_root = nix::unistd::geteuid().is_root();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
-                let Some((pack, blobs)) = queue.lock().expect("queue lock").pop() else { return };
+                let Some((pack, blobs)) = queue.lock().expect("queue lock").pop() else {
+                    return;
+                };
                 restore_pack(repo, pack, blobs, &plan.files, &errors, progress, is_root);
             });
         }
@@ -126,20 +152,33 @@ pub fn restore(repo: &Repository, root: &crate::id::BlobId, opts: &RestoreOption
     for (path, first) in &plan.hardlinks {
         let f = &plan.files[*first];
         if f.failed.load(Ordering::Relaxed) {
-            errors.push(RestoreError { path: path.clone(), error: format!("hardlink target {} failed", f.path.display()) });
+            errors.push(RestoreError {
+                path: path.clone(),
+                error: format!("hardlink target {} failed", f.path.display()),
+            });
             continue;
         }
         let _ = remove_non_dir(path);
         if let Err(e) = std::fs::hard_link(&f.path, path) {
-            errors.push(RestoreError { path: path.clone(), error: format!("hardlink to {}: {e}", f.path.display()) });
+            errors.push(RestoreError {
+                path: path.clone(),
+                error: format!("hardlink to {}: {e}", f.path.display()),
+            });
         }
     }
     for (path, node) in plan.dirs.iter().rev() {
         if let Err(e) = apply_metadata(path, node, is_root) {
-            errors.push(RestoreError { path: path.clone(), error: e.to_string() });
+            errors.push(RestoreError {
+                path: path.clone(),
+                error: e.to_string(),
+            });
         }
     }
-    let failed = plan.files.iter().filter(|f| f.failed.load(Ordering::Relaxed)).count() as u64;
+    let failed = plan
+        .files
+        .iter()
+        .filter(|f| f.failed.load(Ordering::Relaxed))
+        .count() as u64;
     Ok(RestoreStats {
         files: plan.files.len() as u64 + plan.hardlinks.len() as u64 - failed,
         dirs: plan.dirs.len() as u64,
@@ -159,11 +198,22 @@ fn included(path: &Path, include: &[PathBuf]) -> (bool, bool) {
     (inside || ancestor, inside || ancestor)
 }
 
-fn plan_tree(repo: &Repository, tree_id: &BlobId, dir: &Path, snap_dir: &Path, include: &[PathBuf], plan: &mut Plan, inodes: &mut HashMap<(u64, u64), usize>) -> Result<()> {
+fn plan_tree(
+    repo: &Repository,
+    tree_id: &BlobId,
+    dir: &Path,
+    snap_dir: &Path,
+    include: &[PathBuf],
+    plan: &mut Plan,
+    inodes: &mut HashMap<(u64, u64), usize>,
+) -> Result<()> {
     let tree = match repo.load_tree(tree_id) {
         Ok(t) => t,
         Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. })) => {
-            plan.errors.push(RestoreError { path: dir.to_owned(), error: format!("directory contents lost: {e}") });
+            plan.errors.push(RestoreError {
+                path: dir.to_owned(),
+                error: format!("directory contents lost: {e}"),
+            });
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -171,7 +221,11 @@ fn plan_tree(repo: &Repository, tree_id: &BlobId, dir: &Path, snap_dir: &Path, i
     for node in &tree.nodes {
         let name = node.os_name();
         if let Some(problem) = Node::name_problem(name.as_bytes()) {
-            return Err(Error::UnsafePath { path: snap_dir.join(&name).display().to_string(), tree: tree_id.to_hex(), reason: problem.into() });
+            return Err(Error::UnsafePath {
+                path: snap_dir.join(&name).display().to_string(),
+                tree: tree_id.to_hex(),
+                reason: problem.into(),
+            });
         }
         let snap_path = snap_dir.join(&name);
         let (restore_it, descend) = included(&snap_path, include);
@@ -182,12 +236,17 @@ fn plan_tree(repo: &Repository, tree_id: &BlobId, dir: &Path, snap_dir: &Path, i
         let res = match node.kind() {
             NodeType::Dir => {
                 if let Err(e) = make_dir(&path) {
-                    plan.errors.push(RestoreError { path: path.clone(), error: e.to_string() });
+                    plan.errors.push(RestoreError {
+                        path: path.clone(),
+                        error: e.to_string(),
+                    });
                     continue;
                 }
                 plan.dirs.push((path.clone(), node.clone()));
                 if descend {
-                    let sub = node.subtree.expect("tree decoder checked directories have subtrees");
+                    let sub = node
+                        .subtree
+                        .expect("tree decoder checked directories have subtrees");
                     plan_tree(repo, &sub, &path, &snap_path, include, plan, inodes)?;
                 }
                 Ok(())
@@ -198,25 +257,38 @@ fn plan_tree(repo: &Repository, tree_id: &BlobId, dir: &Path, snap_dir: &Path, i
             }
             NodeType::Symlink => {
                 plan.other += 1;
-                let target = node.target_os().expect("tree decoder checked symlink targets");
+                let target = node
+                    .target_os()
+                    .expect("tree decoder checked symlink targets");
                 remove_non_dir(&path)
                     .and_then(|()| std::os::unix::fs::symlink(&target, &path))
                     .and_then(|()| apply_metadata(&path, node, nix::unistd::geteuid().is_root()))
             }
             NodeType::Fifo | NodeType::Chardev | NodeType::Blockdev => {
                 plan.other += 1;
-                remove_non_dir(&path).and_then(|()| make_special(&path, node)).and_then(|()| apply_metadata(&path, node, nix::unistd::geteuid().is_root()))
+                remove_non_dir(&path)
+                    .and_then(|()| make_special(&path, node))
+                    .and_then(|()| apply_metadata(&path, node, nix::unistd::geteuid().is_root()))
             }
             NodeType::Socket => Ok(()), // a socket is meaningless without its process
         };
         if let Err(e) = res {
-            plan.errors.push(RestoreError { path, error: e.to_string() });
+            plan.errors.push(RestoreError {
+                path,
+                error: e.to_string(),
+            });
         }
     }
     Ok(())
 }
 
-fn plan_file(repo: &Repository, node: &Node, path: &Path, plan: &mut Plan, inodes: &mut HashMap<(u64, u64), usize>) {
+fn plan_file(
+    repo: &Repository,
+    node: &Node,
+    path: &Path,
+    plan: &mut Plan,
+    inodes: &mut HashMap<(u64, u64), usize>,
+) {
     if node.links > 1 {
         if let Some(&first) = inodes.get(&(node.device_id, node.inode)) {
             plan.hardlinks.push((path.to_owned(), first));
@@ -224,11 +296,20 @@ fn plan_file(repo: &Repository, node: &Node, path: &Path, plan: &mut Plan, inode
         }
     }
     let created = remove_non_dir(path).and_then(|()| {
-        let f = OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_NOFOLLOW).mode(0o600).open(path)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(path)?;
         f.set_len(node.size)
     });
     if let Err(e) = created {
-        plan.errors.push(RestoreError { path: path.to_owned(), error: e.to_string() });
+        plan.errors.push(RestoreError {
+            path: path.to_owned(),
+            error: e.to_string(),
+        });
         return;
     }
     let idx = plan.files.len();
@@ -240,19 +321,35 @@ fn plan_file(repo: &Repository, node: &Node, path: &Path, plan: &mut Plan, inode
             missing = Some(*id);
             break;
         };
-        let (_, uses) = plan.packs.entry(pack).or_default().entry(*id).or_insert_with(|| (loc, Vec::new()));
+        let (_, uses) = plan
+            .packs
+            .entry(pack)
+            .or_default()
+            .entry(*id)
+            .or_insert_with(|| (loc, Vec::new()));
         uses.push((idx, offset));
         offset += u64::from(loc.raw_len);
         needed += 1;
     }
     plan.bytes += node.size;
-    let fp = FilePlan { path: path.to_owned(), node: node.clone(), remaining: AtomicU32::new(needed), failed: AtomicBool::new(false) };
+    let fp = FilePlan {
+        path: path.to_owned(),
+        node: node.clone(),
+        remaining: AtomicU32::new(needed),
+        failed: AtomicBool::new(false),
+    };
     if let Some(id) = missing {
         fp.failed.store(true, Ordering::Relaxed);
-        plan.errors.push(RestoreError { path: path.to_owned(), error: format!("blob {id} is not in the index") });
+        plan.errors.push(RestoreError {
+            path: path.to_owned(),
+            error: format!("blob {id} is not in the index"),
+        });
     } else if needed == 0 {
         if let Err(e) = apply_metadata(path, node, nix::unistd::geteuid().is_root()) {
-            plan.errors.push(RestoreError { path: path.to_owned(), error: e.to_string() });
+            plan.errors.push(RestoreError {
+                path: path.to_owned(),
+                error: e.to_string(),
+            });
         }
     }
     if node.links > 1 {
@@ -274,14 +371,21 @@ fn restore_pack(
         for (f, _) in uses {
             {
                 if !files[*f].failed.swap(true, Ordering::Relaxed) {
-                    errors.lock().expect("errors lock").push(RestoreError { path: files[*f].path.clone(), error: why.to_owned() });
+                    errors.lock().expect("errors lock").push(RestoreError {
+                        path: files[*f].path.clone(),
+                        error: why.to_owned(),
+                    });
                 }
             }
         }
     };
     // Read the whole pack when most of it is needed, else only the needed ranges.
     let needed: u64 = blobs.values().map(|(l, _)| u64::from(l.stored_len)).sum();
-    let max_end = blobs.values().map(|(l, _)| l.range().end).max().unwrap_or(0);
+    let max_end = blobs
+        .values()
+        .map(|(l, _)| l.range().end)
+        .max()
+        .unwrap_or(0);
     let whole = if needed * 2 >= max_end {
         match repo.store().get(Kind::Pack, pack, Some(0..max_end)) {
             Ok(b) => Some(b),
@@ -299,7 +403,10 @@ fn restore_pack(
     sorted.sort_by_key(|(_, (l, _))| l.offset);
     for (id, (loc, uses)) in sorted {
         let env = match &whole {
-            Some(b) => b.get(loc.range().start as usize..loc.range().end as usize).map(<[u8]>::to_vec).ok_or_else(|| Error::corrupt(Kind::Pack, pack, "blob beyond the end of the pack")),
+            Some(b) => b
+                .get(loc.range().start as usize..loc.range().end as usize)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| Error::corrupt(Kind::Pack, pack, "blob beyond the end of the pack")),
             None => repo.store().get(Kind::Pack, pack, Some(loc.range())),
         };
         let plain = env.and_then(|e| repo.decode_blob(id, loc, &e));
@@ -314,26 +421,75 @@ fn restore_pack(
                 continue;
             }
         };
-        let zero = plain.iter().all(|&b| b == 0);
         for (f, offset) in uses {
             let fp = &files[*f];
-            if !(fp.failed.load(Ordering::Relaxed) || zero && fp.node.sparse) {
-                let w = OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(&fp.path).and_then(|file| file.write_all_at(&plain, *offset));
+            if !fp.failed.load(Ordering::Relaxed) {
+                let w = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&fp.path)
+                    .and_then(|file| {
+                        if fp.node.sparse {
+                            write_sparse(&file, &plain, *offset)
+                        } else {
+                            file.write_all_at(&plain, *offset)
+                        }
+                    });
                 if let Err(e) = w {
                     if !fp.failed.swap(true, Ordering::Relaxed) {
-                        errors.lock().expect("errors lock").push(RestoreError { path: fp.path.clone(), error: format!("writing: {e}") });
+                        errors.lock().expect("errors lock").push(RestoreError {
+                            path: fp.path.clone(),
+                            error: format!("writing: {e}"),
+                        });
                     }
                 }
             }
-            progress.bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
-            if fp.remaining.fetch_sub(1, Ordering::AcqRel) == 1 && !fp.failed.load(Ordering::Relaxed) {
+            progress
+                .bytes
+                .fetch_add(plain.len() as u64, Ordering::Relaxed);
+            if fp.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+                && !fp.failed.load(Ordering::Relaxed)
+            {
                 progress.files.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = apply_metadata(&fp.path, &fp.node, is_root) {
-                    errors.lock().expect("errors lock").push(RestoreError { path: fp.path.clone(), error: e.to_string() });
+                    errors.lock().expect("errors lock").push(RestoreError {
+                        path: fp.path.clone(),
+                        error: e.to_string(),
+                    });
                 }
             }
         }
     }
+}
+
+/// Writes `data` at `offset`, skipping 4 KiB blocks of zeros so they stay holes (the file was
+/// created at full size, so skipped blocks read back as zeros).
+fn write_sparse(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    const BLOCK: u64 = 4096;
+    let mut pos = 0usize;
+    while pos < data.len() {
+        // Block boundaries follow file offsets, so holes line up with the filesystem's blocks.
+        let end =
+            (((offset + pos as u64) / BLOCK + 1) * BLOCK - offset).min(data.len() as u64) as usize;
+        let mut run_end = pos;
+        let mut next = pos;
+        while next < data.len() {
+            let block_end = (((offset + next as u64) / BLOCK + 1) * BLOCK - offset)
+                .min(data.len() as u64) as usize;
+            if data[next..block_end].iter().all(|&b| b == 0) {
+                break;
+            }
+            run_end = block_end;
+            next = block_end;
+        }
+        if run_end > pos {
+            file.write_all_at(&data[pos..run_end], offset + pos as u64)?;
+            pos = run_end;
+        } else {
+            pos = end;
+        }
+    }
+    Ok(())
 }
 
 /// Removes whatever non-directory is at `path` (a stale file or a symlink that would be
@@ -366,7 +522,13 @@ fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
         NodeType::Chardev => SFlag::S_IFCHR,
         _ => SFlag::S_IFBLK,
     };
-    mknod(path, kind, Mode::from_bits_truncate(0o600), node.rdev.unwrap_or(0)).map_err(std::io::Error::from)
+    mknod(
+        path,
+        kind,
+        Mode::from_bits_truncate(0o600),
+        node.rdev.unwrap_or(0),
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// Ownership (as root), xattrs, mode, then times (last: the others change ctime only).
@@ -381,6 +543,17 @@ fn apply_metadata(path: &Path, node: &Node, is_root: bool) -> std::io::Result<()
         }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))?;
     }
-    let t = |ns: i64| filetime::FileTime::from_unix_time(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32);
-    filetime::set_symlink_file_times(path, t(node.atime_ns), t(node.mtime_ns))
+    let t = |ns: i64| {
+        filetime::FileTime::from_unix_time(
+            ns.div_euclid(1_000_000_000),
+            ns.rem_euclid(1_000_000_000) as u32,
+        )
+    };
+    // Directories carry no atime (see docs/format.md §8): use the mtime.
+    let atime = if node.kind() == NodeType::Dir && node.atime_ns == 0 {
+        node.mtime_ns
+    } else {
+        node.atime_ns
+    };
+    filetime::set_symlink_file_times(path, t(atime), t(node.mtime_ns))
 }

@@ -44,12 +44,24 @@ pub fn diff(repo: &Repository, a: &BlobId, b: &BlobId) -> Result<Vec<Change>> {
     Ok(out)
 }
 
-fn diff_trees(repo: &Repository, dir: &Path, a: Option<&BlobId>, b: Option<&BlobId>, out: &mut Vec<Change>) -> Result<()> {
+fn diff_trees(
+    repo: &Repository,
+    dir: &Path,
+    a: Option<&BlobId>,
+    b: Option<&BlobId>,
+    out: &mut Vec<Change>,
+) -> Result<()> {
     if a == b {
         return Ok(());
     }
-    let ta = a.map(|id| repo.load_tree(id)).transpose()?.unwrap_or_default();
-    let tb = b.map(|id| repo.load_tree(id)).transpose()?.unwrap_or_default();
+    let ta = a
+        .map(|id| repo.load_tree(id))
+        .transpose()?
+        .unwrap_or_default();
+    let tb = b
+        .map(|id| repo.load_tree(id))
+        .transpose()?
+        .unwrap_or_default();
     let (mut i, mut j) = (0, 0);
     while i < ta.nodes.len() || j < tb.nodes.len() {
         let na = ta.nodes.get(i);
@@ -78,13 +90,29 @@ fn diff_trees(repo: &Repository, dir: &Path, a: Option<&BlobId>, b: Option<&Blob
                     whole(repo, dir, y, ChangeKind::Added, out)?;
                 } else if y.kind() == NodeType::Dir {
                     if !same_metadata(x, y) {
-                        out.push(Change { path: path.clone(), kind: ChangeKind::Metadata, node_type: NodeType::Dir });
+                        out.push(Change {
+                            path: path.clone(),
+                            kind: ChangeKind::Metadata,
+                            node_type: NodeType::Dir,
+                        });
                     }
                     diff_trees(repo, &path, x.subtree.as_ref(), y.subtree.as_ref(), out)?;
-                } else if x.content != y.content || x.target_os() != y.target_os() || x.rdev != y.rdev || x.size != y.size {
-                    out.push(Change { path, kind: ChangeKind::Modified, node_type: y.kind() });
+                } else if x.content != y.content
+                    || x.target_os() != y.target_os()
+                    || x.rdev != y.rdev
+                    || x.size != y.size
+                {
+                    out.push(Change {
+                        path,
+                        kind: ChangeKind::Modified,
+                        node_type: y.kind(),
+                    });
                 } else if !same_metadata(x, y) {
-                    out.push(Change { path, kind: ChangeKind::Metadata, node_type: y.kind() });
+                    out.push(Change {
+                        path,
+                        kind: ChangeKind::Metadata,
+                        node_type: y.kind(),
+                    });
                 }
                 i += 1;
                 j += 1;
@@ -95,14 +123,32 @@ fn diff_trees(repo: &Repository, dir: &Path, a: Option<&BlobId>, b: Option<&Blob
 }
 
 fn same_metadata(x: &Node, y: &Node) -> bool {
-    x.mode == y.mode && x.uid == y.uid && x.gid == y.gid && x.mtime_ns == y.mtime_ns && x.xattrs == y.xattrs
+    x.mode == y.mode
+        && x.uid == y.uid
+        && x.gid == y.gid
+        && x.mtime_ns == y.mtime_ns
+        && x.xattrs == y.xattrs
 }
 
-fn whole(repo: &Repository, dir: &Path, n: &Node, kind: ChangeKind, out: &mut Vec<Change>) -> Result<()> {
+fn whole(
+    repo: &Repository,
+    dir: &Path,
+    n: &Node,
+    kind: ChangeKind,
+    out: &mut Vec<Change>,
+) -> Result<()> {
     let path = dir.join(n.os_name());
-    out.push(Change { path: path.clone(), kind, node_type: n.kind() });
+    out.push(Change {
+        path: path.clone(),
+        kind,
+        node_type: n.kind(),
+    });
     if let Some(sub) = &n.subtree {
-        let (a, b) = if kind == ChangeKind::Removed { (Some(sub), None) } else { (None, Some(sub)) };
+        let (a, b) = if kind == ChangeKind::Removed {
+            (Some(sub), None)
+        } else {
+            (None, Some(sub))
+        };
         diff_trees(repo, &path, a, b, out)?;
     }
     Ok(())

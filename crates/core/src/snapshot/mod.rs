@@ -82,14 +82,21 @@ pub struct Snapshot {
 impl Snapshot {
     /// Seals; returns the id and stored bytes.
     pub fn seal(&self, crypto: &Crypto) -> (SnapshotId, Vec<u8>) {
-        let bytes = crypto.seal(Domain::Snapshot, &serde_json::to_vec(self).expect("snapshots serialize"));
+        let bytes = crypto.seal(
+            Domain::Snapshot,
+            &serde_json::to_vec(self).expect("snapshots serialize"),
+        );
         (ObjectId::of(&bytes), bytes)
     }
 
     /// Opens stored bytes.
     pub fn open(crypto: &Crypto, id: &SnapshotId, bytes: &[u8]) -> Result<Self> {
         if ObjectId::of(bytes) != *id {
-            return Err(Error::corrupt(Kind::Snapshot, id, "content does not match its name (BLAKE3 mismatch)"));
+            return Err(Error::corrupt(
+                Kind::Snapshot,
+                id,
+                "content does not match its name (BLAKE3 mismatch)",
+            ));
         }
         let plain = crypto.open(Domain::Snapshot, bytes, Kind::Snapshot, id)?;
         Self::decode(&plain).map_err(|r| Error::corrupt(Kind::Snapshot, id, r))
@@ -97,7 +104,8 @@ impl Snapshot {
 
     /// Parses a snapshot's plaintext.
     pub fn decode(plain: &[u8]) -> std::result::Result<Self, String> {
-        let s: Snapshot = serde_json::from_slice(plain).map_err(|e| format!("not a snapshot: {e}"))?;
+        let s: Snapshot =
+            serde_json::from_slice(plain).map_err(|e| format!("not a snapshot: {e}"))?;
         if s.version != 1 {
             return Err(format!("unknown snapshot version {}", s.version));
         }
@@ -106,6 +114,8 @@ impl Snapshot {
 
     /// The snapshot time as a `DateTime`.
     pub fn datetime(&self) -> chrono::DateTime<chrono::Utc> {
-        chrono::DateTime::parse_from_rfc3339(&self.time).map(|t| t.with_timezone(&chrono::Utc)).unwrap_or_default()
+        chrono::DateTime::parse_from_rfc3339(&self.time)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_default()
     }
 }

@@ -184,7 +184,10 @@ pub struct Tree {
 impl Tree {
     /// An empty tree.
     pub fn new() -> Self {
-        Tree { version: 1, nodes: Vec::new() }
+        Tree {
+            version: 1,
+            nodes: Vec::new(),
+        }
     }
 
     /// Sorts nodes by name bytes, as the format requires.
@@ -210,11 +213,24 @@ impl Tree {
                 return Err(format!("entry {:?}: {p}", String::from_utf8_lossy(&name)));
             }
             if prev.as_ref().is_some_and(|p| *p >= name) {
-                return Err(format!("entries not sorted or duplicated at {:?}", String::from_utf8_lossy(&name)));
+                return Err(format!(
+                    "entries not sorted or duplicated at {:?}",
+                    String::from_utf8_lossy(&name)
+                ));
             }
             match n.kind() {
-                NodeType::Dir if n.subtree.is_none() => return Err(format!("directory {:?} has no subtree", String::from_utf8_lossy(&name))),
-                NodeType::Symlink if n.target_os().is_none() => return Err(format!("symlink {:?} has no target", String::from_utf8_lossy(&name))),
+                NodeType::Dir if n.subtree.is_none() => {
+                    return Err(format!(
+                        "directory {:?} has no subtree",
+                        String::from_utf8_lossy(&name)
+                    ))
+                }
+                NodeType::Symlink if n.target_os().is_none() => {
+                    return Err(format!(
+                        "symlink {:?} has no target",
+                        String::from_utf8_lossy(&name)
+                    ))
+                }
                 _ => {}
             }
             prev = Some(name);
@@ -241,7 +257,9 @@ mod b64 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD.decode(s).map_err(serde::de::Error::custom)
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -250,7 +268,10 @@ mod tests {
     use super::*;
 
     fn node(name: &[u8], t: NodeType) -> Node {
-        let mut n = Node { node_type: NodeTypeField(t), ..Node::default() };
+        let mut n = Node {
+            node_type: NodeTypeField(t),
+            ..Node::default()
+        };
         n.set_name(OsStr::from_bytes(name));
         if t == NodeType::Dir {
             n.subtree = Some(BlobId([1; 32]));

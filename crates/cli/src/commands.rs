@@ -1,0 +1,728 @@
+//! One function per command: turn parsed flags into a core call and print the result.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use tidemark_core::backup::{self, BackupOptions, BackupProgress};
+use tidemark_core::check::{self, CheckOptions};
+use tidemark_core::chunk::ChunkerParams;
+use tidemark_core::crypto::KdfParams;
+use tidemark_core::id::{BlobId, ObjectId};
+use tidemark_core::repo::{InitOptions, Repository, DEFAULT_PACK_SIZE, DEFAULT_ZSTD_LEVEL};
+use tidemark_core::restore::{self, RestoreOptions, RestoreProgress};
+use tidemark_core::snapshot::{self, ChangeKind, Node, NodeType, Snapshot};
+use tidemark_core::store::{Kind, CONFIG_ID};
+
+use crate::args::{
+    BackupArgs, CatArgs, Cli, Command, DiffArgs, Global, InitArgs, KeyCommand, LsArgs, RestoreArgs,
+};
+use crate::open;
+use crate::progress::{self, Display, Mode, Tick};
+use crate::Outcome;
+
+/// Runs the parsed command.
+pub fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Init(a) => init(g, a),
+        Command::Backup(a) => backup(g, a, cancel),
+        Command::Snapshots => snapshots(g),
+        Command::Ls(a) => ls(g, a),
+        Command::Diff(a) => diff(g, a),
+        Command::Restore(a) => restore(g, a),
+        Command::Check(a) => check(g, a.read_data),
+        Command::Cat(a) => cat(g, a),
+        Command::Stats(a) => stats(g, a.snapshot.as_deref()),
+        Command::Key(a) => key(g, &a.command),
+    }
+}
+
+fn init(g: &Global, a: &InitArgs) -> Result<Outcome> {
+    let (store, _) = open::store(g)?;
+    let d = ChunkerParams::default();
+    let chunker = ChunkerParams {
+        min_size: a.chunk_min.unwrap_or(d.min_size),
+        avg_size: a.chunk_avg.unwrap_or(d.avg_size),
+        max_size: a.chunk_max.unwrap_or(d.max_size),
+        ..d
+    };
+    let k = KdfParams::default();
+    let password = if a.insecure_no_encryption {
+        None
+    } else {
+        Some(open::new_password_or_given(g)?)
+    };
+    let opts = InitOptions {
+        password,
+        kdf: KdfParams {
+            m_cost_kib: a.kdf_memory_kib.unwrap_or(k.m_cost_kib),
+            t_cost: a.kdf_time.unwrap_or(k.t_cost),
+            ..k
+        },
+        chunker,
+        pack_size: a.pack_size.unwrap_or(DEFAULT_PACK_SIZE),
+        compression_level: a.compression.unwrap_or(DEFAULT_ZSTD_LEVEL),
+        hostname: open::hostname(),
+        username: open::username(),
+    };
+    let location = store.location();
+    let repo = Repository::init(store, &opts)?;
+    if g.json {
+        println!(
+            "{}",
+            json!({"message_type": "initialized", "id": repo.config().id, "repository": location})
+        );
+    } else if !g.quiet {
+        println!(
+            "created tidemark repository {} at {location}",
+            repo.config().id.short()
+        );
+        if a.insecure_no_encryption {
+            println!("WARNING: this repository is NOT encrypted");
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+fn backup(g: &Global, a: &BackupArgs, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
+    let mut paths = Vec::new();
+    for p in &a.paths {
+        let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+        // Canonicalise the parent, keep the last component: backing up a symlink stores the link.
+        let canon = match (abs.parent(), abs.file_name()) {
+            (Some(parent), Some(name)) => parent
+                .canonicalize()
+                .with_context(|| format!("{} does not exist", p.display()))?
+                .join(name),
+            _ => abs.clone(),
+        };
+        std::fs::symlink_metadata(&canon)
+            .with_context(|| format!("{} does not exist", p.display()))?;
+        paths.push(canon);
+    }
+    paths.sort();
+    paths.dedup();
+    let mut excludes = a.exclude.clone();
+    for f in &a.exclude_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading exclude file {}", f.display()))?;
+        excludes.extend(text.lines().map(str::to_owned));
+    }
+    let mut repo = open::open(g)?;
+    let t0 = Instant::now();
+    repo.load_index().context("loading the index")?;
+    let hostname = a.host.clone().unwrap_or_else(open::hostname);
+    let parent = if a.force {
+        None
+    } else if let Some(p) = &a.parent {
+        Some(repo.find_snapshot(p)?.0)
+    } else {
+        backup::find_parent(&repo, &paths, &hostname)?
+    };
+    let opts = BackupOptions {
+        paths: paths.clone(),
+        excludes,
+        one_file_system: a.one_file_system,
+        parent,
+        tags: a.tag.clone(),
+        hostname,
+        username: open::username(),
+        readers: 0,
+    };
+    let progress = Arc::new(BackupProgress::default());
+    let mode = Mode::choose(g.json, g.quiet);
+    let est_stop = Arc::new(AtomicBool::new(false));
+    let estimator = (mode != Mode::None).then(|| {
+        let (p, c, paths) = (Arc::clone(&progress), Arc::clone(&est_stop), paths.clone());
+        let ex = backup::Excludes::new(&opts.excludes).unwrap_or_default();
+        std::thread::spawn(move || backup::estimate(&paths, &ex, &p, &c))
+    });
+    let p = Arc::clone(&progress);
+    let display = Display::start(mode, "backup", move || Tick {
+        files: p.files.load(Ordering::Relaxed),
+        bytes: p.bytes.load(Ordering::Relaxed),
+        total_files: p.total_files.load(Ordering::Relaxed),
+        total_bytes: p.total_bytes.load(Ordering::Relaxed),
+    });
+    let result = backup::backup(&mut repo, &opts, &progress, cancel);
+    display.finish();
+    if let Some(h) = estimator {
+        est_stop.store(true, Ordering::Relaxed);
+        let _ = h.join();
+    }
+    let r = result?;
+    for e in &r.errors {
+        if g.json {
+            println!(
+                "{}",
+                json!({"message_type": "error", "item": e.path, "error": e.error})
+            );
+        } else {
+            eprintln!("error: {}: {}", e.path.display(), e.error);
+        }
+    }
+    let s = &r.snapshot.summary;
+    let secs = t0.elapsed().as_secs_f64();
+    if g.json {
+        println!(
+            "{}",
+            json!({"message_type": "summary", "snapshot_id": r.id, "parent": r.snapshot.parent, "files_new": s.files_new, "files_changed": s.files_changed,
+                "files_unmodified": s.files_unmodified, "dirs": s.dirs, "other": s.other, "errors": s.errors, "data_blobs": s.data_blobs_new, "tree_blobs": s.tree_blobs_new,
+                "data_added": s.data_added, "data_added_packed": s.data_added_packed, "bytes_read": s.bytes_read, "total_bytes_processed": s.bytes_total,
+                "adopted_packs": r.adopted_packs, "total_duration": secs})
+        );
+    } else if !g.quiet {
+        if r.adopted_packs > 0 {
+            println!(
+                "reused {} packs left by an interrupted backup",
+                r.adopted_packs
+            );
+        }
+        if let Some(p) = r.snapshot.parent {
+            println!("using parent snapshot {}", p.short());
+        }
+        println!(
+            "Files:       {} new, {} changed, {} unmodified",
+            s.files_new, s.files_changed, s.files_unmodified
+        );
+        println!("Dirs:        {}", s.dirs);
+        println!(
+            "Added:       {} ({} stored)",
+            progress::bytes(s.data_added),
+            progress::bytes(s.data_added_packed)
+        );
+        println!(
+            "processed {} files, {} in {:.1}s",
+            s.files_new + s.files_changed + s.files_unmodified,
+            progress::bytes(s.bytes_total),
+            secs
+        );
+        println!("snapshot {} saved", r.id.short());
+    }
+    if r.errors.is_empty() {
+        Ok(Outcome::Ok)
+    } else {
+        if !g.json {
+            eprintln!(
+                "warning: {} entries could not be read; the snapshot was saved without them",
+                r.errors.len()
+            );
+        }
+        Ok(Outcome::Partial)
+    }
+}
+
+fn local_time(s: &Snapshot) -> String {
+    s.datetime()
+        .with_timezone(&chrono::Local)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+fn snapshots(g: &Global) -> Result<Outcome> {
+    let repo = open::open(g)?;
+    let list = repo.snapshots()?;
+    if g.json {
+        let v: Vec<_> = list.iter().map(|(id, s)| json!({"id": id, "short_id": id.short(), "time": s.time, "hostname": s.hostname, "username": s.username,
+            "paths": s.paths, "tags": s.tags, "parent": s.parent, "tree": s.tree, "summary": s.summary})).collect();
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(Outcome::Ok);
+    }
+    println!(
+        "{:<10} {:<20} {:<16} {:<12} {:>10}  Paths",
+        "ID", "Time", "Host", "Tags", "Size"
+    );
+    println!("{}", "-".repeat(90));
+    for (id, s) in &list {
+        println!(
+            "{:<10} {:<20} {:<16} {:<12} {:>10}  {}",
+            id.short(),
+            local_time(s),
+            s.hostname,
+            s.tags.join(","),
+            progress::bytes(s.summary.bytes_total),
+            s.paths.join(", ")
+        );
+    }
+    println!("{}", "-".repeat(90));
+    println!("{} snapshots", list.len());
+    Ok(Outcome::Ok)
+}
+
+/// Loads the tree at `path` inside a snapshot (`/` = root).
+fn subtree(repo: &Repository, root: &BlobId, path: &Path) -> Result<BlobId> {
+    let mut id = *root;
+    for c in path.components() {
+        let std::path::Component::Normal(name) = c else {
+            continue;
+        };
+        let tree = repo.load_tree(&id)?;
+        let node = tree
+            .find(std::os::unix::ffi::OsStrExt::as_bytes(name))
+            .with_context(|| format!("{} is not in the snapshot", path.display()))?;
+        id = node
+            .subtree
+            .with_context(|| format!("{} is not a directory", path.display()))?;
+    }
+    Ok(id)
+}
+
+fn type_char(t: NodeType) -> char {
+    match t {
+        NodeType::Dir => 'd',
+        NodeType::Symlink => 'l',
+        NodeType::Fifo => 'p',
+        NodeType::Chardev => 'c',
+        NodeType::Blockdev => 'b',
+        NodeType::Socket => 's',
+        NodeType::File => '-',
+    }
+}
+
+fn ls(g: &Global, a: &LsArgs) -> Result<Outcome> {
+    let mut repo = open::open(g)?;
+    repo.load_index()?;
+    let (_, snap) = repo.find_snapshot(&a.snapshot)?;
+    let start = a.path.clone().unwrap_or_else(|| PathBuf::from("/"));
+    // A path naming a file lists just that file.
+    let (dir, only) = if let Ok(id) = subtree(&repo, &snap.tree, &start) {
+        (id, None)
+    } else {
+        let parent = start.parent().context("no such path")?;
+        (
+            subtree(&repo, &snap.tree, parent)?,
+            start.file_name().map(std::ffi::OsStr::to_os_string),
+        )
+    };
+    let base = if only.is_some() {
+        start.parent().unwrap_or(Path::new("/")).to_path_buf()
+    } else {
+        start.clone()
+    };
+    let mut stack = vec![(dir, base)];
+    while let Some((id, dirpath)) = stack.pop() {
+        let tree = repo.load_tree(&id)?;
+        for n in tree.nodes.iter().rev() {
+            if only.as_ref().is_some_and(|o| *o != n.os_name()) {
+                continue;
+            }
+            if let (Some(sub), None) = (n.subtree, &only) {
+                stack.push((sub, dirpath.join(n.os_name())));
+            }
+        }
+        for n in &tree.nodes {
+            if only.as_ref().is_some_and(|o| *o != n.os_name()) {
+                continue;
+            }
+            print_node(g, a.long, &dirpath.join(n.os_name()), n);
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+fn print_node(g: &Global, long: bool, path: &Path, n: &Node) {
+    if g.json {
+        println!(
+            "{}",
+            json!({"path": path, "type": n.kind(), "mode": n.mode, "uid": n.uid, "gid": n.gid, "size": n.size, "mtime_ns": n.mtime_ns, "target": n.target, "links": n.links})
+        );
+    } else if long {
+        let t = chrono::DateTime::from_timestamp(n.mtime_ns.div_euclid(1_000_000_000), 0)
+            .unwrap_or_default()
+            .with_timezone(&chrono::Local);
+        println!(
+            "{}{:04o} {:>5} {:>5} {:>12} {} {}",
+            type_char(n.kind()),
+            n.mode,
+            n.uid,
+            n.gid,
+            n.size,
+            t.format("%Y-%m-%d %H:%M:%S"),
+            path.display()
+        );
+    } else {
+        println!("{}", path.display());
+    }
+}
+
+fn diff(g: &Global, a: &DiffArgs) -> Result<Outcome> {
+    let mut repo = open::open(g)?;
+    repo.load_index()?;
+    let (id1, s1) = repo.find_snapshot(&a.first)?;
+    let (id2, s2) = repo.find_snapshot(&a.second)?;
+    let changes = snapshot::diff(&repo, &s1.tree, &s2.tree)?;
+    let count = |k: ChangeKind| changes.iter().filter(|c| c.kind == k).count();
+    if g.json {
+        for c in &changes {
+            println!(
+                "{}",
+                json!({"message_type": "change", "path": c.path, "modifier": c.kind, "type": c.node_type})
+            );
+        }
+        println!(
+            "{}",
+            json!({"message_type": "statistics", "source_snapshot": id1, "target_snapshot": id2, "added": count(ChangeKind::Added),
+            "removed": count(ChangeKind::Removed), "modified": count(ChangeKind::Modified), "metadata": count(ChangeKind::Metadata)})
+        );
+        return Ok(Outcome::Ok);
+    }
+    if !g.quiet {
+        println!("comparing snapshot {} to {}:", id1.short(), id2.short());
+    }
+    for c in &changes {
+        let m = match c.kind {
+            ChangeKind::Added => '+',
+            ChangeKind::Removed => '-',
+            ChangeKind::Modified => 'M',
+            ChangeKind::Metadata => 'U',
+        };
+        let slash = if c.node_type == NodeType::Dir {
+            "/"
+        } else {
+            ""
+        };
+        println!("{m}    {}{slash}", c.path.display());
+    }
+    if !g.quiet {
+        println!(
+            "\n{} added, {} removed, {} modified, {} metadata only",
+            count(ChangeKind::Added),
+            count(ChangeKind::Removed),
+            count(ChangeKind::Modified),
+            count(ChangeKind::Metadata)
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
+    let mut repo = open::open(g)?;
+    repo.load_index()?;
+    let (id, snap) = repo.find_snapshot(&a.snapshot)?;
+    let t0 = Instant::now();
+    let progress = Arc::new(RestoreProgress::default());
+    let p = Arc::clone(&progress);
+    let display = Display::start(Mode::choose(g.json, g.quiet), "restore", move || Tick {
+        files: p.files.load(Ordering::Relaxed),
+        bytes: p.bytes.load(Ordering::Relaxed),
+        total_files: 0,
+        total_bytes: p.total_bytes.load(Ordering::Relaxed),
+    });
+    let opts = RestoreOptions {
+        target: a.target.clone(),
+        include: a.include.clone(),
+        threads: 0,
+    };
+    let result = restore::restore(&repo, &snap.tree, &opts, &progress);
+    display.finish();
+    let stats = result?;
+    for e in &stats.errors {
+        if g.json {
+            println!(
+                "{}",
+                json!({"message_type": "error", "item": e.path, "error": e.error})
+            );
+        } else {
+            eprintln!("error: {}: {}", e.path.display(), e.error);
+        }
+    }
+    if g.json {
+        println!(
+            "{}",
+            json!({"message_type": "summary", "snapshot_id": id, "files_restored": stats.files, "dirs": stats.dirs, "other": stats.other,
+            "bytes_restored": stats.bytes, "errors": stats.errors.len(), "seconds_elapsed": t0.elapsed().as_secs_f64()})
+        );
+    } else if !g.quiet {
+        println!(
+            "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s",
+            id.short(),
+            a.target.display(),
+            stats.files,
+            stats.dirs,
+            progress::bytes(stats.bytes),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    if stats.errors.is_empty() {
+        Ok(Outcome::Ok)
+    } else {
+        if !g.json {
+            eprintln!(
+                "warning: {} paths could not be restored",
+                stats.errors.len()
+            );
+        }
+        Ok(Outcome::Partial)
+    }
+}
+
+fn check(g: &Global, read_data: bool) -> Result<Outcome> {
+    let repo = open::open(g)?;
+    if !g.quiet && !g.json {
+        println!(
+            "checking repository {}{}",
+            repo.store().location(),
+            if read_data { " (reading all data)" } else { "" }
+        );
+    }
+    let r = check::check(&repo, CheckOptions { read_data })?;
+    if g.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        for w in &r.warnings {
+            println!("warning: {w}");
+        }
+        for e in &r.errors {
+            println!("error: {}: {}", e.object, e.error);
+            for a in &e.affected {
+                println!("       affects {a}");
+            }
+        }
+        if !g.quiet {
+            println!(
+                "{} snapshots, {} trees, {} packs, {} blobs checked",
+                r.snapshots, r.trees, r.packs, r.blobs
+            );
+            if read_data {
+                println!(
+                    "{} blobs read and authenticated ({})",
+                    r.blobs_read,
+                    progress::bytes(r.bytes_read)
+                );
+            }
+        }
+        if r.errors.is_empty() {
+            if !g.quiet {
+                println!("no errors were found");
+            }
+        } else {
+            eprintln!("{} errors found: the repository is damaged", r.errors.len());
+        }
+    }
+    Ok(if r.errors.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Damaged
+    })
+}
+
+fn parse_object_id(kind: &str, id: Option<&String>) -> Result<ObjectId> {
+    let id = id.with_context(|| format!("cat {kind} needs an id"))?;
+    ObjectId::from_hex(id).with_context(|| format!("{id:?} is not a 64-character hex id"))
+}
+
+fn cat(g: &Global, a: &CatArgs) -> Result<Outcome> {
+    let mut repo = open::open(g)?;
+    let store = Arc::clone(repo.store());
+    match a.kind.as_str() {
+        "config" => {
+            std::io::Write::write_all(
+                &mut std::io::stdout(),
+                &store.get(Kind::Config, &CONFIG_ID, None)?,
+            )?;
+            println!();
+        }
+        "key" => {
+            let id = parse_object_id("key", a.id.as_ref())?;
+            std::io::Write::write_all(&mut std::io::stdout(), &store.get(Kind::Key, &id, None)?)?;
+            println!();
+        }
+        "snapshot" => {
+            let (_, s) =
+                repo.find_snapshot(a.id.as_deref().context("cat snapshot needs an id")?)?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        }
+        "index" => {
+            let id = parse_object_id("index", a.id.as_ref())?;
+            let packs = tidemark_core::repo::index::open(
+                repo.crypto(),
+                &id,
+                &store.get(Kind::Index, &id, None)?,
+            )?;
+            let v: Vec<_> = packs
+                .iter()
+                .map(|(p, e)| json!({"pack": p, "blobs": e}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        "pack" => {
+            let id = parse_object_id("pack", a.id.as_ref())?;
+            let len = store
+                .list(Kind::Pack)?
+                .into_iter()
+                .find(|(p, _)| *p == id)
+                .map(|(_, l)| l)
+                .context("no such pack")?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&repo.read_pack_header(&id, len)?)?
+            );
+        }
+        "tree" | "blob" => {
+            repo.load_index()?;
+            let id: BlobId =
+                a.id.as_deref()
+                    .context("cat tree/blob needs an id")?
+                    .parse()
+                    .map_err(anyhow::Error::msg)?;
+            if a.kind == "tree" {
+                println!("{}", serde_json::to_string_pretty(&repo.load_tree(&id)?)?);
+            } else {
+                std::io::Write::write_all(&mut std::io::stdout(), &repo.read_blob(&id)?)?;
+            }
+        }
+        other => bail!(
+            "unknown object kind {other:?}: use config, key, snapshot, index, pack, tree or blob"
+        ),
+    }
+    Ok(Outcome::Ok)
+}
+
+fn stats(g: &Global, snap: Option<&str>) -> Result<Outcome> {
+    let mut repo = open::open(g)?;
+    repo.load_index()?;
+    if let Some(spec) = snap {
+        let (id, s) = repo.find_snapshot(spec)?;
+        let (mut files, mut bytes, mut dirs) = (0u64, 0u64, 0u64);
+        let mut stack = vec![s.tree];
+        while let Some(t) = stack.pop() {
+            for n in repo.load_tree(&t)?.nodes {
+                match n.kind() {
+                    NodeType::File => {
+                        files += 1;
+                        bytes += n.size;
+                    }
+                    NodeType::Dir => dirs += 1,
+                    _ => {}
+                }
+                stack.extend(n.subtree);
+            }
+        }
+        if g.json {
+            println!(
+                "{}",
+                json!({"snapshot": id, "total_file_count": files, "total_dir_count": dirs, "total_size": bytes})
+            );
+        } else {
+            println!(
+                "snapshot {}: {files} files, {dirs} dirs, {} restore size",
+                id.short(),
+                progress::bytes(bytes)
+            );
+        }
+        return Ok(Outcome::Ok);
+    }
+    let packs = repo.store().list(Kind::Pack)?;
+    let pack_bytes: u64 = packs.iter().map(|(_, l)| l).sum();
+    let mut raw = 0u64;
+    let mut stored = 0u64;
+    let (mut data, mut trees) = (0u64, 0u64);
+    for (_, _, loc) in repo.index().iter() {
+        raw += u64::from(loc.raw_len);
+        stored += u64::from(loc.stored_len);
+        if loc.kind() == tidemark_core::pack::BlobKind::Tree {
+            trees += 1;
+        } else {
+            data += 1;
+        }
+    }
+    let snapshots = repo.store().list(Kind::Snapshot)?.len();
+    let index_bytes: u64 = repo.store().list(Kind::Index)?.iter().map(|(_, l)| l).sum();
+    if g.json {
+        println!(
+            "{}",
+            json!({"snapshots_count": snapshots, "packs": packs.len(), "pack_bytes": pack_bytes, "index_bytes": index_bytes,
+            "data_blobs": data, "tree_blobs": trees, "total_uncompressed_size": raw, "total_stored_size": stored,
+            "compression_ratio": if stored > 0 { raw as f64 / stored as f64 } else { 0.0 }})
+        );
+    } else {
+        println!("repository {}", repo.store().location());
+        println!("  snapshots:        {snapshots}");
+        println!(
+            "  packs:            {} ({})",
+            packs.len(),
+            progress::bytes(pack_bytes)
+        );
+        println!("  index files:      {}", progress::bytes(index_bytes));
+        println!("  blobs:            {data} data, {trees} trees");
+        println!(
+            "  unique data:      {} uncompressed, {} stored ({:.2}x)",
+            progress::bytes(raw),
+            progress::bytes(stored),
+            if stored > 0 {
+                raw as f64 / stored as f64
+            } else {
+                0.0
+            }
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+fn key(g: &Global, cmd: &KeyCommand) -> Result<Outcome> {
+    let repo = open::open(g)?;
+    match cmd {
+        KeyCommand::List => {
+            let keys = repo.keys()?;
+            if g.json {
+                let v: Vec<_> = keys.iter().map(|(id, k)| json!({"id": id, "current": Some(*id) == repo.key_id(), "created": k.created, "hostname": k.hostname, "username": k.username})).collect();
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                println!(" {:<10} {:<12} {:<16} Created", "ID", "User", "Host");
+                for (id, k) in keys {
+                    let cur = if Some(id) == repo.key_id() { '*' } else { ' ' };
+                    println!(
+                        "{cur}{:<10} {:<12} {:<16} {}",
+                        id.short(),
+                        k.username,
+                        k.hostname,
+                        k.created
+                    );
+                }
+            }
+        }
+        KeyCommand::Add { new_password_file } => {
+            let current = current_password(g)?;
+            let new = open::new_password(new_password_file.as_deref())?;
+            let id = repo.add_key(
+                &new,
+                KdfParams::default(),
+                &open::hostname(),
+                &open::username(),
+                &current,
+            )?;
+            if g.json {
+                println!("{}", json!({"added": id}));
+            } else {
+                println!("saved new key {}", id.short());
+            }
+        }
+        KeyCommand::Remove { id } => {
+            let removed = repo.remove_key(id)?;
+            if g.json {
+                println!("{}", json!({"removed": removed}));
+            } else {
+                println!("removed key {}", removed.short());
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+/// The password that opened the repository, read again (the core does not keep it).
+fn current_password(g: &Global) -> Result<Vec<u8>> {
+    if g.repo.is_none()
+        && g.password_file.is_none()
+        && std::env::var_os("TIDEMARK_PASSWORD").is_none()
+    {
+        let (_, pw_file) = open::default_location()?;
+        let s = std::fs::read_to_string(&pw_file)
+            .with_context(|| format!("reading {}", pw_file.display()))?;
+        return Ok(s.trim_end().as_bytes().to_vec());
+    }
+    open::password(g, "enter current password: ")
+}

@@ -1,0 +1,170 @@
+//! Finding the repository and its password: --repo / TIDEMARK_REPOSITORY, or the embedded
+//! default repository (created on first use with a generated password file, mode 0600).
+
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use rand::RngCore;
+use tidemark_core::repo::{InitOptions, Repository};
+use tidemark_core::store::Store;
+use tidemark_store::LocalStore;
+
+use crate::args::Global;
+
+/// The embedded default: `<data dir>/tidemark/{repository, password}`.
+pub fn default_location() -> Result<(PathBuf, PathBuf)> {
+    let base = dirs::data_dir()
+        .context(
+            "cannot find the user's data directory (set HOME or XDG_DATA_HOME), or pass --repo",
+        )?
+        .join("tidemark");
+    Ok((base.join("repository"), base.join("password")))
+}
+
+fn read_password_file(path: &Path) -> Result<Vec<u8>> {
+    let s =
+        std::fs::read(path).with_context(|| format!("reading password file {}", path.display()))?;
+    let end = s
+        .iter()
+        .rposition(|&b| b != b'\n' && b != b'\r')
+        .map_or(0, |i| i + 1);
+    Ok(s[..end].to_vec())
+}
+
+/// The password from the flags/environment, or a prompt on a terminal.
+pub fn password(g: &Global, prompt: &str) -> Result<Vec<u8>> {
+    if let Some(f) = &g.password_file {
+        return read_password_file(f);
+    }
+    if let Ok(p) = std::env::var("TIDEMARK_PASSWORD") {
+        return Ok(p.into_bytes());
+    }
+    if std::io::stdin().is_terminal() {
+        return Ok(rpassword::prompt_password(prompt)
+            .context("reading the password")?
+            .into_bytes());
+    }
+    bail!("no password given: set TIDEMARK_PASSWORD, TIDEMARK_PASSWORD_FILE or --password-file")
+}
+
+/// A new password: from a file, TIDEMARK_NEW_PASSWORD, or asked twice.
+pub fn new_password(file: Option<&Path>) -> Result<Vec<u8>> {
+    if let Some(f) = file {
+        return read_password_file(f);
+    }
+    if let Ok(p) = std::env::var("TIDEMARK_NEW_PASSWORD") {
+        return Ok(p.into_bytes());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no new password given: set TIDEMARK_NEW_PASSWORD or --new-password-file");
+    }
+    let a = rpassword::prompt_password("enter new password: ")?;
+    let b = rpassword::prompt_password("enter it again: ")?;
+    if a != b {
+        bail!("the passwords do not match");
+    }
+    if a.is_empty() {
+        bail!("an empty password is not allowed");
+    }
+    Ok(a.into_bytes())
+}
+
+/// The password for a new repository: given (flag, environment) or asked twice.
+pub fn new_password_or_given(g: &Global) -> Result<Vec<u8>> {
+    if g.password_file.is_some() || std::env::var_os("TIDEMARK_PASSWORD").is_some() {
+        return password(g, "");
+    }
+    new_password(None)
+}
+
+/// The store named by the flags, or the default one.
+pub fn store(g: &Global) -> Result<(Arc<dyn Store>, bool)> {
+    match &g.repo {
+        Some(p) => Ok((Arc::new(LocalStore::new(p)), false)),
+        None => Ok((Arc::new(LocalStore::new(default_location()?.0)), true)),
+    }
+}
+
+/// Opens the repository; the default one is created on first use.
+pub fn open(g: &Global) -> Result<Repository> {
+    let (store, is_default) = store(g)?;
+    if is_default {
+        return open_default(g, store);
+    }
+    let repo = Repository::open(store, &mut || {
+        password(g, "enter password for repository: ")
+            .map_err(|e| tidemark_core::Error::Invalid(format!("{e:#}")))
+    })?;
+    Ok(repo)
+}
+
+fn open_default(g: &Global, store: Arc<dyn Store>) -> Result<Repository> {
+    let (dir, pw_file) = default_location()?;
+    let explicit = g.password_file.is_some() || std::env::var_os("TIDEMARK_PASSWORD").is_some();
+    if !dir.join("config").exists() {
+        let pw = if explicit {
+            password(g, "")?
+        } else {
+            let mut raw = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut raw);
+            let pw = hex::encode(raw);
+            std::fs::create_dir_all(pw_file.parent().expect("has a parent"))
+                .with_context(|| format!("creating {}", dir.display()))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&pw_file)
+                .with_context(|| format!("creating password file {}", pw_file.display()))?;
+            writeln!(f, "{pw}")?;
+            f.sync_all()?;
+            pw.into_bytes()
+        };
+        let opts = InitOptions {
+            password: Some(pw),
+            hostname: hostname(),
+            username: username(),
+            ..InitOptions::default()
+        };
+        let repo = Repository::init(store, &opts)?;
+        if !g.quiet {
+            eprintln!("created the default repository at {}", dir.display());
+            if !explicit {
+                eprintln!("its password is in {} (readable only by you): keep a copy somewhere safe, without it the backups cannot be read", pw_file.display());
+            }
+        }
+        return Ok(repo);
+    }
+    let repo = Repository::open(store, &mut || {
+        if explicit || !pw_file.exists() {
+            password(g, "enter password for repository: ")
+                .map_err(|e| tidemark_core::Error::Invalid(format!("{e:#}")))
+        } else {
+            read_password_file(&pw_file)
+                .map_err(|e| tidemark_core::Error::Invalid(format!("{e:#}")))
+        }
+    })?;
+    Ok(repo)
+}
+
+/// This machine's hostname.
+pub fn hostname() -> String {
+    nix_hostname().unwrap_or_else(|| "localhost".into())
+}
+
+fn nix_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// The current user's name.
+pub fn username() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_default()
+}
