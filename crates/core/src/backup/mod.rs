@@ -367,7 +367,7 @@ impl Ctx<'_> {
                     match read_xattrs(&path) {
                         Ok(x) => n.xattrs = x,
                         Err(e) => {
-                            self.source_error(&path, format!("reading extended attributes: {e}"))
+                            self.source_error(&path, format!("reading extended attributes: {e}"));
                         }
                     }
                     dir.nodes.lock().expect("dir lock")[slot] = Some(n);
@@ -468,7 +468,7 @@ impl Ctx<'_> {
                 match read_xattrs(&job.path) {
                     Ok(x) => slot.xattrs = x,
                     Err(e) => {
-                        self.source_error(&job.path, format!("reading extended attributes: {e}"))
+                        self.source_error(&job.path, format!("reading extended attributes: {e}"));
                     }
                 }
                 if job.is_new {
