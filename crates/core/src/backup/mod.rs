@@ -394,6 +394,11 @@ impl Ctx<'_> {
                 match std::fs::read_link(&path) {
                     Ok(t) => {
                         node.set_target(t.as_os_str());
+                        // readlink may update the link's atime (there is no O_NOATIME for it):
+                        // record the time as it is now, so the next backup sees the same node.
+                        if let Ok(m) = std::fs::symlink_metadata(&path) {
+                            node.atime_ns = node_from_metadata(&m).atime_ns;
+                        }
                         dir.nodes.lock().expect("dir lock")[slot] = Some(node);
                         self.counters.other.fetch_add(1, Ordering::Relaxed);
                     }

@@ -1,0 +1,10 @@
+//! Integration tests for the `tidemark` binary and the core library behind it.
+
+mod integration {
+    pub mod cli;
+    pub mod common;
+    pub mod crash;
+    pub mod golden;
+    pub mod kill;
+    pub mod props;
+}

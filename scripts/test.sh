@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, every test, and a short run of every fuzz
+# target. Installs what it needs on a fresh Debian machine with a Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# setpriv (util-linux) lets the root-run tests drop privileges; it is part of Debian's base.
+if ! command -v setpriv >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq util-linux
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace
+echo "== fuzz (${FUZZ_SECONDS:-10}s per target)"
+FUZZ_SECONDS=${FUZZ_SECONDS:-10} scripts/fuzz.sh
