@@ -38,7 +38,10 @@ fn second_backup_reads_nothing_and_dedups() {
         second["bytes_read"], 0,
         "unchanged files must not be read: {second}"
     );
-    assert_eq!(second["data_added"], 0, "{second}");
+    assert_eq!(second["data_blobs"], 0, "{second}");
+    // Only trees of the ancestors above the test's temp dir (e.g. /tmp, which other tests
+    // change concurrently) may be new.
+    assert!(second["data_added"].as_u64().unwrap() < 4096, "{second}");
     assert_eq!(second["parent"], first["snapshot_id"]);
     // Two identical 5 MiB files are stored once; the 32 MiB sparse file is mostly one 4 MiB
     // zero chunk. Without dedup this would be over 18 MiB.
