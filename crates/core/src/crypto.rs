@@ -6,7 +6,7 @@
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine as _;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -144,6 +144,24 @@ impl Crypto {
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
         out
+    }
+
+    /// Like [`Crypto::seal`], into `out` (cleared first), reusing its allocation.
+    pub fn seal_into(&self, domain: Domain, plaintext: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        let Some(cipher) = &self.cipher else {
+            out.extend_from_slice(plaintext);
+            return;
+        };
+        let mut nonce = [0u8; 24];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        out.reserve(plaintext.len() + ENVELOPE_OVERHEAD);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let tag = cipher
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), domain.aad(), &mut out[24..])
+            .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
+        out.extend_from_slice(&tag);
     }
 
     /// Opens an envelope; `kind` and `id` only name the object in the error.

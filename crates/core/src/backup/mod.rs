@@ -142,7 +142,12 @@ struct Ctx<'a> {
     errors: Mutex<Vec<SourceError>>,
     fatal: Mutex<Option<Error>>,
     root: Mutex<Option<BlobId>>,
+    /// Chunk buffers handed back by sealers for readers to reuse.
+    chunk_pool: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Chunk buffers kept for reuse: enough for every queued and in-flight chunk.
+const CHUNK_POOL: usize = 8;
 
 /// The senders one thread holds; dropping them all closes the pipeline stage by stage.
 struct Sinks {
@@ -183,15 +188,17 @@ impl Ctx<'_> {
         kind: BlobKind,
         plain: &[u8],
         z: Option<&mut zstd::bulk::Compressor<'_>>,
+        buffers: &mut (Vec<u8>, Vec<u8>),
     ) {
-        let (flags, env) = self.repo.encode_blob(z, plain);
+        let (scratch, env) = buffers;
+        let flags = self.repo.encode_blob_into(z, plain, scratch, env);
         self.counters
             .data_added
             .fetch_add(plain.len() as u64, Ordering::Relaxed);
         self.counters
             .data_added_packed
             .fetch_add(env.len() as u64, Ordering::Relaxed);
-        match self.writer.add(id, kind, flags, plain.len() as u32, &env) {
+        match self.writer.add(id, kind, flags, plain.len() as u32, env) {
             Ok(Some(pack)) => {
                 // The uploader only stops after every sender is gone, so this cannot fail
                 // unless the backup is already failing.
@@ -218,8 +225,25 @@ impl Ctx<'_> {
             let id = self.repo.crypto().blob_id(&bytes);
             if self.claim(&id) {
                 self.counters.tree_blobs_new.fetch_add(1, Ordering::Relaxed);
-                let mut z = self.repo.compressor();
-                self.store_blob(&sinks.packs, id, BlobKind::Tree, &bytes, z.as_mut());
+                thread_local! {
+                    // (level, compressor): creating a zstd context per directory is costly.
+                    static TREE_COMPRESSOR: std::cell::RefCell<Option<(i32, Option<zstd::bulk::Compressor<'static>>)>> = const { std::cell::RefCell::new(None) };
+                }
+                let level = self.repo.config().compression.level;
+                TREE_COMPRESSOR.with_borrow_mut(|slot| {
+                    if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                        *slot = Some((level, self.repo.compressor()));
+                    }
+                    let z = &mut slot.as_mut().expect("just set").1;
+                    self.store_blob(
+                        &sinks.packs,
+                        id,
+                        BlobKind::Tree,
+                        &bytes,
+                        z.as_mut(),
+                        &mut (Vec::new(), Vec::new()),
+                    );
+                });
             }
             self.progress.dirs.fetch_add(1, Ordering::Relaxed);
             match &dir.parent {
@@ -524,12 +548,17 @@ impl Ctx<'_> {
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 if self.claim(&id) {
                     self.counters.data_blobs_new.fetch_add(1, Ordering::Relaxed);
+                    let mut data = self
+                        .chunk_pool
+                        .lock()
+                        .expect("pool lock")
+                        .pop()
+                        .unwrap_or_default();
+                    data.clear();
+                    data.extend_from_slice(chunk);
                     sinks
                         .blobs
-                        .send(NewBlob {
-                            id,
-                            data: chunk.to_vec(),
-                        })
+                        .send(NewBlob { id, data })
                         .map_err(|_| std::io::Error::other("pipeline stopped"))?;
                 }
                 Ok(())
@@ -681,6 +710,7 @@ pub fn backup(
         errors: Mutex::new(Vec::new()),
         fatal: Mutex::new(None),
         root: Mutex::new(None),
+        chunk_pool: Mutex::new(Vec::new()),
     };
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let readers = if opts.readers == 0 {
@@ -697,7 +727,7 @@ pub fn backup(
     std::thread::scope(|s| {
         let (job_tx, job_rx) = bounded::<FileJob>(256);
         let (blob_tx, blob_rx) = bounded::<NewBlob>(sealers * 2);
-        let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
+        let (pack_tx, pack_rx) = bounded::<FinishedPack>(0);
         let ctx = &ctx;
         s.spawn(move || uploader(ctx, &pack_rx));
         for _ in 0..sealers {
@@ -816,11 +846,22 @@ fn uploader(ctx: &Ctx<'_>, rx: &Receiver<FinishedPack>) {
 
 fn sealer(ctx: &Ctx<'_>, rx: &Receiver<NewBlob>, packs: &Sender<FinishedPack>) {
     let mut z = ctx.repo.compressor();
+    let mut buffers = (Vec::new(), Vec::new());
     for blob in rx {
-        if ctx.fatal.lock().expect("fatal lock").is_some() {
-            continue;
+        if ctx.fatal.lock().expect("fatal lock").is_none() {
+            ctx.store_blob(
+                packs,
+                blob.id,
+                BlobKind::Data,
+                &blob.data,
+                z.as_mut(),
+                &mut buffers,
+            );
         }
-        ctx.store_blob(packs, blob.id, BlobKind::Data, &blob.data, z.as_mut());
+        let mut pool = ctx.chunk_pool.lock().expect("pool lock");
+        if pool.len() < CHUNK_POOL {
+            pool.push(blob.data);
+        }
     }
 }
 

@@ -123,9 +123,23 @@ impl PackBuilder {
         }
     }
 
+    /// An empty pack that fills `buffer` (cleared); pass a recycled one to avoid allocating.
+    pub fn with_buffer(mut buffer: Vec<u8>) -> Self {
+        buffer.clear();
+        PackBuilder {
+            data: buffer,
+            entries: Vec::new(),
+        }
+    }
+
     /// Bytes of blobs so far.
     pub fn len(&self) -> usize {
         self.data.len()
+    }
+
+    /// Bytes reserved for blobs and header.
+    pub fn capacity(&self) -> usize {
+        self.data.capacity()
     }
 
     /// Whether no blob was added.

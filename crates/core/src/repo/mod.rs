@@ -273,16 +273,34 @@ impl Repository {
         compressor: Option<&mut zstd::bulk::Compressor<'_>>,
         plain: &[u8],
     ) -> (u8, Vec<u8>) {
+        let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        let flags = self.encode_blob_into(compressor, plain, &mut scratch, &mut out);
+        (flags, out)
+    }
+
+    /// Like [`Repository::encode_blob`], reusing `scratch` (compressed bytes) and `out`
+    /// (the envelope): the backup pipeline's steady state allocates nothing per chunk.
+    pub fn encode_blob_into(
+        &self,
+        compressor: Option<&mut zstd::bulk::Compressor<'_>>,
+        plain: &[u8],
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> u8 {
         if let Some(c) = compressor {
             if plain.len() >= 64 {
-                if let Ok(z) = c.compress(plain) {
-                    if z.len() <= plain.len() - plain.len() / 32 {
-                        return (FLAG_ZSTD, self.crypto.seal(Domain::Blob, &z));
-                    }
+                scratch.clear();
+                scratch.reserve(zstd::zstd_safe::compress_bound(plain.len()));
+                if c.compress_to_buffer(plain, scratch).is_ok()
+                    && scratch.len() <= plain.len() - plain.len() / 32
+                {
+                    self.crypto.seal_into(Domain::Blob, scratch, out);
+                    return FLAG_ZSTD;
                 }
             }
         }
-        (0, self.crypto.seal(Domain::Blob, plain))
+        self.crypto.seal_into(Domain::Blob, plain, out);
+        0
     }
 
     /// A zstd compressor at the configured level, or `None` when compression is off.

@@ -18,7 +18,7 @@ use crate::store::Kind;
 use super::Repository;
 
 /// Packs open at once.
-pub const OPEN_PACKS: usize = 4;
+pub const OPEN_PACKS: usize = 2;
 /// An index file is written after this many uploaded packs.
 pub const INDEX_EVERY: usize = 32;
 
@@ -53,6 +53,8 @@ pub struct BlobWriter<'r> {
     unindexed: Mutex<Vec<(PackId, Vec<BlobEntry>)>>,
     indexed: Mutex<Vec<(PackId, Vec<BlobEntry>)>>,
     poisoned: Mutex<Option<String>>,
+    /// Buffers of uploaded packs, reused for new ones (no 16 MiB allocation per pack).
+    spare: Mutex<Vec<Vec<u8>>>,
     packs: AtomicU64,
     pack_bytes: AtomicU64,
     index_files: AtomicU64,
@@ -67,6 +69,7 @@ impl<'r> BlobWriter<'r> {
             unindexed: Mutex::new(Vec::new()),
             indexed: Mutex::new(Vec::new()),
             poisoned: Mutex::new(None),
+            spare: Mutex::new(Vec::new()),
             packs: AtomicU64::new(0),
             pack_bytes: AtomicU64::new(0),
             index_files: AtomicU64::new(0),
@@ -95,14 +98,32 @@ impl<'r> BlobWriter<'r> {
             let mut open = self.open.lock().expect("pack lock");
             let slot = rand::thread_rng().gen_range(0..open.len());
             let pack = &mut open[slot];
-            pack.add(id, kind, flags, raw_len, envelope);
-            if pack.len() >= target {
-                Some(std::mem::take(pack))
-            } else {
-                None
+            // Close the pack before it would cross the target, so its buffer never grows.
+            let full = (!pack.is_empty() && pack.len() + envelope.len() > target)
+                .then(|| std::mem::replace(pack, PackBuilder::with_buffer(self.buffer(target))));
+            if pack.is_empty() && pack.capacity() < target.min(envelope.len()) {
+                *pack = PackBuilder::with_buffer(self.buffer(target));
             }
+            pack.add(id, kind, flags, raw_len, envelope);
+            full
         };
         Ok(full.map(|p| self.finish(p)))
+    }
+
+    /// A pack buffer: a recycled one, or a new one sized for a full pack and its header.
+    fn buffer(&self, target: usize) -> Vec<u8> {
+        self.spare
+            .lock()
+            .expect("spare lock")
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(target + target / 64 + 4096))
+    }
+
+    fn recycle(&self, bytes: Vec<u8>) {
+        let mut spare = self.spare.lock().expect("spare lock");
+        if spare.is_empty() {
+            spare.push(bytes);
+        }
     }
 
     fn finish(&self, pack: PackBuilder) -> FinishedPack {
@@ -133,6 +154,7 @@ impl<'r> BlobWriter<'r> {
         self.packs.fetch_add(1, Ordering::Relaxed);
         self.pack_bytes
             .fetch_add(pack.bytes.len() as u64, Ordering::Relaxed);
+        self.recycle(pack.bytes);
         let batch = {
             let mut u = self.unindexed.lock().expect("index lock");
             u.push((pack.id, pack.entries));
