@@ -319,8 +319,20 @@ impl Repository {
         };
         let payload = self.crypto.open(Domain::Blob, envelope, kind, id)?;
         let plain = if loc.flags() & FLAG_ZSTD != 0 {
+            // Bounded by the indexed length: a damaged or hostile blob cannot expand further.
+            thread_local! {
+                static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+            }
             let mut out = Vec::with_capacity(loc.raw_len as usize);
-            zstd::stream::copy_decode(payload.as_slice(), &mut out)
+            DECOMPRESSOR
+                .with_borrow_mut(|d| {
+                    if d.is_none() {
+                        *d = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    d.as_mut()
+                        .expect("just set")
+                        .decompress_to_buffer(&payload, &mut out)
+                })
                 .map_err(|e| Error::corrupt(kind, id, format!("zstd: {e}")))?;
             out
         } else {

@@ -295,15 +295,20 @@ fn plan_file(
             return;
         }
     }
+    // Files with content are created by the writer threads, in parallel; only empty and sparse
+    // files (which need their full length for trailing holes) are created here.
     let created = remove_non_dir(path).and_then(|()| {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(path)?;
-        f.set_len(node.size)
+        if node.content.is_empty() || node.sparse {
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(path)?;
+            f.set_len(node.size)?;
+        }
+        Ok(())
     });
     if let Err(e) = created {
         plan.errors.push(RestoreError {
@@ -426,7 +431,9 @@ fn restore_pack(
             if !fp.failed.load(Ordering::Relaxed) {
                 let w = OpenOptions::new()
                     .write(true)
+                    .create(true)
                     .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
                     .open(&fp.path)
                     .and_then(|file| {
                         if fp.node.sparse {
@@ -462,8 +469,8 @@ fn restore_pack(
     }
 }
 
-/// Writes `data` at `offset`, skipping 4 KiB blocks of zeros so they stay holes (the file was
-/// created at full size, so skipped blocks read back as zeros).
+/// Writes `data` at `offset`, skipping 4 KiB blocks of zeros so they stay holes (sparse files are
+/// created at full size during planning, so skipped blocks read back as zeros).
 fn write_sparse(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
     const BLOCK: u64 = 4096;
     let mut pos = 0usize;

@@ -241,7 +241,10 @@ impl Tree {
     /// Finds a node by name.
     pub fn find(&self, name: &[u8]) -> Option<&Node> {
         self.nodes
-            .binary_search_by(|n| n.name_bytes().unwrap_or_default().as_slice().cmp(name))
+            .binary_search_by(|n| match &n.name {
+                Some(s) => s.as_bytes().cmp(name),
+                None => n.name_bytes().unwrap_or_default().as_slice().cmp(name),
+            })
             .ok()
             .map(|i| &self.nodes[i])
     }
