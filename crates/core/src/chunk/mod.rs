@@ -35,13 +35,13 @@ pub enum ChunkAlgorithm {
 }
 
 impl Default for ChunkerParams {
-    /// 256 KiB / 1 MiB / 4 MiB, normalization 1: chosen by measurement, see `docs/format.md` §10.
+    /// 128 KiB / 512 KiB / 2 MiB, normalization 1: chosen by measurement, see `docs/format.md` §10.
     fn default() -> Self {
         ChunkerParams {
             algorithm: ChunkAlgorithm::FastCdc2020,
-            min_size: 256 << 10,
-            avg_size: 1 << 20,
-            max_size: 4 << 20,
+            min_size: 128 << 10,
+            avg_size: 512 << 10,
+            max_size: 2 << 20,
             normalization: 1,
         }
     }

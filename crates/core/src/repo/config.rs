@@ -65,8 +65,8 @@ pub struct Config {
     pub plain_keys: Option<PlainKeys>,
 }
 
-/// Default target pack size: 16 MiB (see `docs/format.md` §10).
-pub const DEFAULT_PACK_SIZE: u32 = 16 << 20;
+/// Default target pack size: 8 MiB (see `docs/format.md` §10).
+pub const DEFAULT_PACK_SIZE: u32 = 8 << 20;
 /// Default zstd level.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
