@@ -173,7 +173,7 @@ fn backup(g: &Global, a: &BackupArgs, cancel: &Arc<AtomicBool>) -> Result<Outcom
             json!({"message_type": "summary", "snapshot_id": r.id, "parent": r.snapshot.parent, "files_new": s.files_new, "files_changed": s.files_changed,
                 "files_unmodified": s.files_unmodified, "dirs": s.dirs, "other": s.other, "errors": s.errors, "data_blobs": s.data_blobs_new, "tree_blobs": s.tree_blobs_new,
                 "data_added": s.data_added, "data_added_packed": s.data_added_packed, "bytes_read": s.bytes_read, "total_bytes_processed": s.bytes_total,
-                "adopted_packs": r.adopted_packs, "total_duration": secs})
+                "adopted_packs": r.adopted_packs, "total_duration": secs, "peak_rss_bytes": peak_rss()})
         );
     } else if !g.quiet {
         if r.adopted_packs > 0 {
@@ -196,10 +196,11 @@ fn backup(g: &Global, a: &BackupArgs, cancel: &Arc<AtomicBool>) -> Result<Outcom
             progress::bytes(s.data_added_packed)
         );
         println!(
-            "processed {} files, {} in {:.1}s",
+            "processed {} files, {} in {:.1}s (peak memory {})",
             s.files_new + s.files_changed + s.files_unmodified,
             progress::bytes(s.bytes_total),
-            secs
+            secs,
+            progress::bytes(peak_rss())
         );
         println!("snapshot {} saved", r.id.short());
     }
@@ -214,6 +215,12 @@ fn backup(g: &Global, a: &BackupArgs, cancel: &Arc<AtomicBool>) -> Result<Outcom
         }
         Ok(Outcome::Partial)
     }
+}
+
+/// Peak resident memory of this process so far, in bytes (reported after backup and restore).
+fn peak_rss() -> u64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .map_or(0, |u| u64::try_from(u.max_rss()).unwrap_or(0) * 1024)
 }
 
 fn local_time(s: &Snapshot) -> String {
@@ -434,17 +441,18 @@ fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
         println!(
             "{}",
             json!({"message_type": "summary", "snapshot_id": id, "files_restored": stats.files, "dirs": stats.dirs, "other": stats.other,
-            "bytes_restored": stats.bytes, "errors": stats.errors.len(), "seconds_elapsed": t0.elapsed().as_secs_f64()})
+            "bytes_restored": stats.bytes, "errors": stats.errors.len(), "seconds_elapsed": t0.elapsed().as_secs_f64(), "peak_rss_bytes": peak_rss()})
         );
     } else if !g.quiet {
         println!(
-            "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s",
+            "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s (peak memory {})",
             id.short(),
             a.target.display(),
             stats.files,
             stats.dirs,
             progress::bytes(stats.bytes),
-            t0.elapsed().as_secs_f64()
+            t0.elapsed().as_secs_f64(),
+            progress::bytes(peak_rss())
         );
     }
     if stats.errors.is_empty() {

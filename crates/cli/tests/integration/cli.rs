@@ -431,3 +431,99 @@ fn restore_refuses_to_follow_a_symlink_in_the_target() {
     );
     assert_eq!(std::fs::read(d.join("f")).unwrap(), b"inside");
 }
+
+#[test]
+fn embedded_default_repository_is_created_once_with_a_private_password_file() {
+    let home = tempfile::tempdir().unwrap();
+    let src = home.path().join("docs");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"hello").unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(super::common::bin())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["backup", src.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("created the default repository"), "{err}");
+    let pw = home.path().join(".local/share/tidemark/password");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&pw).unwrap().permissions());
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the password file must be readable only by the user"
+    );
+    assert!(home
+        .path()
+        .join(".local/share/tidemark/repository/config")
+        .exists());
+    // Said once: the second run is quiet about it and finds the first snapshot as parent.
+    let out = run(&["backup", src.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("created"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("using parent snapshot"));
+    let out = run(&["snapshots", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    // The repository is really encrypted with that password.
+    let config: serde_json::Value =
+        serde_json::from_slice(&run(&["cat", "config"]).stdout).unwrap();
+    assert_eq!(config["encryption"], "xchacha20poly1305-argon2id");
+}
+
+#[test]
+fn a_huge_file_streams_in_bounded_memory() {
+    // 4 GiB, sparse on disk: reading it costs time, not disk. Memory must not follow the size.
+    let repo = Repo::init();
+    let src = repo.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let f = std::fs::File::create(src.join("huge.img")).unwrap();
+    f.set_len(4 << 30).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"marker", 3 << 30).unwrap();
+    drop(f);
+    let s = backup_json(&repo, &src);
+    assert_eq!(s["bytes_read"], 4u64 << 30);
+    let rss = s["peak_rss_bytes"].as_u64().unwrap();
+    assert!(
+        rss > 0 && rss < 200 << 20,
+        "peak RSS {rss} for a 4 GiB file"
+    );
+    let target = repo.dir.path().join("t");
+    let out = repo.ok(&[
+        "restore",
+        "latest",
+        "--json",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert!(
+        summary["peak_rss_bytes"].as_u64().unwrap() < 200 << 20,
+        "{summary}"
+    );
+    let restored = restored(&target, &src).join("huge.img");
+    let m = std::fs::metadata(&restored).unwrap();
+    assert_eq!(m.len(), 4 << 30);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&m) * 512 < 1 << 20,
+        "holes must stay holes"
+    );
+    let mut buf = [0u8; 6];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &std::fs::File::open(&restored).unwrap(),
+        &mut buf,
+        3 << 30,
+    )
+    .unwrap();
+    assert_eq!(&buf, b"marker");
+}

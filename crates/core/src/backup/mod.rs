@@ -102,6 +102,9 @@ struct PendingDir {
     nodes: Mutex<Vec<Option<Node>>>,
     remaining: AtomicUsize,
     parent: Option<(Arc<PendingDir>, usize)>,
+    /// The parent snapshot's tree for this directory: its nodes let unchanged files skip reading,
+    /// and when the new nodes equal them the old id is reused without encoding anything.
+    old: Mutex<Option<(BlobId, Tree)>>,
 }
 
 struct FileJob {
@@ -221,9 +224,15 @@ impl Ctx<'_> {
                 version: 1,
                 nodes: nodes.into_iter().flatten().collect(),
             };
-            let bytes = tree.encode();
-            let id = self.repo.crypto().blob_id(&bytes);
-            if self.claim(&id) {
+            let old = dir.old.lock().expect("old lock").take();
+            let (id, bytes) = match old {
+                Some((old_id, old_tree)) if old_tree.nodes == tree.nodes => (old_id, Vec::new()),
+                _ => {
+                    let bytes = tree.encode();
+                    (self.repo.crypto().blob_id(&bytes), bytes)
+                }
+            };
+            if !bytes.is_empty() && self.claim(&id) {
                 self.counters.tree_blobs_new.fetch_add(1, Ordering::Relaxed);
                 thread_local! {
                     // (level, compressor): creating a zstd context per directory is costly.
@@ -269,20 +278,26 @@ impl Ctx<'_> {
         jobs: &Sender<FileJob>,
         parent: Option<(Arc<PendingDir>, usize)>,
         entries: Vec<Entry>,
-        old: Option<&Tree>,
+        old: Option<(BlobId, Tree)>,
         root_dev: Option<u64>,
     ) {
         let dir = Arc::new(PendingDir {
             nodes: Mutex::new(vec![None; entries.len()]),
             remaining: AtomicUsize::new(1 + entries.len()),
             parent,
+            old: Mutex::new(old),
         });
-        for (slot, entry) in entries.into_iter().enumerate() {
-            if self.stopped() {
-                // Leave the directory unfinished: no snapshot will be written.
-                return;
+        {
+            // Nobody else touches `old` before the walker's own count is released below.
+            let old = dir.old.lock().expect("old lock");
+            let old_tree = old.as_ref().map(|(_, t)| t);
+            for (slot, entry) in entries.into_iter().enumerate() {
+                if self.stopped() {
+                    // Leave the directory unfinished: no snapshot will be written.
+                    return;
+                }
+                self.entry(sinks, jobs, &dir, slot, entry, old_tree, root_dev);
             }
-            self.entry(sinks, jobs, &dir, slot, entry, old, root_dev);
         }
         self.child_done(sinks, dir);
     }
@@ -298,15 +313,17 @@ impl Ctx<'_> {
         old: Option<&Tree>,
         root_dev: Option<u64>,
     ) {
-        let (name, path, virtual_children) = match entry {
-            Entry::Real { name, path } => (name, path, None),
+        let (name, path, virtual_children, listed) = match entry {
+            Entry::Real { name, path, meta } => (name, path, None, meta),
             Entry::Virtual {
                 name,
                 path,
                 children,
-            } => (name, path, Some(children)),
+            } => (name, path, Some(children), None),
         };
-        let meta = match std::fs::symlink_metadata(&path) {
+        // Entries of a listed directory come with their lstat (fstatat on the directory: no
+        // path walk); the top-level paths are looked up here.
+        let meta = match listed.map_or_else(|| std::fs::symlink_metadata(&path), Ok) {
             Ok(m) => m,
             Err(e) => {
                 self.source_error(&path, e);
@@ -344,7 +361,7 @@ impl Ctx<'_> {
                     .and_then(|n| n.subtree)
                 {
                     Some(id) => match self.repo.load_tree(&id) {
-                        Ok(t) => Some(t),
+                        Ok(t) => Some((id, t)),
                         Err(e) => {
                             // A damaged parent only costs speed: read everything below again.
                             self.source_error(
@@ -362,7 +379,7 @@ impl Ctx<'_> {
                     jobs,
                     Some((Arc::clone(dir), slot)),
                     children,
-                    old_tree.as_ref(),
+                    old_tree,
                     root_dev,
                 );
             }
@@ -435,21 +452,26 @@ impl Ctx<'_> {
     }
 
     fn read_dir(&self, path: &Path) -> std::io::Result<Vec<Entry>> {
-        let mut names: Vec<OsString> = Vec::new();
+        let mut entries = Vec::new();
         for e in std::fs::read_dir(path)? {
-            names.push(e?.file_name());
+            let e = e?;
+            let p = e.path();
+            if self.excludes.matches(&p) {
+                continue;
+            }
+            // A vanished entry is looked up again later and reported then.
+            let meta = e.metadata().ok();
+            entries.push(Entry::Real {
+                name: e.file_name(),
+                path: p,
+                meta,
+            });
         }
-        names.sort_unstable_by(|a, b| {
-            std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())
-                .cmp(std::os::unix::ffi::OsStrExt::as_bytes(b.as_os_str()))
+        entries.sort_unstable_by(|a, b| {
+            std::os::unix::ffi::OsStrExt::as_bytes(a.name())
+                .cmp(std::os::unix::ffi::OsStrExt::as_bytes(b.name()))
         });
-        Ok(names
-            .into_iter()
-            .filter_map(|name| {
-                let p = path.join(&name);
-                (!self.excludes.matches(&p)).then_some(Entry::Real { name, path: p })
-            })
-            .collect())
+        Ok(entries)
     }
 
     /// Reads one file: chunks, hashes and queues new chunks; re-reads if it changed meanwhile.
@@ -583,6 +605,7 @@ enum Entry {
     Real {
         name: OsString,
         path: PathBuf,
+        meta: Option<std::fs::Metadata>,
     },
     Virtual {
         name: OsString,
@@ -592,6 +615,14 @@ enum Entry {
 }
 
 /// Builds the virtual top of the tree: `/a/b` and `/a/c` become `a` → {`b`, `c`}.
+impl Entry {
+    fn name(&self) -> &std::ffi::OsStr {
+        match self {
+            Entry::Real { name, .. } | Entry::Virtual { name, .. } => name,
+        }
+    }
+}
+
 fn top_entries(paths: &[PathBuf]) -> Result<Vec<Entry>> {
     #[derive(Default)]
     struct Trie {
@@ -629,7 +660,11 @@ fn top_entries(paths: &[PathBuf]) -> Result<Vec<Entry>> {
                 let name = <OsString as std::os::unix::ffi::OsStringExt>::from_vec(name);
                 let path = base.join(&name);
                 if child.real {
-                    Entry::Real { name, path }
+                    Entry::Real {
+                        name,
+                        path,
+                        meta: None,
+                    }
                 } else {
                     let children = build(child, &path);
                     Entry::Virtual {
@@ -716,7 +751,7 @@ pub fn backup(
     };
     let sealers = cores;
     let old_root = match parent_tree {
-        Some(id) => Some(repo_ref.load_tree(&id)?),
+        Some(id) => Some((id, repo_ref.load_tree(&id)?)),
         None => None,
     };
 
@@ -751,7 +786,7 @@ pub fn backup(
             blobs: blob_tx,
             packs: pack_tx,
         };
-        ctx.walk_dir(&sinks, &job_tx, None, entries, old_root.as_ref(), None);
+        ctx.walk_dir(&sinks, &job_tx, None, entries, old_root, None);
         drop(job_tx);
         for h in reader_handles {
             if h.join().is_err() {

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -124,6 +124,7 @@ pub fn restore(
         &target,
         Path::new("/"),
         &opts.include,
+        false,
         &mut plan,
         &mut inodes,
     )?;
@@ -198,15 +199,18 @@ fn included(path: &Path, include: &[PathBuf]) -> (bool, bool) {
     (inside || ancestor, inside || ancestor)
 }
 
+#[allow(clippy::too_many_arguments)] // the recursion's state; a struct would only rename it
 fn plan_tree(
     repo: &Repository,
     tree_id: &BlobId,
     dir: &Path,
     snap_dir: &Path,
     include: &[PathBuf],
+    fresh: bool,
     plan: &mut Plan,
     inodes: &mut HashMap<(u64, u64), usize>,
 ) -> Result<()> {
+    let is_root = nix::unistd::geteuid().is_root();
     let tree = match repo.load_tree(tree_id) {
         Ok(t) => t,
         Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. })) => {
@@ -235,24 +239,29 @@ fn plan_tree(
         let path = dir.join(&name);
         let res = match node.kind() {
             NodeType::Dir => {
-                if let Err(e) = make_dir(&path) {
-                    plan.errors.push(RestoreError {
-                        path: path.clone(),
-                        error: e.to_string(),
-                    });
-                    continue;
-                }
+                let created = match make_dir(&path, fresh) {
+                    Ok(created) => created,
+                    Err(e) => {
+                        plan.errors.push(RestoreError {
+                            path: path.clone(),
+                            error: e.to_string(),
+                        });
+                        continue;
+                    }
+                };
                 plan.dirs.push((path.clone(), node.clone()));
                 if descend {
                     let sub = node
                         .subtree
                         .expect("tree decoder checked directories have subtrees");
-                    plan_tree(repo, &sub, &path, &snap_path, include, plan, inodes)?;
+                    plan_tree(
+                        repo, &sub, &path, &snap_path, include, created, plan, inodes,
+                    )?;
                 }
                 Ok(())
             }
             NodeType::File => {
-                plan_file(repo, node, &path, plan, inodes);
+                plan_file(repo, node, &path, fresh, plan, inodes);
                 Ok(())
             }
             NodeType::Symlink => {
@@ -260,15 +269,15 @@ fn plan_tree(
                 let target = node
                     .target_os()
                     .expect("tree decoder checked symlink targets");
-                remove_non_dir(&path)
+                clear(&path, fresh)
                     .and_then(|()| std::os::unix::fs::symlink(&target, &path))
-                    .and_then(|()| apply_metadata(&path, node, nix::unistd::geteuid().is_root()))
+                    .and_then(|()| apply_metadata(&path, node, is_root))
             }
             NodeType::Fifo | NodeType::Chardev | NodeType::Blockdev => {
                 plan.other += 1;
-                remove_non_dir(&path)
+                clear(&path, fresh)
                     .and_then(|()| make_special(&path, node))
-                    .and_then(|()| apply_metadata(&path, node, nix::unistd::geteuid().is_root()))
+                    .and_then(|()| apply_metadata(&path, node, is_root))
             }
             NodeType::Socket => Ok(()), // a socket is meaningless without its process
         };
@@ -286,6 +295,7 @@ fn plan_file(
     repo: &Repository,
     node: &Node,
     path: &Path,
+    fresh: bool,
     plan: &mut Plan,
     inodes: &mut HashMap<(u64, u64), usize>,
 ) {
@@ -297,7 +307,7 @@ fn plan_file(
     }
     // Files with content are created by the writer threads, in parallel; only empty and sparse
     // files (which need their full length for trailing holes) are created here.
-    let created = remove_non_dir(path).and_then(|()| {
+    let created = clear(path, fresh).and_then(|()| {
         if node.content.is_empty() || node.sparse {
             let f = OpenOptions::new()
                 .write(true)
@@ -428,8 +438,9 @@ fn restore_pack(
         };
         for (f, offset) in uses {
             let fp = &files[*f];
+            let mut handle = None;
             if !fp.failed.load(Ordering::Relaxed) {
-                let w = OpenOptions::new()
+                let written = OpenOptions::new()
                     .write(true)
                     .create(true)
                     .custom_flags(libc::O_NOFOLLOW)
@@ -437,17 +448,21 @@ fn restore_pack(
                     .open(&fp.path)
                     .and_then(|file| {
                         if fp.node.sparse {
-                            write_sparse(&file, &plain, *offset)
+                            write_sparse(&file, &plain, *offset)?;
                         } else {
-                            file.write_all_at(&plain, *offset)
+                            file.write_all_at(&plain, *offset)?;
                         }
+                        Ok(file)
                     });
-                if let Err(e) = w {
-                    if !fp.failed.swap(true, Ordering::Relaxed) {
-                        errors.lock().expect("errors lock").push(RestoreError {
-                            path: fp.path.clone(),
-                            error: format!("writing: {e}"),
-                        });
+                match written {
+                    Ok(file) => handle = Some(file),
+                    Err(e) => {
+                        if !fp.failed.swap(true, Ordering::Relaxed) {
+                            errors.lock().expect("errors lock").push(RestoreError {
+                                path: fp.path.clone(),
+                                error: format!("writing: {e}"),
+                            });
+                        }
                     }
                 }
             }
@@ -458,7 +473,13 @@ fn restore_pack(
                 && !fp.failed.load(Ordering::Relaxed)
             {
                 progress.files.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = apply_metadata(&fp.path, &fp.node, is_root) {
+                // The last writer still holds the file open: set metadata through the
+                // descriptor (no path lookups).
+                let applied = match &handle {
+                    Some(file) => apply_file_metadata(file, &fp.node, is_root),
+                    None => apply_metadata(&fp.path, &fp.node, is_root),
+                };
+                if let Err(e) = applied {
                     errors.lock().expect("errors lock").push(RestoreError {
                         path: fp.path.clone(),
                         error: e.to_string(),
@@ -511,15 +532,28 @@ fn remove_non_dir(path: &Path) -> std::io::Result<()> {
 }
 
 /// Creates a directory; a symlink or file in the way is removed first so nothing is followed.
-fn make_dir(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => return Ok(()),
-        Ok(_) => std::fs::remove_file(path)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+/// Returns whether the directory was created now (so nothing is in it yet). In a directory the
+/// restore just created, `fresh` skips looking for what is in the way.
+fn make_dir(path: &Path, fresh: bool) -> std::io::Result<bool> {
+    if !fresh {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => return Ok(false),
+            Ok(_) => std::fs::remove_file(path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
-    std::fs::create_dir(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+    std::fs::DirBuilder::new().mode(0o700).create(path)?;
+    Ok(true)
+}
+
+/// Makes room for a new entry: nothing to do in a directory created by this restore.
+fn clear(path: &Path, fresh: bool) -> std::io::Result<()> {
+    if fresh {
+        Ok(())
+    } else {
+        remove_non_dir(path)
+    }
 }
 
 fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
@@ -536,6 +570,34 @@ fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
         node.rdev.unwrap_or(0),
     )
     .map_err(std::io::Error::from)
+}
+
+fn system_time(ns: i64) -> std::time::SystemTime {
+    let d = std::time::Duration::new(
+        ns.unsigned_abs() / 1_000_000_000,
+        (ns.unsigned_abs() % 1_000_000_000) as u32,
+    );
+    if ns >= 0 {
+        std::time::UNIX_EPOCH + d
+    } else {
+        std::time::UNIX_EPOCH - d
+    }
+}
+
+/// [`apply_metadata`] for a regular file through an open descriptor.
+fn apply_file_metadata(file: &std::fs::File, node: &Node, is_root: bool) -> std::io::Result<()> {
+    if is_root {
+        std::os::unix::fs::fchown(file, Some(node.uid), Some(node.gid))?;
+    }
+    for x in &node.xattrs {
+        xattr::FileExt::set_xattr(file, &x.name, &x.value)?;
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(node.mode))?;
+    file.set_times(
+        std::fs::FileTimes::new()
+            .set_accessed(system_time(node.atime_ns))
+            .set_modified(system_time(node.mtime_ns)),
+    )
 }
 
 /// Ownership (as root), xattrs, mode, then times (last: the others change ctime only).
