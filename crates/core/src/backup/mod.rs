@@ -15,6 +15,7 @@
 //! an interrupted backup never leaves a snapshot that references missing data; the packs it did
 //! write are indexed (every 32 packs, or adopted from their headers by the next backup).
 
+mod prefetch;
 mod source;
 
 use std::collections::{BTreeMap, HashSet};
@@ -147,6 +148,9 @@ struct Ctx<'a> {
     root: Mutex<Option<BlobId>>,
     /// Chunk buffers handed back by sealers for readers to reuse.
     chunk_pool: Mutex<Vec<Vec<u8>>>,
+    /// Subdirectory listings made ahead of the walker.
+    prefetch: prefetch::Prefetch,
+    prefetch_tx: Mutex<Option<Sender<prefetch::Job>>>,
 }
 
 /// Chunk buffers kept for reuse: enough for every queued and in-flight chunk.
@@ -291,6 +295,30 @@ impl Ctx<'_> {
             // Nobody else touches `old` before the walker's own count is released below.
             let old = dir.old.lock().expect("old lock");
             let old_tree = old.as_ref().map(|(_, t)| t);
+            if let Some(tx) = &*self.prefetch_tx.lock().expect("prefetch lock") {
+                for e in &entries {
+                    let Entry::Real {
+                        name,
+                        path,
+                        meta: Some(m),
+                    } = e
+                    else {
+                        continue;
+                    };
+                    if !m.is_dir()
+                        || (self.one_file_system && root_dev.is_some_and(|d| d != m.dev()))
+                    {
+                        continue;
+                    }
+                    let old_id = old_tree
+                        .and_then(|t| {
+                            t.find(std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()))
+                        })
+                        .filter(|n| n.kind() == NodeType::Dir)
+                        .and_then(|n| n.subtree);
+                    self.prefetch.queue(tx, path.clone(), old_id);
+                }
+            }
             for (slot, entry) in entries.into_iter().enumerate() {
                 if self.stopped() {
                     // Leave the directory unfinished: no snapshot will be written.
@@ -344,33 +372,39 @@ impl Ctx<'_> {
         match node.kind() {
             NodeType::Dir => {
                 let root_dev = root_dev.or(Some(meta.dev()));
-                let children = match virtual_children {
-                    Some(c) => Ok(c),
-                    None if self.one_file_system && root_dev != Some(meta.dev()) => Ok(Vec::new()),
-                    None => self.read_dir(&path),
+                let old_id = old_node
+                    .filter(|n| n.kind() == NodeType::Dir)
+                    .and_then(|n| n.subtree);
+                let listing = match virtual_children {
+                    Some(c) => prefetch::Listing {
+                        entries: Ok(c),
+                        old: old_id.map(|id| (id, self.repo.load_tree(&id))),
+                    },
+                    None if self.one_file_system && root_dev != Some(meta.dev()) => {
+                        prefetch::Listing {
+                            entries: Ok(Vec::new()),
+                            old: None,
+                        }
+                    }
+                    None => self.prefetch.take(&path, old_id, &|p, o| self.list(p, o)),
                 };
-                let children = match children {
+                let children = match listing.entries {
                     Ok(c) => c,
                     Err(e) => {
                         self.source_error(&path, e);
                         Vec::new()
                     }
                 };
-                let old_tree = match old_node
-                    .filter(|n| n.kind() == NodeType::Dir)
-                    .and_then(|n| n.subtree)
-                {
-                    Some(id) => match self.repo.load_tree(&id) {
-                        Ok(t) => Some((id, t)),
-                        Err(e) => {
-                            // A damaged parent only costs speed: read everything below again.
-                            self.source_error(
-                                &path,
-                                format!("parent tree unreadable, re-reading this directory: {e}"),
-                            );
-                            None
-                        }
-                    },
+                let old_tree = match listing.old {
+                    Some((id, Ok(t))) => Some((id, t)),
+                    Some((_, Err(e))) => {
+                        // A damaged parent only costs speed: read everything below again.
+                        self.source_error(
+                            &path,
+                            format!("parent tree unreadable, re-reading this directory: {e}"),
+                        );
+                        None
+                    }
                     None => None,
                 };
                 dir.nodes.lock().expect("dir lock")[slot] = Some(node);
@@ -448,6 +482,15 @@ impl Ctx<'_> {
                 self.counters.other.fetch_add(1, Ordering::Relaxed);
                 self.child_done(sinks, Arc::clone(dir));
             }
+        }
+    }
+
+    /// A directory's listing and its tree in the parent snapshot (run by the prefetchers or
+    /// the walker).
+    fn list(&self, path: &Path, old: Option<BlobId>) -> prefetch::Listing {
+        prefetch::Listing {
+            entries: self.read_dir(path),
+            old: old.map(|id| (id, self.repo.load_tree(&id))),
         }
     }
 
@@ -742,6 +785,8 @@ pub fn backup(
         fatal: Mutex::new(None),
         root: Mutex::new(None),
         chunk_pool: Mutex::new(Vec::new()),
+        prefetch: prefetch::Prefetch::default(),
+        prefetch_tx: Mutex::new(None),
     };
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let readers = if opts.readers == 0 {
@@ -765,6 +810,13 @@ pub fn backup(
             let (rx, packs) = (blob_rx.clone(), pack_tx.clone());
             s.spawn(move || sealer(ctx, &rx, &packs));
         }
+        let (prefetch_tx, prefetch_rx) = bounded::<prefetch::Job>(1024);
+        *ctx.prefetch_tx.lock().expect("prefetch lock") = Some(prefetch_tx);
+        for _ in 0..2 {
+            let rx = prefetch_rx.clone();
+            s.spawn(move || prefetch::Prefetch::serve(&rx, &|p, o| ctx.list(p, o)));
+        }
+        drop(prefetch_rx);
         let mut reader_handles = Vec::new();
         for _ in 0..readers {
             let (rx, sinks) = (
@@ -787,6 +839,7 @@ pub fn backup(
             packs: pack_tx,
         };
         ctx.walk_dir(&sinks, &job_tx, None, entries, old_root, None);
+        *ctx.prefetch_tx.lock().expect("prefetch lock") = None;
         drop(job_tx);
         for h in reader_handles {
             if h.join().is_err() {
