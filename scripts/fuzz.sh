@@ -105,7 +105,13 @@ echo "fuzz.sh: built in $((SECONDS - build_start)) s" >&2
 failed=()
 for t in "${targets[@]}"; do
     echo "fuzz.sh: fuzzing $t for ${seconds} s" >&2
-    if ! cargo fuzz run "${build_flags[@]}" "$t" -- -max_total_time="$seconds"; then
+    # libFuzzer logs every new input; keep that in a file and show its end (all of it on a crash).
+    log="fuzz/artifacts/$t.log"
+    mkdir -p fuzz/artifacts
+    if cargo fuzz run "${build_flags[@]}" "$t" -- -max_total_time="$seconds" >"$log" 2>&1; then
+        tail -n 2 "$log" >&2
+    else
+        cat "$log" >&2
         failed+=("$t")
     fi
 done
