@@ -155,16 +155,12 @@ fn backup(g: &Global, a: &BackupArgs, cancel: &Arc<AtomicBool>) -> Result<Outcom
         let _ = h.join();
     }
     let r = result?;
-    for e in &r.errors {
-        if g.json {
-            println!(
-                "{}",
-                json!({"message_type": "error", "item": e.path, "error": e.error})
-            );
-        } else {
-            eprintln!("error: {}: {}", e.path.display(), e.error);
-        }
-    }
+    print_path_errors(
+        g,
+        r.errors
+            .iter()
+            .map(|e| (e.path.as_path(), e.error.as_str())),
+    );
     let s = &r.snapshot.summary;
     let secs = t0.elapsed().as_secs_f64();
     if g.json {
@@ -204,17 +200,36 @@ fn backup(g: &Global, a: &BackupArgs, cancel: &Arc<AtomicBool>) -> Result<Outcom
         );
         println!("snapshot {} saved", r.id.short());
     }
-    if r.errors.is_empty() {
-        Ok(Outcome::Ok)
-    } else {
-        if !g.json {
-            eprintln!(
-                "warning: {} entries could not be read; the snapshot was saved without them",
-                r.errors.len()
+    Ok(partial(
+        g,
+        r.errors.len(),
+        "entries could not be read; the snapshot was saved without them",
+    ))
+}
+
+/// Per-path errors of a backup or restore: JSON lines on stdout with --json, else stderr.
+fn print_path_errors<'a>(g: &Global, errors: impl Iterator<Item = (&'a Path, &'a str)>) {
+    for (path, error) in errors {
+        if g.json {
+            println!(
+                "{}",
+                json!({"message_type": "error", "item": path, "error": error})
             );
+        } else {
+            eprintln!("error: {}: {error}", path.display());
         }
-        Ok(Outcome::Partial)
     }
+}
+
+/// Exit 3 with a warning when `failed` paths were skipped; success otherwise.
+fn partial(g: &Global, failed: usize, what: &str) -> Outcome {
+    if failed == 0 {
+        return Outcome::Ok;
+    }
+    if !g.json {
+        eprintln!("warning: {failed} {what}");
+    }
+    Outcome::Partial
 }
 
 /// Peak resident memory of this process so far, in bytes (reported after backup and restore).
@@ -427,16 +442,13 @@ fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
     let result = restore::restore(&repo, &snap.tree, &opts, &progress);
     display.finish();
     let stats = result?;
-    for e in &stats.errors {
-        if g.json {
-            println!(
-                "{}",
-                json!({"message_type": "error", "item": e.path, "error": e.error})
-            );
-        } else {
-            eprintln!("error: {}: {}", e.path.display(), e.error);
-        }
-    }
+    print_path_errors(
+        g,
+        stats
+            .errors
+            .iter()
+            .map(|e| (e.path.as_path(), e.error.as_str())),
+    );
     if g.json {
         println!(
             "{}",
@@ -455,17 +467,11 @@ fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
             progress::bytes(peak_rss())
         );
     }
-    if stats.errors.is_empty() {
-        Ok(Outcome::Ok)
-    } else {
-        if !g.json {
-            eprintln!(
-                "warning: {} paths could not be restored",
-                stats.errors.len()
-            );
-        }
-        Ok(Outcome::Partial)
-    }
+    Ok(partial(
+        g,
+        stats.errors.len(),
+        "paths could not be restored",
+    ))
 }
 
 fn check(g: &Global, read_data: bool) -> Result<Outcome> {

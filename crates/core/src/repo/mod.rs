@@ -138,15 +138,7 @@ impl Repository {
         } else {
             Crypto::plain(master.id_key)
         };
-        let chunker = Chunker::new(config.chunker, master.chunker_seed)?;
-        Ok(Repository {
-            store,
-            config,
-            crypto,
-            chunker,
-            key_id,
-            index: Index::default(),
-        })
+        Self::assemble(store, config, crypto, master.chunker_seed, key_id)
     }
 
     /// Opens an existing repository. `password` is called only if the repository is encrypted.
@@ -173,7 +165,18 @@ impl Repository {
                 let (kid, master) = Self::unlock(&*store, &pw)?;
                 (Crypto::encrypted(&master), master.chunker_seed, Some(kid))
             };
-        let chunker = Chunker::new(config.chunker, seed)?;
+        Self::assemble(store, config, crypto, seed, key_id)
+    }
+
+    /// An open repository with an empty index, from its parts.
+    fn assemble(
+        store: Arc<dyn Store>,
+        config: Config,
+        crypto: Crypto,
+        chunker_seed: u64,
+        key_id: Option<ObjectId>,
+    ) -> Result<Self> {
+        let chunker = Chunker::new(config.chunker, chunker_seed)?;
         Ok(Repository {
             store,
             config,
