@@ -12,6 +12,24 @@ use tidemark_core::id::ObjectId;
 use tidemark_core::store::{Kind, Store, CONFIG_ID};
 use tidemark_core::{Error, Result};
 
+/// The methods of a wrapper that only changes `put`: everything else goes to `self.inner`.
+macro_rules! forward_to_inner {
+    () => {
+        fn get(&self, kind: Kind, id: &ObjectId, range: Option<Range<u64>>) -> Result<Vec<u8>> {
+            self.inner.get(kind, id, range)
+        }
+        fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
+            self.inner.list(kind)
+        }
+        fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
+            self.inner.delete(kind, id)
+        }
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+    };
+}
+
 /// A store in memory.
 #[derive(Default)]
 pub struct MemStore {
@@ -120,18 +138,7 @@ impl<S: Store> Store for CrashStore<S> {
         self.puts.fetch_add(1, Ordering::SeqCst);
         self.inner.put(kind, id, bytes)
     }
-    fn get(&self, kind: Kind, id: &ObjectId, range: Option<Range<u64>>) -> Result<Vec<u8>> {
-        self.inner.get(kind, id, range)
-    }
-    fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
-        self.inner.list(kind)
-    }
-    fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
-        self.inner.delete(kind, id)
-    }
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+    forward_to_inner!();
 }
 
 /// Counts bytes put into a store (to show that a second backup re-sends nothing).
@@ -159,18 +166,7 @@ impl<S: Store> Store for CountingStore<S> {
         }
         self.inner.put(kind, id, bytes)
     }
-    fn get(&self, kind: Kind, id: &ObjectId, range: Option<Range<u64>>) -> Result<Vec<u8>> {
-        self.inner.get(kind, id, range)
-    }
-    fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
-        self.inner.list(kind)
-    }
-    fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
-        self.inner.delete(kind, id)
-    }
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+    forward_to_inner!();
 }
 
 /// The behaviour every `Store` must show. Panics on the first violation.
