@@ -126,23 +126,8 @@ impl Crypto {
 
     /// Wraps `plaintext` in an envelope.
     pub fn seal(&self, domain: Domain, plaintext: &[u8]) -> Vec<u8> {
-        let Some(cipher) = &self.cipher else {
-            return plaintext.to_vec();
-        };
-        let mut nonce = [0u8; 24];
-        rand::thread_rng().fill_bytes(&mut nonce);
-        let ct = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: domain.aad(),
-                },
-            )
-            .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
-        let mut out = Vec::with_capacity(24 + ct.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
+        let mut out = Vec::new();
+        self.seal_into(domain, plaintext, &mut out);
         out
     }
 

@@ -170,7 +170,7 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
         if !seen.insert(id) {
             continue;
         }
-        let tree = match read_tree(repo, &idx, &id) {
+        let tree = match repo.load_tree_in(&idx, &id) {
             Ok(t) => t,
             Err(e) => {
                 bad.push(Bad::Tree(id, e.to_string()));
@@ -250,19 +250,6 @@ fn problem(object: String, e: &Error) -> Problem {
     }
 }
 
-fn read_tree(repo: &Repository, idx: &Index, id: &BlobId) -> Result<crate::snapshot::Tree> {
-    let (pack, loc) = idx.get(id).ok_or_else(|| Error::NotFound {
-        kind: Kind::Tree,
-        id: id.to_hex(),
-    })?;
-    let env = repo.store().get(Kind::Pack, &pack, Some(loc.range()))?;
-    if env.len() != loc.stored_len as usize {
-        return Err(Error::corrupt(Kind::Pack, pack, "cut short"));
-    }
-    let plain = repo.decode_blob(id, &loc, &env)?;
-    crate::snapshot::Tree::decode(&plain).map_err(|r| Error::corrupt(Kind::Tree, id, r))
-}
-
 fn read_pack(
     repo: &Repository,
     idx: &Index,
@@ -339,7 +326,7 @@ fn affected_paths(
         }
         let mut stack: Vec<(BlobId, PathBuf)> = vec![(snap.tree, PathBuf::from("/"))];
         while let Some((tid, dir)) = stack.pop() {
-            let Ok(tree) = read_tree(repo, idx, &tid) else {
+            let Ok(tree) = repo.load_tree_in(idx, &tid) else {
                 continue;
             };
             for n in &tree.nodes {

@@ -356,7 +356,12 @@ impl Repository {
 
     /// Reads one blob by id.
     pub fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
-        let (pack, loc) = self.index.get(id).ok_or_else(|| Error::NotFound {
+        self.read_blob_in(&self.index, id)
+    }
+
+    /// Reads one blob, located through `index` (`check` builds its own, tolerating damage).
+    pub fn read_blob_in(&self, index: &Index, id: &BlobId) -> Result<Vec<u8>> {
+        let (pack, loc) = index.get(id).ok_or_else(|| Error::NotFound {
             kind: Kind::Blob,
             id: id.to_hex(),
         })?;
@@ -373,7 +378,12 @@ impl Repository {
 
     /// Reads and parses a tree.
     pub fn load_tree(&self, id: &BlobId) -> Result<Tree> {
-        let bytes = self.read_blob(id)?;
+        self.load_tree_in(&self.index, id)
+    }
+
+    /// Reads and parses a tree located through `index`.
+    pub fn load_tree_in(&self, index: &Index, id: &BlobId) -> Result<Tree> {
+        let bytes = self.read_blob_in(index, id)?;
         Tree::decode(&bytes).map_err(|r| Error::corrupt(Kind::Tree, id, r))
     }
 
