@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-10}"
-all_targets=(pack_header index_file tree snapshot config key_file envelope)
+all_targets=(pack_header index_file tree snapshot config key_file envelope wal_record wal_recovery)
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
@@ -90,6 +90,16 @@ seed_text key_file full '{"version":1,"created":"2024-05-01T10:00:00+00:00","hos
 seed_hex envelope short "$(rep 00 39)"
 seed_hex envelope min "$(rep 00 40)"
 seed_hex envelope longer "$(rep 5a 64)"
+
+# WAL records (crc, len, kind, body), CRCs precomputed: entry 1 "hello", meta vote, truncate, purge.
+seed_hex wal_record entry "a176763b0d00000001010000000000000068656c6c6f"
+seed_hex wal_record meta "eda5ac4e050000000200766f7465"
+seed_hex wal_record truncate "3309a6250900000003010000000000000000"
+seed_hex wal_record purge "5b1539500a0000000400000000000000006964"
+# wal_recovery: mode 1 = a valid header is prepended; then records (two entries, a meta, a purge).
+seed_hex wal_recovery records "01a176763b0d00000001010000000000000068656c6c6f638808540900000001020000000000000078eda5ac4e050000000200766f7465"
+seed_hex wal_recovery torn "01a176763b0d00000001010000000000000068656c6c6fa176763b0d0000000101"
+seed_hex wal_recovery two "031600a176763b0d00000001010000000000000068656c6c6f5b1539500a0000000400000000000000006964"
 
 echo "fuzz.sh: building ${targets[*]}" >&2
 build_start=$SECONDS

@@ -41,6 +41,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The write-ahead log is damaged somewhere other than a torn tail.
+    #[error("write-ahead log {file} is damaged at byte {offset}: {reason}")]
+    LogCorrupt {
+        file: String,
+        offset: u64,
+        reason: String,
+    },
     /// A request that cannot be satisfied (bad snapshot prefix, bad option …).
     #[error("{0}")]
     Invalid(String),

@@ -1,6 +1,7 @@
 //! Test doubles and conformance suites for tidemark: an in-memory [`MemStore`], a
 //! [`CrashStore`] that stops accepting writes after a countdown (a simulated crash at each write
-//! point), a [`CountingStore`], the [`store_suite`] every `Store` must pass, and seeded data.
+//! point), a [`CountingStore`], the [`store_suite`] every `Store` must pass, seeded data, and the log
+//! devices: [`MemLogDir`], [`CrashLogDir`] (power cut at a chosen sync) and [`log_device_suite`].
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -11,6 +12,9 @@ use rand::{RngCore, SeedableRng};
 use tidemark_core::id::ObjectId;
 use tidemark_core::store::{Kind, Store, CONFIG_ID};
 use tidemark_core::{Error, Result};
+
+mod log;
+pub use log::{log_device_suite, CrashLogDir, MemDevice, MemLogDir, Unsynced};
 
 /// The methods of a wrapper that only changes `put`: everything else goes to `self.inner`.
 macro_rules! forward_to_inner {

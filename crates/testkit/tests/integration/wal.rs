@@ -1,0 +1,425 @@
+//! The write-ahead log over every log device: conformance, recovery, damage, group commit, and a
+//! power cut at every sync point checked against a model.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use rand::{Rng, SeedableRng};
+use tidemark_core::wal::{FileLogDir, LogDir, Lsn, Wal, WalOptions, SLOT_COMMITTED, SLOT_VOTE};
+use tidemark_core::Error;
+use tidemark_testkit::{log_device_suite, CrashLogDir, MemLogDir, Unsynced};
+
+fn small() -> WalOptions {
+    WalOptions {
+        segment_size: 2048,
+        ..WalOptions::default()
+    }
+}
+
+fn open(dir: &(impl LogDir + Clone + 'static), opts: WalOptions) -> Wal {
+    Wal::open(Arc::new(dir.clone()), opts).unwrap().0
+}
+
+fn entries(wal: &Wal) -> BTreeMap<u64, Vec<u8>> {
+    wal.read_range(0..u64::MAX).unwrap().into_iter().collect()
+}
+
+#[test]
+fn log_device_suite_file_mem_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    log_device_suite(&FileLogDir::new(tmp.path().join("wal")).unwrap());
+    log_device_suite(&MemLogDir::new());
+    log_device_suite(&CrashLogDir::new(None));
+}
+
+#[test]
+fn append_read_reopen_on_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = FileLogDir::new(tmp.path()).unwrap();
+    let wal = open(&dir, small());
+    let mut lsn = Lsn::default();
+    for i in 1..=50u64 {
+        lsn = wal.append([(i, vec![i as u8; i as usize * 10])]).unwrap();
+    }
+    wal.set_meta(SLOT_VOTE, b"vote-1").unwrap();
+    let lsn2 = wal.set_meta(SLOT_COMMITTED, b"c-40").unwrap();
+    assert!(lsn2 > lsn);
+    wal.sync(lsn2).unwrap();
+    assert!(wal.stats().segments > 3, "2 KiB segments rotate");
+    drop(wal);
+    let (wal, rec) = Wal::open(Arc::new(dir), small()).unwrap();
+    assert_eq!(rec.torn_bytes, 0);
+    let got = entries(&wal);
+    assert_eq!(got.len(), 50);
+    assert_eq!(got[&7], vec![7u8; 70]);
+    assert_eq!(wal.meta(SLOT_VOTE).unwrap(), b"vote-1");
+    assert_eq!(wal.meta(SLOT_COMMITTED).unwrap(), b"c-40");
+    assert_eq!(wal.bounds().unwrap(), Some((1, 50)));
+    assert!(matches!(
+        wal.append([(52u64, b"gap")]),
+        Err(Error::Invalid(m)) if m.contains("does not follow")
+    ));
+}
+
+#[test]
+fn truncate_and_purge_survive_reopen_and_delete_segments() {
+    let dir = MemLogDir::new();
+    let wal = open(&dir, small());
+    for i in 0..40u64 {
+        wal.append([(i, vec![1u8; 200])]).unwrap();
+    }
+    let before = wal.stats().segments;
+    wal.truncate_after(Some(29)).unwrap();
+    wal.append((30..35u64).map(|i| (i, vec![2u8; 200])))
+        .unwrap();
+    wal.set_meta(SLOT_VOTE, b"v").unwrap();
+    wal.purge(25, b"log-id-25").unwrap();
+    assert!(wal.stats().segments < before, "purged segments are deleted");
+    assert_eq!(wal.bounds().unwrap(), Some((26, 34)));
+    let lsn = wal.append([(35u64, vec![3u8; 10])]).unwrap();
+    wal.sync(lsn).unwrap();
+    let expect = entries(&wal);
+    drop(wal);
+
+    let wal = open(&dir, small());
+    assert_eq!(entries(&wal), expect);
+    assert_eq!(expect[&31], vec![2u8; 200]);
+    assert_eq!(wal.last_purged().unwrap(), (25, b"log-id-25".to_vec()));
+    assert_eq!(wal.meta(SLOT_VOTE).unwrap(), b"v");
+    assert!(
+        wal.truncate_after(Some(20)).is_err(),
+        "cannot truncate purged entries"
+    );
+    // Purging past the end leaves an empty log that continues after the purge point.
+    wal.purge(100, b"p100").unwrap();
+    assert_eq!(wal.bounds().unwrap(), None);
+    assert_eq!(wal.last_index().unwrap(), Some(100));
+    wal.append([(101u64, b"x")]).unwrap();
+    drop(wal);
+    let wal = open(&dir, small());
+    assert_eq!(wal.bounds().unwrap(), Some((101, 101)));
+}
+
+#[test]
+fn torn_tail_is_cut_and_the_log_continues() {
+    let dir = MemLogDir::new();
+    let wal = open(&dir, WalOptions::default());
+    let lsn = wal.append((1..=3u64).map(|i| (i, vec![9u8; 100]))).unwrap();
+    wal.sync(lsn).unwrap();
+    drop(wal);
+    let good = dir.bytes(1).unwrap();
+    // A fourth record that only half reached the disk.
+    let mut torn = good.clone();
+    let full = tidemark_core::wal::Record::Entry {
+        index: 4,
+        data: &[7u8; 100],
+    }
+    .encode();
+    torn.extend_from_slice(&full[..60]);
+    dir.set_bytes(1, torn);
+    let (wal, rec) = Wal::open(Arc::new(dir.clone()), WalOptions::default()).unwrap();
+    assert_eq!(rec.torn_bytes, 60);
+    assert_eq!(
+        dir.bytes(1).unwrap(),
+        good,
+        "cut back to the last whole record"
+    );
+    assert_eq!(wal.bounds().unwrap(), Some((1, 3)));
+    wal.append([(4u64, b"after")]).unwrap();
+    assert_eq!(wal.read(4).unwrap().unwrap(), b"after");
+    // Zeroed pages after the end (a preallocated tail) are a torn tail too.
+    drop(wal);
+    let mut zeros = dir.bytes(1).unwrap();
+    zeros.extend_from_slice(&[0u8; 4096]);
+    dir.set_bytes(1, zeros);
+    let (wal, rec) = Wal::open(Arc::new(dir), WalOptions::default()).unwrap();
+    assert_eq!(rec.torn_bytes, 4096);
+    assert_eq!(wal.bounds().unwrap(), Some((1, 4)));
+}
+
+#[test]
+fn damage_before_the_tail_names_segment_and_offset() {
+    let dir = MemLogDir::new();
+    let wal = open(&dir, small());
+    for i in 1..=30u64 {
+        let lsn = wal.append([(i, vec![5u8; 150])]).unwrap();
+        wal.sync(lsn).unwrap();
+    }
+    drop(wal);
+    let files = dir.files();
+    assert!(files.len() >= 3);
+    let last = *files.keys().last().unwrap();
+
+    // A flipped bit in an earlier segment.
+    let mut bad = files.clone();
+    bad.get_mut(&1).unwrap()[32 + 20] ^= 0x04;
+    let err = Wal::open(Arc::new(MemLogDir::with_files(bad)), small())
+        .err()
+        .expect("damage is an error");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("0000000000000001.wal") && msg.contains("byte 32"),
+        "{msg}"
+    );
+
+    // A flipped bit in the middle of the last segment, with intact records after it.
+    let mut bad = files.clone();
+    let seg = bad.get_mut(&last).unwrap();
+    assert!(
+        seg.len() > 32 + 400,
+        "the last segment holds several records"
+    );
+    seg[32 + 20] ^= 0x04;
+    let err = Wal::open(Arc::new(MemLogDir::with_files(bad.clone())), small())
+        .err()
+        .expect("damage followed by intact records is an error");
+    assert!(
+        matches!(err, Error::LogCorrupt { ref reason, .. } if reason.contains("intact record follows")),
+        "{err}"
+    );
+    // …unless the operator asks to cut there.
+    let opts = WalOptions {
+        discard_after_corruption: true,
+        ..small()
+    };
+    let (_, rec) = Wal::open(Arc::new(MemLogDir::with_files(bad)), opts).unwrap();
+    assert!(rec.discarded_at.is_some());
+
+    // A missing segment in the middle.
+    let mut gap = files.clone();
+    gap.remove(&2);
+    let err = Wal::open(Arc::new(MemLogDir::with_files(gap)), small())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("missing"), "{err}");
+
+    // A segment from another log.
+    let other = MemLogDir::new();
+    let w2 = open(&other, small());
+    w2.append([(1u64, b"x")]).unwrap();
+    drop(w2);
+    let mut mixed = files;
+    mixed.insert(last + 1, other.bytes(1).unwrap());
+    let err = Wal::open(Arc::new(MemLogDir::with_files(mixed)), small())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("header says segment") || err.to_string().contains("two logs"),
+        "{err}"
+    );
+}
+
+#[test]
+fn interrupted_rotation_leaves_a_removable_segment() {
+    let dir = MemLogDir::new();
+    let wal = open(&dir, WalOptions::default());
+    let lsn = wal.append([(1u64, b"one")]).unwrap();
+    wal.sync(lsn).unwrap();
+    drop(wal);
+    dir.set_bytes(2, b"TMW".to_vec()); // the next segment's header never finished
+    let (wal, rec) = Wal::open(Arc::new(dir.clone()), WalOptions::default()).unwrap();
+    assert!(rec.removed_unfinished_segment);
+    assert_eq!(dir.list().unwrap(), vec![1]);
+    assert_eq!(wal.read(1).unwrap().unwrap(), b"one");
+}
+
+#[test]
+fn group_commit_shares_fsyncs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = Arc::new(open(
+        &FileLogDir::new(tmp.path()).unwrap(),
+        WalOptions::default(),
+    ));
+    let next = Arc::new(Mutex::new(1u64));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (wal, next) = (wal.clone(), next.clone());
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    let lsn = {
+                        let mut n = next.lock().unwrap();
+                        let lsn = wal.append([(*n, vec![t as u8; 64])]).unwrap();
+                        *n += 1;
+                        lsn
+                    };
+                    wal.sync(lsn).unwrap();
+                    assert!(wal.durable() >= lsn);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = wal.stats();
+    assert_eq!(stats.entries, 400);
+    println!(
+        "400 acknowledged appends from 4 threads took {} fsyncs",
+        stats.syncs
+    );
+    assert!(stats.syncs < 400, "concurrent appends share fsyncs");
+}
+
+#[test]
+fn a_failed_sync_poisons_the_log() {
+    let dir = CrashLogDir::new(None);
+    let wal = open(&dir, WalOptions::default());
+    let n = dir.syncs();
+    drop(wal);
+    let dir = CrashLogDir::new(Some(n));
+    let wal = open(&dir, WalOptions::default());
+    let lsn = wal.append([(1u64, b"a")]).unwrap();
+    assert!(wal.sync(lsn).is_err());
+    assert!(matches!(
+        wal.append([(2u64, b"b")]),
+        Err(Error::Poisoned(_))
+    ));
+    assert!(matches!(wal.sync(lsn), Err(Error::Poisoned(_))));
+}
+
+/// The logical content of a log, as the model and the recovered log see it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Model {
+    entries: BTreeMap<u64, Vec<u8>>,
+    meta: [Option<Vec<u8>>; 2],
+    purged: Option<(u64, Vec<u8>)>,
+}
+
+impl Model {
+    fn read(wal: &Wal) -> Model {
+        Model {
+            entries: entries(wal),
+            meta: [wal.meta(SLOT_VOTE), wal.meta(SLOT_COMMITTED)],
+            purged: wal.last_purged(),
+        }
+    }
+}
+
+/// Runs a random workload; returns the model state after every record, and how many of those
+/// states were acknowledged (synced) before the run stopped.
+fn workload(wal: &Wal, seed: u64, ops: usize) -> (Vec<Model>, usize) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut model = Model::default();
+    let mut states = vec![model.clone()];
+    let mut acked = 1;
+    let mut next = 1u64;
+    for op in 0..ops {
+        let result = match rng.gen_range(0..10) {
+            0..=5 => {
+                let n = rng.gen_range(1..4);
+                let batch: Vec<(u64, Vec<u8>)> = (0..n)
+                    .map(|k| {
+                        let len = rng.gen_range(0..700);
+                        (next + k, (0..len).map(|_| rng.gen()).collect())
+                    })
+                    .collect();
+                for (i, d) in &batch {
+                    model.entries.insert(*i, d.clone());
+                    states.push(model.clone());
+                }
+                next += n;
+                wal.append(batch)
+            }
+            6 => {
+                let slot = rng.gen_range(0..2u8);
+                let v = format!("meta {op}").into_bytes();
+                model.meta[slot as usize] = Some(v.clone());
+                states.push(model.clone());
+                wal.set_meta(slot, &v)
+            }
+            7 if next > 1 => {
+                let low = model.purged.as_ref().map_or(0, |p| p.0);
+                let after = rng.gen_range(low..next);
+                model.entries.retain(|i, _| *i <= after);
+                states.push(model.clone());
+                next = after + 1;
+                wal.truncate_after(Some(after))
+            }
+            _ if next > 3 && model.purged.as_ref().map_or(0, |p| p.0 + 1) < next - 1 => {
+                let low = model.purged.as_ref().map_or(0, |p| p.0 + 1);
+                let upto = rng.gen_range(low..next - 1);
+                if model.purged.as_ref().is_some_and(|p| p.0 >= upto) {
+                    continue;
+                }
+                let id = format!("term-of-{upto}").into_bytes();
+                model.entries.retain(|i, _| *i > upto);
+                model.purged = Some((upto, id.clone()));
+                states.push(model.clone());
+                match wal.purge(upto, &id) {
+                    Ok(()) => {
+                        acked = states.len();
+                        continue;
+                    }
+                    Err(_) => return (states, acked),
+                }
+            }
+            _ => continue,
+        };
+        let Ok(lsn) = result else {
+            return (states, acked);
+        };
+        if wal.sync(lsn).is_err() {
+            return (states, acked);
+        }
+        acked = states.len();
+    }
+    (states, acked)
+}
+
+#[test]
+fn power_cut_at_every_sync_point_loses_nothing_acknowledged() {
+    for seed in 0..4u64 {
+        let ops = 60;
+        let probe = CrashLogDir::new(None);
+        let wal = open(&probe, small());
+        let (_, _) = workload(&wal, seed, ops);
+        let points = probe.syncs();
+        drop(wal);
+        assert!(points > 50, "the workload syncs often ({points})");
+        println!("seed {seed}: {points} sync points, each cut and recovered 4 ways");
+        for cut in 0..points {
+            let dir = CrashLogDir::new(Some(cut));
+            let (wal, states, acked) = match Wal::open(Arc::new(dir.clone()), small()) {
+                Ok((wal, _)) => {
+                    let (states, acked) = workload(&wal, seed, ops);
+                    (Some(wal), states, acked)
+                }
+                Err(_) => (None, vec![Model::default()], 0), // cut while creating the log
+            };
+            assert!(dir.is_dead(), "seed {seed} cut {cut}: the power was cut");
+            drop(wal);
+            for (m, unsynced) in [
+                Unsynced::Lost,
+                Unsynced::Kept,
+                Unsynced::Torn(cut),
+                Unsynced::Torn(cut + 7),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let disk = dir.after_crash(unsynced);
+                let (wal, _) = Wal::open(Arc::new(disk.clone()), small()).unwrap_or_else(|e| {
+                    panic!("seed {seed} cut {cut} mode {m}: recovery failed: {e}")
+                });
+                let got = Model::read(&wal);
+                let found = states
+                    .iter()
+                    .skip(acked.saturating_sub(1))
+                    .any(|s| *s == got);
+                assert!(
+                    found,
+                    "seed {seed} cut {cut} {unsynced:?}: recovered state is not one the log went \
+                     through since the last acknowledgement ({} states, {acked} acked)\n{got:?}",
+                    states.len()
+                );
+                // The recovered log takes new writes and keeps them.
+                let next = wal.last_index().unwrap().map_or(1, |l| l + 1);
+                let lsn = wal.append([(next, b"after recovery")]).unwrap();
+                wal.sync(lsn).unwrap();
+                drop(wal);
+                let (wal, _) = Wal::open(Arc::new(disk), small()).unwrap();
+                assert_eq!(wal.read(next).unwrap().unwrap(), b"after recovery");
+            }
+        }
+    }
+}
