@@ -33,5 +33,7 @@ pub mod repo;
 pub mod restore;
 pub mod snapshot;
 pub mod store;
+pub mod wal;
+pub mod watch;
 
 pub use error::{Error, Result};
