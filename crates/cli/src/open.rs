@@ -88,16 +88,29 @@ pub fn store(g: &Global) -> Result<(Arc<dyn Store>, bool)> {
     }
 }
 
+/// The base directory of the local snapshot cache: --cache-dir / TIDEMARK_CACHE_DIR, else
+/// `$XDG_CACHE_HOME/tidemark`; none with --no-cache or without a cache directory.
+pub fn cache_dir(g: &Global) -> Option<PathBuf> {
+    if g.no_cache {
+        return None;
+    }
+    g.cache_dir
+        .clone()
+        .or_else(|| dirs::cache_dir().map(|d| d.join("tidemark")))
+}
+
 /// Opens the repository; the default one is created on first use.
 pub fn open(g: &Global) -> Result<Repository> {
     let (store, is_default) = store(g)?;
-    if is_default {
-        return open_default(g, store);
-    }
-    let repo = Repository::open(store, &mut || {
-        password(g, "enter password for repository: ")
-            .map_err(|e| tidemark_core::Error::Invalid(format!("{e:#}")))
-    })?;
+    let mut repo = if is_default {
+        open_default(g, store)?
+    } else {
+        Repository::open(store, &mut || {
+            password(g, "enter password for repository: ")
+                .map_err(|e| tidemark_core::Error::Invalid(format!("{e:#}")))
+        })?
+    };
+    repo.set_cache_dir(cache_dir(g));
     Ok(repo)
 }
 

@@ -29,6 +29,8 @@ pub enum Domain {
     Index,
     /// A snapshot.
     Snapshot,
+    /// The local snapshot cache (`docs/format.md` §17); never stored in a repository.
+    SnapshotCache,
 }
 
 impl Domain {
@@ -38,6 +40,7 @@ impl Domain {
             Domain::PackHeader => b"H",
             Domain::Index => b"I",
             Domain::Snapshot => b"S",
+            Domain::SnapshotCache => b"C",
         }
     }
 }

@@ -224,6 +224,9 @@ fn malicious_tree_names_never_escape_the_target() {
             tree: tid,
             program_version: "test".into(),
             summary: tidemark_core::snapshot::Summary::default(),
+            revision: None,
+            log: None,
+            membership: None,
         };
         repo.save_snapshot(&snap).unwrap();
         let repo = open(mem.clone());

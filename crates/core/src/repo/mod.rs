@@ -4,7 +4,7 @@
 //! Store ──get──▶ Repository::open (config, key) ──load_index──▶ Index
 //!                    │ read_blob / load_tree  (pack range → envelope → zstd → id check)
 //!                    │ BlobWriter::add        (random open pack → finished pack → upload → index file)
-//!                    └ save_snapshot / snapshots / find_snapshot
+//!                    └ save_snapshot / snapshots / find_snapshot (through the local snapshot cache)
 //! ```
 
 mod config;
@@ -12,6 +12,7 @@ pub mod index;
 mod writer;
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use config::{
@@ -26,7 +27,8 @@ use crate::crypto::{Crypto, Domain, KdfParams, KeyFile, MasterKey};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, ObjectId, PackId, SnapshotId};
 use crate::pack::{self, BlobEntry, BlobKind, FLAG_ZSTD, TRAILER_LEN};
-use crate::snapshot::{Snapshot, Tree};
+use crate::snapshot::cache::{self, CacheFile, CacheStats, SnapshotList};
+use crate::snapshot::{Selector, Snapshot, SnapshotFilter, Tree};
 use crate::store::{Kind, Store, CONFIG_ID};
 
 /// Settings for a new repository.
@@ -70,6 +72,8 @@ pub struct Repository {
     chunker: Chunker,
     key_id: Option<ObjectId>,
     index: Index,
+    /// Base directory of the local snapshot cache (`docs/format.md` §17); `None`: no cache.
+    cache_dir: Option<PathBuf>,
 }
 
 /// What loading the index found.
@@ -184,6 +188,7 @@ impl Repository {
             chunker,
             key_id,
             index: Index::default(),
+            cache_dir: None,
         })
     }
 
@@ -396,26 +401,70 @@ impl Repository {
 
     /// Loads one snapshot.
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        self.load_snapshot_plain(id).map(|(s, _)| s)
+    }
+
+    /// Loads one snapshot; also returns its checked JSON plaintext.
+    fn load_snapshot_plain(&self, id: &SnapshotId) -> Result<(Snapshot, Vec<u8>)> {
         let bytes = self.store.get(Kind::Snapshot, id, None)?;
-        Snapshot::open(&self.crypto, id, &bytes)
+        Snapshot::open_plain(&self.crypto, id, &bytes)
     }
 
-    /// All snapshots, oldest first.
+    /// Sets the base directory of the local snapshot cache (`$XDG_CACHE_HOME/tidemark`; the
+    /// file is `<dir>/<repository id>/snapshots`, `docs/format.md` §17). `None` (the default)
+    /// reads every snapshot from the store each time.
+    pub fn set_cache_dir(&mut self, dir: Option<PathBuf>) {
+        self.cache_dir = dir;
+    }
+
+    /// The base directory of the local snapshot cache, if one is set.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache_dir.as_deref()
+    }
+
+    /// The ids of every snapshot: one store listing; nothing is read or opened.
+    pub fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
+        Ok(self
+            .store
+            .list(Kind::Snapshot)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Every snapshot, oldest first, each parsed on demand. With a cache directory set, only
+    /// the snapshots the cache does not hold yet are read from the store, and the cache is
+    /// brought up to date; a damaged cache is rebuilt and reported in the stats, never an error.
+    pub fn snapshot_list(&self) -> Result<(SnapshotList, CacheStats)> {
+        let file = self
+            .cache_dir
+            .as_deref()
+            .map(|dir| CacheFile::new(dir, &self.config.id));
+        cache::sync(file.as_ref(), &self.crypto, &self.snapshot_ids()?, &|id| {
+            self.load_snapshot_plain(id)
+        })
+    }
+
+    /// All snapshots, oldest first (equal times by id).
     pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
-        let mut out = Vec::new();
-        for (id, _) in self.store.list(Kind::Snapshot)? {
-            out.push((id, self.load_snapshot(&id)?));
-        }
-        out.sort_by(|a, b| a.1.datetime().cmp(&b.1.datetime()).then(a.0.cmp(&b.0)));
-        Ok(out)
+        self.snapshot_list()?.0.parse_all()
     }
 
-    /// Resolves `latest` or a unique id prefix.
+    /// The snapshot `selector` picks among those `filter` lets through, if any.
+    pub fn select_snapshot(
+        &self,
+        filter: &SnapshotFilter,
+        selector: Selector,
+    ) -> Result<Option<(SnapshotId, Snapshot)>> {
+        self.snapshot_list()?.0.select(filter, selector)
+    }
+
+    /// Resolves `latest` (through the cache; one snapshot is parsed) or a unique id prefix
+    /// (one listing, one snapshot read).
     pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
         if spec == "latest" {
             return self
-                .snapshots()?
-                .pop()
+                .select_snapshot(&SnapshotFilter::default(), Selector::Latest)?
                 .ok_or_else(|| Error::Invalid("the repository has no snapshots yet".into()));
         }
         let spec = spec.to_ascii_lowercase();
@@ -425,10 +474,8 @@ impl Repository {
             )));
         }
         let ids: Vec<ObjectId> = self
-            .store
-            .list(Kind::Snapshot)?
+            .snapshot_ids()?
             .into_iter()
-            .map(|(id, _)| id)
             .filter(|id| id.to_hex().starts_with(&spec))
             .collect();
         match ids.as_slice() {
