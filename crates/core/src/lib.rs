@@ -23,6 +23,8 @@
 //! ```
 
 pub mod backup;
+pub mod batch;
+pub mod capture;
 pub mod check;
 pub mod chunk;
 pub mod crypto;

@@ -630,7 +630,7 @@ impl Ctx<'_> {
 }
 
 /// Opens for reading without updating atime where permitted (owner or root).
-fn open_noatime(path: &Path) -> std::io::Result<File> {
+pub(crate) fn open_noatime(path: &Path) -> std::io::Result<File> {
     match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)
@@ -907,6 +907,9 @@ pub fn backup(
         tree,
         program_version: concat!("tidemark ", env!("CARGO_PKG_VERSION")).into(),
         summary,
+        revision: None,
+        log: None,
+        membership: None,
     };
     let id = repo.save_snapshot(&snapshot)?;
     Ok(BackupResult {

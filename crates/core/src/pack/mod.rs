@@ -29,14 +29,16 @@ pub enum BlobKind {
 }
 
 impl BlobKind {
-    fn to_byte(self) -> u8 {
+    /// The kind byte of the pack header (`docs/format.md` §6).
+    pub fn to_byte(self) -> u8 {
         match self {
             BlobKind::Data => 0,
             BlobKind::Tree => 1,
         }
     }
 
-    fn from_byte(b: u8) -> Option<Self> {
+    /// Parses a kind byte.
+    pub fn from_byte(b: u8) -> Option<Self> {
         match b {
             0 => Some(BlobKind::Data),
             1 => Some(BlobKind::Tree),

@@ -299,8 +299,15 @@ fn plan_file(
     plan: &mut Plan,
     inodes: &mut HashMap<(u64, u64), usize>,
 ) {
-    if node.links > 1 {
-        if let Some(&first) = inodes.get(&(node.device_id, node.inode)) {
+    // Two files with the same inode and content are one file when either says it has several
+    // links: a continuously captured tree may hold a stale link count for the older name
+    // (linking a file changes its count but inotify reports only the new name).
+    if let Some(&first) = inodes.get(&(node.device_id, node.inode)) {
+        let other = &plan.files[first].node;
+        if (node.links > 1 || other.links > 1)
+            && other.size == node.size
+            && other.content == node.content
+        {
             plan.hardlinks.push((path.to_owned(), first));
             return;
         }
@@ -367,9 +374,7 @@ fn plan_file(
             });
         }
     }
-    if node.links > 1 {
-        inodes.insert((node.device_id, node.inode), idx);
-    }
+    inodes.entry((node.device_id, node.inode)).or_insert(idx);
     plan.files.push(fp);
 }
 

@@ -1,0 +1,584 @@
+//! Capture: turns the watcher's changes into batch edits, reading what changed on disk.
+//!
+//! ```text
+//! watch::Change ──▶ Capturer::handle ──lstat / read, chunk, hash──▶ pending Batch ──▶ Sink (the log)
+//!                        ▲ compares with the LiveTree (the catalog) so unchanged files are not read
+//! ```
+//! A changed file is read once, cut into chunks, and only chunks the repository lacks are
+//! compressed and sealed into the batch. A file that changes while being read is read again; after
+//! three tries it is deferred (the caller retries it later), never recorded torn. A file larger
+//! than the batch limit is carried by several batches: blob-only ones first, then the one with its
+//! `put`, so it appears at once. Moves become `move` edits when the live tree has the source (no
+//! re-read); anything the live tree cannot explain becomes a rescan of that subtree.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::backup::{node_from_metadata, read_xattrs, unchanged, Excludes};
+use crate::batch::{path_problem, Batch, Edit, NewBlob, MAX_PATH};
+use crate::chunk::Chunker;
+use crate::crypto::Crypto;
+use crate::error::{Error, Result};
+use crate::id::BlobId;
+use crate::pack::BlobKind;
+use crate::repo::Repository;
+use crate::snapshot::{Node, NodeType};
+use crate::watch::Change;
+
+/// Read access to the live tree as applied so far (the catalog).
+pub trait LiveTree {
+    /// The node at `path` (`""` is the watched directory), if the live tree has it.
+    fn node(&self, path: &[u8]) -> Result<Option<Node>>;
+    /// The children of the directory at `path`, in name order, with their names set.
+    fn children(&self, path: &[u8]) -> Result<Vec<Node>>;
+}
+
+/// Where batches go: the log. `write` returns once the batch is durable and applied, with the
+/// paths the state machine could not apply (to be rescanned).
+pub trait Sink {
+    /// Makes `batch` durable and applies it.
+    fn write(&mut self, batch: Batch) -> Result<Vec<Vec<u8>>>;
+}
+
+/// Capture settings.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// A batch is written once its blobs reach this many bytes (4 MiB).
+    pub batch_bytes: usize,
+    /// Reads of a file that keeps changing before it is deferred.
+    pub attempts: usize,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            batch_bytes: 4 << 20,
+            attempts: 3,
+        }
+    }
+}
+
+/// What capture did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CaptureStats {
+    /// Files read.
+    pub files_read: u64,
+    /// Bytes read from files.
+    pub bytes_read: u64,
+    /// New chunks sealed into batches.
+    pub blobs_new: u64,
+    /// Edits emitted.
+    pub edits: u64,
+    /// Batches written.
+    pub batches: u64,
+    /// Files deferred because they kept changing while read.
+    pub deferred: u64,
+    /// Paths that could not be read (permissions, I/O errors); they stay as last captured.
+    pub errors: u64,
+}
+
+/// The capture stage of one watched directory.
+pub struct Capturer {
+    root: PathBuf,
+    repo: Arc<RwLock<Repository>>,
+    crypto: Crypto,
+    chunker: Chunker,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    excludes: Excludes,
+    opts: CaptureOptions,
+    pending: Batch,
+    pending_bytes: usize,
+    /// Chunks sent in earlier batches (they may sit in the state machine's open pack, not yet in
+    /// the index); a bounded memory of ids, cleared when it grows large.
+    sent: HashSet<BlobId>,
+    followups: Vec<Change>,
+    deferred: Vec<PathBuf>,
+    /// Directories whose listing changed (a child was created, removed or renamed): their own
+    /// mtime changed, but inotify reports only the child. Refreshed by `finish_round`.
+    touched_dirs: std::collections::BTreeSet<Vec<u8>>,
+    /// Counters.
+    pub stats: CaptureStats,
+    /// The last error met, for status output.
+    pub last_error: Option<String>,
+}
+
+fn rel_bytes(p: &Path) -> &[u8] {
+    p.as_os_str().as_bytes()
+}
+
+fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        [parent, b"/", name].concat()
+    }
+}
+
+/// Metadata equality for non-files: the node without name, content and subtree.
+fn same_meta(old: &Node, new: &Node) -> bool {
+    let strip = |n: &Node| Node {
+        name: None,
+        name_hex: None,
+        subtree: None,
+        content: Vec::new(),
+        atime_ns: 0,
+        ..n.clone()
+    };
+    strip(old) == strip(new)
+}
+
+impl Capturer {
+    /// A capturer for the directory `root` (absolute) writing into `repo` (index loaded).
+    pub fn new(
+        root: PathBuf,
+        repo: Arc<RwLock<Repository>>,
+        excludes: Excludes,
+        opts: CaptureOptions,
+    ) -> Self {
+        let (crypto, chunker, compressor) = {
+            let r = repo.read().expect("repo lock");
+            (r.crypto().clone(), r.chunker().clone(), r.compressor())
+        };
+        let buf = chunker.buffer();
+        Capturer {
+            root,
+            repo,
+            crypto,
+            chunker,
+            compressor,
+            buf,
+            scratch: Vec::new(),
+            excludes,
+            opts,
+            pending: Batch::default(),
+            pending_bytes: 0,
+            sent: HashSet::new(),
+            followups: Vec::new(),
+            deferred: Vec::new(),
+            touched_dirs: std::collections::BTreeSet::new(),
+            stats: CaptureStats::default(),
+            last_error: None,
+        }
+    }
+
+    /// Changes the state machine asked for (rescans), and files deferred because they kept
+    /// changing; the caller feeds both back to the watcher.
+    pub fn take_followups(&mut self) -> (Vec<Change>, Vec<PathBuf>) {
+        (
+            std::mem::take(&mut self.followups),
+            std::mem::take(&mut self.deferred),
+        )
+    }
+
+    /// Edits waiting in the pending batch.
+    pub fn pending_edits(&self) -> usize {
+        self.pending.edits.len()
+    }
+
+    fn abs(&self, rel: &[u8]) -> PathBuf {
+        if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(OsStr::from_bytes(rel))
+        }
+    }
+
+    fn error(&mut self, path: &Path, what: impl std::fmt::Display) {
+        self.stats.errors += 1;
+        let msg = format!("{}: {what}", path.display());
+        self.last_error = Some(msg);
+    }
+
+    fn push(&mut self, edit: Edit) {
+        self.stats.edits += 1;
+        self.pending.edits.push(edit);
+    }
+
+    /// Writes the pending batch, if it holds anything.
+    pub fn flush(&mut self, sink: &mut dyn Sink) -> Result<()> {
+        if self.pending.edits.is_empty() && self.pending.blobs.is_empty() {
+            return Ok(());
+        }
+        let mut batch = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        batch.captured_ns = now_ns();
+        self.stats.batches += 1;
+        for path in sink.write(batch)? {
+            self.followups
+                .push(Change::Rescan(PathBuf::from(OsStr::from_bytes(&path))));
+        }
+        if self.sent.len() > 1 << 20 {
+            self.sent.clear();
+        }
+        Ok(())
+    }
+
+    fn touch_parent(&mut self, rel: &[u8]) {
+        if rel.is_empty() {
+            return;
+        }
+        let parent = match rel.iter().rposition(|b| *b == b'/') {
+            Some(i) => rel[..i].to_vec(),
+            None => Vec::new(),
+        };
+        self.touched_dirs.insert(parent);
+    }
+
+    /// Ends a round of changes: refreshes the metadata of the directories whose listing changed
+    /// (deepest first), then writes the pending batch.
+    pub fn finish_round(&mut self, tree: &dyn LiveTree, sink: &mut dyn Sink) -> Result<()> {
+        let dirs = std::mem::take(&mut self.touched_dirs);
+        for dir in dirs.iter().rev() {
+            if self.excluded(dir) {
+                continue;
+            }
+            let abs = self.abs(dir);
+            let Ok(meta) = std::fs::symlink_metadata(&abs) else {
+                continue;
+            };
+            if !meta.is_dir() {
+                continue;
+            }
+            match tree.node(dir)? {
+                Some(old) if old.kind() == NodeType::Dir => {
+                    let mut node = node_from_metadata(&meta);
+                    node.xattrs = read_xattrs(&abs).unwrap_or_default();
+                    if !same_meta(&old, &node) {
+                        self.push(Edit::Put {
+                            path: dir.clone(),
+                            node,
+                        });
+                    }
+                }
+                _ => self.read_path(dir, tree, sink)?,
+            }
+        }
+        self.flush(sink)
+    }
+
+    /// Handles one change. Structural changes are written at once, in their own batch, so the
+    /// live tree they are checked against is always current.
+    pub fn handle(
+        &mut self,
+        change: &Change,
+        tree: &dyn LiveTree,
+        sink: &mut dyn Sink,
+    ) -> Result<()> {
+        match change {
+            Change::Read(p) | Change::Remove(p) | Change::Rescan(p) => {
+                self.touch_parent(rel_bytes(p));
+            }
+            Change::Move { from, to } => {
+                self.touch_parent(rel_bytes(from));
+                self.touch_parent(rel_bytes(to));
+            }
+        }
+        match change {
+            Change::Read(p) => self.read_path(rel_bytes(p), tree, sink),
+            Change::Remove(p) => {
+                self.flush(sink)?;
+                if tree.node(rel_bytes(p))?.is_some() {
+                    self.push(Edit::Delete {
+                        path: rel_bytes(p).to_vec(),
+                    });
+                }
+                self.flush(sink)
+            }
+            Change::Move { from, to } => {
+                self.flush(sink)?;
+                let (f, t) = (rel_bytes(from), rel_bytes(to));
+                let known = !f.is_empty() && tree.node(f)?.is_some();
+                if known && !self.excluded(t) && path_problem(t).is_none() && t.len() <= MAX_PATH {
+                    self.push(Edit::Move {
+                        from: f.to_vec(),
+                        to: t.to_vec(),
+                    });
+                    self.flush(sink)?;
+                    // The moved entry's ctime changed; refresh its own metadata (not its contents).
+                    self.read_path(t, tree, sink)
+                } else {
+                    if known {
+                        self.push(Edit::Delete { path: f.to_vec() });
+                    }
+                    self.rescan(t, tree, sink)?;
+                    self.flush(sink)
+                }
+            }
+            Change::Rescan(p) => {
+                self.flush(sink)?;
+                self.rescan(rel_bytes(p), tree, sink)?;
+                self.flush(sink)
+            }
+        }
+    }
+
+    fn excluded(&self, rel: &[u8]) -> bool {
+        !rel.is_empty() && self.excludes.matches(&self.abs(rel))
+    }
+
+    /// The current state of one path: put, delete, or nothing when unchanged.
+    fn read_path(&mut self, rel: &[u8], tree: &dyn LiveTree, sink: &mut dyn Sink) -> Result<()> {
+        if self.excluded(rel) {
+            return Ok(());
+        }
+        if rel.len() > MAX_PATH || path_problem(rel).is_some() {
+            let p = self.abs(rel);
+            self.error(&p, "path too long or not representable; skipped");
+            return Ok(());
+        }
+        let abs = self.abs(rel);
+        let meta = match std::fs::symlink_metadata(&abs) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if !rel.is_empty() && tree.node(rel)?.is_some() {
+                    self.push(Edit::Delete { path: rel.to_vec() });
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                self.error(&abs, e);
+                return Ok(());
+            }
+        };
+        let old = tree.node(rel)?;
+        let mut node = node_from_metadata(&meta);
+        match read_xattrs(&abs) {
+            Ok(x) => node.xattrs = x,
+            Err(e) => self.error(&abs, format!("reading extended attributes: {e}")),
+        }
+        match node.kind() {
+            NodeType::File => {
+                if let Some(old) = &old {
+                    if unchanged(old, &node) && old.xattrs == node.xattrs && old.mode == node.mode {
+                        return Ok(());
+                    }
+                }
+                if let Some(file) = self.read_file(rel, &abs, sink)? {
+                    self.push(Edit::Put {
+                        path: rel.to_vec(),
+                        node: file,
+                    });
+                }
+                Ok(())
+            }
+            NodeType::Dir => {
+                let was_dir = old.as_ref().is_some_and(|o| o.kind() == NodeType::Dir);
+                if !old.as_ref().is_some_and(|o| same_meta(o, &node)) {
+                    self.push(Edit::Put {
+                        path: rel.to_vec(),
+                        node,
+                    });
+                }
+                if !was_dir {
+                    // A new directory: files may have been created in it before its watch existed.
+                    self.flush(sink)?;
+                    self.rescan_children(rel, &abs, tree, sink)?;
+                }
+                Ok(())
+            }
+            _ => {
+                if node.kind() == NodeType::Symlink {
+                    match std::fs::read_link(&abs) {
+                        Ok(t) => node.set_target(t.as_os_str()),
+                        Err(e) => {
+                            self.error(&abs, e);
+                            return Ok(());
+                        }
+                    }
+                }
+                if !old.as_ref().is_some_and(|o| {
+                    same_meta(o, &node)
+                        && o.target == node.target
+                        && o.target_hex == node.target_hex
+                }) {
+                    self.push(Edit::Put {
+                        path: rel.to_vec(),
+                        node,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Brings the live tree at and below `rel` in line with the disk: deletes what is gone, reads
+    /// what is new or changed (by size, mtime, ctime, inode), descends into directories.
+    fn rescan(&mut self, rel: &[u8], tree: &dyn LiveTree, sink: &mut dyn Sink) -> Result<()> {
+        self.read_path(rel, tree, sink)?;
+        let abs = self.abs(rel);
+        if std::fs::symlink_metadata(&abs).is_ok_and(|m| m.is_dir()) && !self.excluded(rel) {
+            self.rescan_children(rel, &abs, tree, sink)?;
+        }
+        Ok(())
+    }
+
+    fn rescan_children(
+        &mut self,
+        rel: &[u8],
+        abs: &Path,
+        tree: &dyn LiveTree,
+        sink: &mut dyn Sink,
+    ) -> Result<()> {
+        let mut names: Vec<Vec<u8>> = match std::fs::read_dir(abs) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.file_name().as_bytes().to_vec()))
+                .collect(),
+            Err(e) => {
+                self.error(abs, format!("listing: {e}"));
+                return Ok(());
+            }
+        };
+        names.sort();
+        let known = tree.children(rel)?;
+        let on_disk: HashSet<&[u8]> = names.iter().map(Vec::as_slice).collect();
+        for child in &known {
+            let name = child.name_bytes().unwrap_or_default();
+            if !on_disk.contains(name.as_slice()) {
+                self.push(Edit::Delete {
+                    path: join_rel(rel, &name),
+                });
+            }
+        }
+        for name in names {
+            let child = join_rel(rel, &name);
+            if self.excluded(&child) {
+                continue;
+            }
+            self.read_path(&child, tree, sink)?;
+            if self.pending_bytes >= self.opts.batch_bytes || self.pending.edits.len() >= 4096 {
+                self.flush(sink)?;
+            }
+            let p = self.abs(&child);
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                // read_path rescanned a new directory already; a known one is descended here.
+                if tree
+                    .node(&child)?
+                    .is_some_and(|n| n.kind() == NodeType::Dir)
+                {
+                    self.flush(sink)?;
+                    self.rescan_children(&child, &p, tree, sink)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a file into chunk ids, sealing new chunks into the pending batch (written out
+    /// whenever it reaches the batch size). `None` when the file vanished or kept changing.
+    fn read_file(&mut self, rel: &[u8], abs: &Path, sink: &mut dyn Sink) -> Result<Option<Node>> {
+        for _ in 0..self.opts.attempts.max(1) {
+            let mut file = match crate::backup::open_noatime(abs) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => {
+                    self.error(abs, e);
+                    return Ok(None);
+                }
+            };
+            let before = file.metadata().map_err(|e| Error::io("stat", abs, e))?;
+            if !before.is_file() {
+                return Ok(None);
+            }
+            let mut content = Vec::new();
+            let mut failure: Option<Error> = None;
+            let Capturer {
+                crypto,
+                chunker,
+                buf,
+                repo,
+                compressor,
+                scratch,
+                pending,
+                pending_bytes,
+                sent,
+                stats,
+                opts,
+                followups,
+                ..
+            } = self;
+            let read = chunker.stream(&mut file, buf, |chunk| {
+                let id = crypto.blob_id(chunk);
+                content.push(id);
+                stats.bytes_read += chunk.len() as u64;
+                if sent.contains(&id) {
+                    return Ok(());
+                }
+                let r = repo.read().expect("repo lock");
+                if r.index().contains(&id) {
+                    return Ok(());
+                }
+                let mut envelope = Vec::new();
+                let flags = r.encode_blob_into(compressor.as_mut(), chunk, scratch, &mut envelope);
+                drop(r);
+                *pending_bytes += envelope.len();
+                pending.blobs.push(NewBlob {
+                    id,
+                    kind: BlobKind::Data,
+                    flags,
+                    raw_len: chunk.len() as u32,
+                    envelope,
+                });
+                sent.insert(id);
+                stats.blobs_new += 1;
+                if *pending_bytes >= opts.batch_bytes {
+                    let mut batch = std::mem::take(pending);
+                    *pending_bytes = 0;
+                    batch.captured_ns = now_ns();
+                    stats.batches += 1;
+                    match sink.write(batch) {
+                        Ok(rescan) => followups.extend(
+                            rescan
+                                .into_iter()
+                                .map(|p| Change::Rescan(PathBuf::from(OsStr::from_bytes(&p)))),
+                        ),
+                        Err(e) => {
+                            failure = Some(e);
+                            return Err(io::Error::other("the log refused a batch"));
+                        }
+                    }
+                }
+                Ok(())
+            });
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            let bytes = match read {
+                Ok(b) => b,
+                Err(e) => {
+                    self.error(abs, format!("reading: {e}"));
+                    return Ok(None);
+                }
+            };
+            self.stats.files_read += 1;
+            let after = file.metadata().map_err(|e| Error::io("stat", abs, e))?;
+            let stable = before.size() == after.size()
+                && before.mtime() == after.mtime()
+                && before.mtime_nsec() == after.mtime_nsec()
+                && before.ctime() == after.ctime()
+                && before.ctime_nsec() == after.ctime_nsec()
+                && after.size() == bytes;
+            if stable {
+                let mut node = node_from_metadata(&after);
+                node.content = content;
+                node.xattrs = read_xattrs(abs).unwrap_or_default();
+                return Ok(Some(node));
+            }
+        }
+        self.stats.deferred += 1;
+        self.deferred.push(PathBuf::from(OsStr::from_bytes(rel)));
+        Ok(None)
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
