@@ -1,0 +1,86 @@
+//! tidemark-cluster: the continuous engine as a Raft state machine (openraft 0.10).
+//!
+//! ```text
+//! Batch ──Engine::write──▶ Raft (group of one today) ──append──▶ LogStore (core::wal, group commit)
+//!                                │ committed
+//!                                ▼
+//!                          StateMachine::apply ──▶ Catalog (redb: the live tree) + packs (Repository)
+//!                                │ seal every 500 ms / 4 MiB of log
+//!                                ▼
+//!                          trees bottom-up + snapshot object = the Raft snapshot ──▶ log purged
+//! ```
+//! Principal types: [`TypeConfig`] (openraft's type configuration), [`LogStore`] (the WAL as
+//! `RaftLogStorage`), [`StateMachine`] (the catalog and blob store as `RaftStateMachine`), and
+//! [`Engine`] (one watched tree: a Raft group of one with its seal schedule). Byte layouts are
+//! in `docs/format.md` §11–15. openraft stays behind this crate: no other crate names its types.
+
+mod catalog;
+mod codec;
+mod engine;
+mod log_store;
+mod state_machine;
+
+use std::sync::Arc;
+
+pub use catalog::{Catalog, CatalogStats, ROOT_DIR};
+pub use engine::{Engine, EngineOptions, EngineStatus, SealTrigger};
+pub use log_store::LogStore;
+pub use state_machine::{ApplyResult, SealedSnapshot, SmOptions, SmStats, StateMachine};
+
+/// The payload of a normal entry: a batch, shared so that openraft's clones are cheap.
+pub type Payload = Arc<tidemark_core::batch::Batch>;
+
+openraft::declare_raft_types!(
+    /// tidemark's Raft types: node ids are `u64`, entries carry [`Payload`].
+    pub TypeConfig:
+        D = Payload,
+        R = ApplyResult,
+        NodeId = u64,
+        Node = openraft::impls::BasicNode,
+);
+
+/// A Raft log id.
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+/// A Raft entry.
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+/// A Raft vote.
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+/// A membership with the log id that set it.
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+
+/// The node id of a standalone device (a group of one).
+pub const STANDALONE_NODE: u64 = 1;
+
+/// What went wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// From the repository, the log or the file system.
+    #[error(transparent)]
+    Core(#[from] tidemark_core::Error),
+    /// The catalog database failed or holds something unexpected.
+    #[error("catalog {path}: {reason}")]
+    Catalog { path: String, reason: String },
+    /// openraft stopped or refused (its errors are fatal to the engine).
+    #[error("raft: {0}")]
+    Raft(String),
+    /// A request that cannot be satisfied.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    fn catalog(path: &std::path::Path, reason: impl std::fmt::Display) -> Self {
+        Error::Catalog {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}

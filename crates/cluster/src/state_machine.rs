@@ -1,0 +1,634 @@
+//! The state machine: applies committed batches to the catalog and the blob store, and seals.
+//!
+//! Applying a batch packs its new blobs (already compressed and encrypted at capture) and edits
+//! the catalog in one non-durable redb commit. A seal — openraft's `build_snapshot` — writes the
+//! changed trees bottom-up, stores the open pack and an index file, then the snapshot object with
+//! its revision, and commits the catalog durably: the repository snapshot is the Raft snapshot,
+//! and after a crash the catalog is back at the last seal while the log, purged only up to it,
+//! replays the rest.
+
+use std::collections::HashSet;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use serde::{Deserialize, Serialize};
+use tidemark_core::batch::{Batch, Edit, NewBlob};
+use tidemark_core::id::{BlobId, PackId, SnapshotId};
+use tidemark_core::pack::{BlobEntry, BlobKind, PackBuilder};
+use tidemark_core::repo::Repository;
+use tidemark_core::snapshot::{LogPosition, Node, NodeType, Snapshot, Summary, Tree};
+use tidemark_core::store::Kind;
+
+use crate::catalog::Catalog;
+use crate::codec::{LogIdJson, MembershipJson, StoredMembershipJson};
+use crate::{io_err, Error, LogId, Result, StoredMembership, TypeConfig};
+
+type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+type RaftSnapshot = openraft::alias::SnapshotOf<TypeConfig, SealedSnapshot>;
+
+/// What a seal produced: the Raft snapshot's data is the id of a repository snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedSnapshot {
+    /// The repository snapshot.
+    pub id: SnapshotId,
+}
+
+/// What applying one entry did (the response to a client write).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyResult {
+    /// Log index of the entry.
+    pub index: u64,
+    /// Paths whose edit could not be applied (a move from a path the catalog does not have, or a
+    /// file whose chunks are missing): the capture stage rescans them.
+    pub rescan: Vec<Vec<u8>>,
+}
+
+/// Where the state machine's snapshots come from and what they are stamped with.
+#[derive(Debug, Clone, Default)]
+pub struct SmOptions {
+    /// The watched directory (absolute).
+    pub watched: PathBuf,
+    /// Its ancestor directories, outermost first, each with its name (`docs/format.md` §14).
+    pub ancestors: Vec<Node>,
+    /// Recorded in snapshots.
+    pub hostname: String,
+    /// Recorded in snapshots.
+    pub username: String,
+    /// Recorded in snapshots.
+    pub uid: u32,
+    /// Recorded in snapshots.
+    pub gid: u32,
+}
+
+/// Counters for `status` and the seal trigger.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SmStats {
+    /// Last applied log index.
+    pub applied: Option<u64>,
+    /// Log index of the last seal.
+    pub sealed: Option<u64>,
+    /// The last seal's repository snapshot.
+    pub sealed_snapshot: Option<String>,
+    /// Seals done by this process.
+    pub seals: u64,
+    /// Duration of the last seal, ms.
+    pub last_seal_ms: f64,
+    /// Edits applied since the last seal.
+    pub edits_since_seal: u64,
+    /// Blob bytes applied since the last seal.
+    pub bytes_since_seal: u64,
+    /// Capture time of the newest applied batch, ns since the epoch.
+    pub last_captured_ns: i64,
+    /// Packs written by this process.
+    pub packs: u64,
+    /// Edits skipped (see [`ApplyResult::rescan`]).
+    pub skipped: u64,
+    #[serde(skip)]
+    last_seal_at: Option<Instant>,
+}
+
+impl SmStats {
+    /// Time since the last seal by this process.
+    pub fn since_seal(&self) -> Option<Duration> {
+        self.last_seal_at.map(|t| t.elapsed())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SealedMeta {
+    snapshot: String,
+    tree: String,
+    log: Option<LogIdJson>,
+    membership: StoredMembershipJson,
+}
+
+/// Packs blobs for the state machine: one open pack, flushed when full and at each seal.
+struct Packer {
+    repo: Arc<RwLock<Repository>>,
+    pack: PackBuilder,
+    in_pack: HashSet<BlobId>,
+    unindexed: Vec<(PackId, Vec<BlobEntry>)>,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    packs: u64,
+    trees_new: u64,
+    data_new: u64,
+    data_added: u64,
+    data_packed: u64,
+}
+
+impl Packer {
+    fn known(&self, id: &BlobId) -> bool {
+        self.in_pack.contains(id) || self.repo.read().expect("repo lock").index().contains(id)
+    }
+
+    fn add(
+        &mut self,
+        id: BlobId,
+        kind: BlobKind,
+        flags: u8,
+        raw_len: u32,
+        envelope: &[u8],
+    ) -> Result<()> {
+        if self.known(&id) {
+            return Ok(());
+        }
+        let target = self.repo.read().expect("repo lock").config().pack_size as usize;
+        if !self.pack.is_empty() && self.pack.len() + envelope.len() > target {
+            self.flush()?;
+        }
+        self.pack.add(id, kind, flags, raw_len, envelope);
+        self.in_pack.insert(id);
+        Ok(())
+    }
+
+    fn add_blob(&mut self, b: &NewBlob) -> Result<()> {
+        if !self.known(&b.id) {
+            self.data_new += 1;
+            self.data_added += u64::from(b.raw_len);
+            self.data_packed += b.envelope.len() as u64;
+        }
+        self.add(b.id, b.kind, b.flags, b.raw_len, &b.envelope)
+    }
+
+    fn store_tree(&mut self, tree: &Tree) -> Result<BlobId> {
+        let plain = tree.encode();
+        let repo = self.repo.clone();
+        let repo = repo.read().expect("repo lock");
+        let id = repo.crypto().blob_id(&plain);
+        if !self.known(&id) {
+            let (flags, env) = repo.encode_blob(self.compressor.as_mut(), &plain);
+            drop(repo);
+            self.trees_new += 1;
+            self.add(id, BlobKind::Tree, flags, plain.len() as u32, &env)?;
+        }
+        Ok(id)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let pack = std::mem::take(&mut self.pack);
+        let mut repo = self.repo.write().expect("repo lock");
+        let (id, bytes, entries) = pack.finish(repo.crypto());
+        repo.store().put(Kind::Pack, &id, &bytes)?;
+        repo.index_add(id, &entries);
+        self.unindexed.push((id, entries));
+        self.in_pack.clear();
+        self.packs += 1;
+        Ok(())
+    }
+
+    fn write_index(&mut self) -> Result<()> {
+        if !self.unindexed.is_empty() {
+            self.repo
+                .read()
+                .expect("repo lock")
+                .write_index(&self.unindexed)?;
+            self.unindexed.clear();
+        }
+        Ok(())
+    }
+}
+
+struct SmInner {
+    catalog: Catalog,
+    packer: Packer,
+    opts: SmOptions,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    sealed: Option<SealedMeta>,
+    stats: SmStats,
+    seal_start: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The state machine. Clones share it; every method locks it, so a seal and an apply never overlap.
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<Mutex<SmInner>>,
+}
+
+impl StateMachine {
+    /// Opens the state machine over `catalog` and `repo` (whose index must be loaded). Its applied
+    /// state is the catalog's last durable commit, i.e. the last seal.
+    pub fn open(catalog: Catalog, repo: Arc<RwLock<Repository>>, opts: SmOptions) -> Result<Self> {
+        let applied = catalog
+            .meta::<LogIdJson>("applied")?
+            .map(LogIdJson::to_log_id);
+        let membership = match catalog.meta::<StoredMembershipJson>("membership")? {
+            Some(m) => m
+                .into_stored()
+                .map_err(|r| Error::catalog(catalog.path(), r))?,
+            None => StoredMembership::default(),
+        };
+        let sealed: Option<SealedMeta> = catalog.meta("sealed")?;
+        let compressor = repo.read().expect("repo lock").compressor();
+        let stats = SmStats {
+            applied: applied.map(|a| a.index),
+            sealed: sealed.as_ref().and_then(|s| s.log.map(|l| l.index)),
+            sealed_snapshot: sealed.as_ref().map(|s| s.snapshot.clone()),
+            ..SmStats::default()
+        };
+        Ok(StateMachine {
+            inner: Arc::new(Mutex::new(SmInner {
+                catalog,
+                packer: Packer {
+                    repo,
+                    pack: PackBuilder::new(),
+                    in_pack: HashSet::new(),
+                    unindexed: Vec::new(),
+                    compressor,
+                    packs: 0,
+                    trees_new: 0,
+                    data_new: 0,
+                    data_added: 0,
+                    data_packed: 0,
+                },
+                opts,
+                applied,
+                membership,
+                sealed,
+                stats,
+                seal_start: None,
+            })),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SmInner> {
+        self.inner.lock().expect("state machine lock")
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SmStats {
+        let g = self.lock();
+        let mut s = g.stats.clone();
+        s.packs = g.packer.packs;
+        s
+    }
+
+    /// Whether the live tree changed since the last seal.
+    pub fn changed_since_seal(&self) -> bool {
+        let g = self.lock();
+        g.stats.edits_since_seal > 0 || !g.catalog.is_sealed().unwrap_or(false)
+    }
+
+    /// Runs `f` on the catalog (for status and tests).
+    pub fn with_catalog<T>(&self, f: impl FnOnce(&Catalog) -> T) -> T {
+        f(&self.lock().catalog)
+    }
+
+    /// The repository snapshot of the last seal.
+    pub fn seal_snapshot_id(&self) -> Option<SnapshotId> {
+        self.lock()
+            .sealed
+            .as_ref()
+            .and_then(|s| SnapshotId::from_hex(&s.snapshot))
+    }
+
+    /// Seals now (what openraft's snapshot builder calls): returns the snapshot meta and data.
+    pub fn seal(&self) -> Result<RaftSnapshot> {
+        self.lock().seal()
+    }
+}
+
+impl SmInner {
+    fn apply_batch(&mut self, log_id: &LogId, batch: &Batch) -> Result<ApplyResult> {
+        let mut result = ApplyResult {
+            index: log_id.index,
+            rescan: Vec::new(),
+        };
+        if self.seal_start.is_none() {
+            self.seal_start = Some(chrono::Utc::now());
+        }
+        for b in &batch.blobs {
+            self.packer.add_blob(b)?;
+            self.stats.bytes_since_seal += b.envelope.len() as u64;
+        }
+        let mut txn = self.catalog.begin()?;
+        for edit in &batch.edits {
+            match edit {
+                Edit::Put { path, node } => {
+                    if node.kind() == NodeType::File
+                        && !node.content.iter().all(|id| self.packer.known(id))
+                    {
+                        tracing::warn!(path = %String::from_utf8_lossy(path), "put refers to chunks the repository does not have; rescanning");
+                        result.rescan.push(path.clone());
+                        continue;
+                    }
+                    txn.put(path, node)?;
+                }
+                Edit::Delete { path } => {
+                    txn.delete(path)?;
+                }
+                Edit::Move { from, to } => {
+                    if !txn.rename(from, to)? {
+                        result.rescan.push(to.clone());
+                    }
+                }
+            }
+        }
+        txn.set_meta("applied", &LogIdJson::from(log_id))?;
+        txn.commit(false)?;
+        self.stats.edits_since_seal += batch.edits.len() as u64;
+        self.stats.skipped += result.rescan.len() as u64;
+        self.stats.last_captured_ns = batch.captured_ns;
+        Ok(result)
+    }
+
+    fn set_applied(&mut self, log_id: &LogId, membership: Option<StoredMembership>) -> Result<()> {
+        let mut txn = self.catalog.begin()?;
+        txn.set_meta("applied", &LogIdJson::from(log_id))?;
+        if let Some(m) = membership {
+            txn.set_meta("membership", &StoredMembershipJson::from(&m))?;
+            self.membership = m;
+        }
+        txn.commit(false)
+    }
+
+    fn current(&self) -> Option<RaftSnapshot> {
+        let s = self.sealed.as_ref()?;
+        let id = SnapshotId::from_hex(&s.snapshot)?;
+        let membership = s.membership.clone().into_stored().ok()?;
+        Some(RaftSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: s.log.map(LogIdJson::to_log_id),
+                last_membership: membership,
+            },
+            snapshot: SealedSnapshot { id },
+        })
+    }
+
+    fn seal(&mut self) -> Result<RaftSnapshot> {
+        let started = Instant::now();
+        if self.catalog.is_sealed()?
+            && self.sealed.as_ref().map(|s| s.log)
+                == Some(self.applied.as_ref().map(LogIdJson::from))
+        {
+            if let Some(cur) = self.current() {
+                return Ok(cur);
+            }
+        }
+        let mut txn = self.catalog.begin()?;
+        let packer = &mut self.packer;
+        let (_, mut node) = txn.seal_trees(&mut |t| packer.store_tree(t))?;
+        // Wrap the watched directory in its ancestors, as `backup` does (`docs/format.md` §8):
+        // recorded metadata where the caller gave it, a plain directory otherwise.
+        let components: Vec<&std::ffi::OsStr> = self
+            .opts
+            .watched
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let Some((watched_name, ancestors)) = components.split_last() else {
+            return Err(Error::Invalid(
+                "the watched path has no name (watching / is not supported)".into(),
+            ));
+        };
+        node.set_name(watched_name);
+        for (i, name) in ancestors.iter().enumerate().rev() {
+            let mut tree = Tree::new();
+            tree.nodes.push(node);
+            let id = packer.store_tree(&tree)?;
+            node = match self.opts.ancestors.get(i) {
+                Some(a) if a.os_name() == **name => a.clone(),
+                _ => crate::catalog::default_dir(),
+            };
+            node.set_name(name);
+            node.subtree = Some(id);
+        }
+        let mut top = Tree::new();
+        top.nodes.push(node);
+        let tree = packer.store_tree(&top)?;
+        packer.flush()?;
+        packer.write_index()?;
+
+        let membership = StoredMembershipJson::from(&self.membership);
+        let same_tree = self
+            .sealed
+            .as_ref()
+            .is_some_and(|s| s.tree == tree.to_hex());
+        let snapshot_id = if let (Some(s), true) = (&self.sealed, same_tree) {
+            s.snapshot.clone()
+        } else {
+            let now = chrono::Utc::now();
+            let o = &self.opts;
+            let snap = Snapshot {
+                version: 1,
+                time: now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                hostname: o.hostname.clone(),
+                username: o.username.clone(),
+                uid: o.uid,
+                gid: o.gid,
+                paths: vec![o.watched.to_string_lossy().into_owned()],
+                tags: Vec::new(),
+                parent: self
+                    .sealed
+                    .as_ref()
+                    .and_then(|s| SnapshotId::from_hex(&s.snapshot)),
+                tree,
+                program_version: format!("tidemark {}", env!("CARGO_PKG_VERSION")),
+                summary: Summary {
+                    files_changed: self.stats.edits_since_seal,
+                    data_blobs_new: packer.data_new,
+                    tree_blobs_new: packer.trees_new,
+                    data_added: packer.data_added,
+                    data_added_packed: packer.data_packed,
+                    start: self
+                        .seal_start
+                        .unwrap_or(now)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                    end: now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                    ..Summary::default()
+                },
+                revision: self.applied.map(|a| a.index),
+                log: self.applied.map(|a| LogPosition {
+                    term: a.leader_id.term,
+                    node: a.leader_id.node_id,
+                }),
+                membership: serde_json::to_value(MembershipJson::from(
+                    self.membership.membership(),
+                ))
+                .ok(),
+            };
+            packer
+                .repo
+                .read()
+                .expect("repo lock")
+                .save_snapshot(&snap)?
+                .to_hex()
+        };
+        let sealed = SealedMeta {
+            snapshot: snapshot_id,
+            tree: tree.to_hex(),
+            log: self.applied.as_ref().map(LogIdJson::from),
+            membership,
+        };
+        txn.set_meta("sealed", &sealed)?;
+        if let Some(a) = &self.applied {
+            txn.set_meta("applied", &LogIdJson::from(a))?;
+        }
+        txn.set_meta("membership", &StoredMembershipJson::from(&self.membership))?;
+        txn.commit(true)?;
+        self.sealed = Some(sealed);
+        self.seal_start = None;
+        let p = &mut self.packer;
+        (p.trees_new, p.data_new, p.data_added, p.data_packed) = (0, 0, 0, 0);
+        let s = &mut self.stats;
+        s.seals += 1;
+        s.last_seal_ms = started.elapsed().as_secs_f64() * 1e3;
+        s.last_seal_at = Some(Instant::now());
+        s.edits_since_seal = 0;
+        s.bytes_since_seal = 0;
+        s.sealed = self.applied.map(|a| a.index);
+        s.sealed_snapshot = self.sealed.as_ref().map(|x| x.snapshot.clone());
+        Ok(self.current().expect("just sealed"))
+    }
+
+    fn install(&mut self, meta: &SnapshotMeta, data: &SealedSnapshot) -> Result<()> {
+        let repo = self.packer.repo.clone();
+        let repo = repo.read().expect("repo lock");
+        let snap = repo.load_snapshot(&data.id)?;
+        // Descend from the top tree through the ancestors to the watched directory's node.
+        let watched: Vec<Vec<u8>> =
+            std::path::Path::new(snap.paths.first().map_or("/", String::as_str))
+                .components()
+                .filter_map(|c| match c {
+                    std::path::Component::Normal(n) => {
+                        Some(std::os::unix::ffi::OsStrExt::as_bytes(n).to_vec())
+                    }
+                    _ => None,
+                })
+                .collect();
+        let mut tree_id = snap.tree;
+        let mut node = None;
+        for name in &watched {
+            let tree = repo.load_tree(&tree_id)?;
+            let n = tree.find(name).cloned().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "snapshot {} does not contain its path",
+                    data.id.short()
+                ))
+            })?;
+            tree_id = n.subtree.unwrap_or(tree_id);
+            node = Some(n);
+        }
+        let root = node.ok_or_else(|| {
+            Error::Invalid(format!("snapshot {} has no watched path", data.id.short()))
+        })?;
+        let mut txn = self.catalog.begin()?;
+        txn.import(&root, &mut |id| Ok(repo.load_tree(id)?))?;
+        let sealed = SealedMeta {
+            snapshot: data.id.to_hex(),
+            tree: snap.tree.to_hex(),
+            log: meta.last_log_id.as_ref().map(LogIdJson::from),
+            membership: StoredMembershipJson::from(&meta.last_membership),
+        };
+        txn.set_meta("sealed", &sealed)?;
+        if let Some(a) = &meta.last_log_id {
+            txn.set_meta("applied", &LogIdJson::from(a))?;
+        }
+        txn.set_meta("membership", &sealed.membership)?;
+        txn.commit(true)?;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.sealed = Some(sealed);
+        self.stats.applied = self.applied.map(|a| a.index);
+        self.stats.sealed = self.stats.applied;
+        Ok(())
+    }
+}
+
+impl tidemark_core::capture::LiveTree for StateMachine {
+    fn node(&self, path: &[u8]) -> tidemark_core::Result<Option<Node>> {
+        self.with_catalog(|c| tidemark_core::capture::LiveTree::node(c, path))
+    }
+    fn children(&self, path: &[u8]) -> tidemark_core::Result<Vec<Node>> {
+        self.with_catalog(|c| tidemark_core::capture::LiveTree::children(c, path))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SealedSnapshot;
+
+    async fn build_snapshot(&mut self) -> std::result::Result<RaftSnapshot, io::Error> {
+        self.seal().map_err(io_err)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SealedSnapshot;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> std::result::Result<(Option<LogId>, StoredMembership), io::Error> {
+        let g = self.lock();
+        Ok((g.applied, g.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> std::result::Result<(), io::Error>
+    where
+        Strm: Stream<Item = std::result::Result<EntryResponder<TypeConfig>, io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let mut g = self.lock();
+            let log_id = entry.log_id;
+            let result = match &entry.payload {
+                EntryPayload::Blank => {
+                    g.set_applied(&log_id, None).map_err(io_err)?;
+                    ApplyResult {
+                        index: log_id.index,
+                        rescan: Vec::new(),
+                    }
+                }
+                EntryPayload::Membership(m) => {
+                    g.set_applied(
+                        &log_id,
+                        Some(StoredMembership::new(Some(log_id), m.clone())),
+                    )
+                    .map_err(io_err)?;
+                    ApplyResult {
+                        index: log_id.index,
+                        rescan: Vec::new(),
+                    }
+                }
+                EntryPayload::Normal(batch) => g.apply_batch(&log_id, batch).map_err(io_err)?,
+            };
+            g.applied = Some(log_id);
+            g.stats.applied = Some(log_id.index);
+            drop(g);
+            if let Some(r) = responder {
+                r.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SealedSnapshot,
+    ) -> std::result::Result<(), io::Error> {
+        self.lock().install(meta, &snapshot).map_err(io_err)
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> std::result::Result<Option<RaftSnapshot>, io::Error> {
+        Ok(self.lock().current())
+    }
+}

@@ -1,0 +1,81 @@
+//! Shared set-up: a small encrypted repository in memory and helpers to build batches.
+
+use std::sync::{Arc, RwLock};
+
+use tidemark_core::batch::{Batch, Edit, NewBlob};
+use tidemark_core::crypto::KdfParams;
+use tidemark_core::id::BlobId;
+use tidemark_core::pack::BlobKind;
+use tidemark_core::repo::{InitOptions, Repository};
+use tidemark_core::snapshot::{Node, NodeType, NodeTypeField};
+use tidemark_testkit::MemStore;
+
+/// A repository with a cheap key derivation (tests unlock it many times).
+pub fn repo() -> Arc<RwLock<Repository>> {
+    let opts = InitOptions {
+        password: Some(b"pw".to_vec()),
+        kdf: KdfParams {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+        },
+        ..InitOptions::default()
+    };
+    let mut r = Repository::init(Arc::new(MemStore::new()), &opts).unwrap();
+    r.load_index().unwrap();
+    Arc::new(RwLock::new(r))
+}
+
+/// A file node holding `data` as one chunk, and the sealed chunk.
+pub fn file(repo: &Repository, data: &[u8]) -> (Node, NewBlob) {
+    let id: BlobId = repo.crypto().blob_id(data);
+    let (flags, envelope) = repo.encode_blob(repo.compressor().as_mut(), data);
+    let node = Node {
+        node_type: NodeTypeField(NodeType::File),
+        mode: 0o644,
+        size: data.len() as u64,
+        mtime_ns: 1_700_000_000_000_000_000,
+        content: if data.is_empty() {
+            Vec::new()
+        } else {
+            vec![id]
+        },
+        ..Node::default()
+    };
+    let blob = NewBlob {
+        id,
+        kind: BlobKind::Data,
+        flags,
+        raw_len: data.len() as u32,
+        envelope,
+    };
+    (node, blob)
+}
+
+/// A batch putting `files` (path, content).
+pub fn put_files(repo: &Repository, files: &[(&str, &[u8])]) -> Batch {
+    let mut b = Batch {
+        captured_ns: 1,
+        ..Batch::default()
+    };
+    for (path, data) in files {
+        let (node, blob) = file(repo, data);
+        if !data.is_empty() {
+            b.blobs.push(blob);
+        }
+        b.edits.push(Edit::Put {
+            path: path.as_bytes().to_vec(),
+            node,
+        });
+    }
+    b
+}
+
+/// A directory node.
+pub fn dir() -> Node {
+    Node {
+        node_type: NodeTypeField(NodeType::Dir),
+        mode: 0o755,
+        ..Node::default()
+    }
+}

@@ -1,0 +1,199 @@
+//! The engine over a real repository: writes become snapshots, restarts replay the log, and the
+//! sealed tree matches the catalog.
+
+use tidemark_cluster::{Engine, EngineOptions, SmOptions};
+use tidemark_core::batch::{Batch, Edit};
+use tidemark_core::repo::Repository;
+use tidemark_core::snapshot::Node;
+
+use super::common::{dir, put_files, repo};
+
+fn options(state: &std::path::Path) -> EngineOptions {
+    let sm = SmOptions {
+        watched: "/srv/share".into(),
+        hostname: "nas".into(),
+        ..SmOptions::default()
+    };
+    EngineOptions::new(state.to_path_buf(), sm)
+}
+
+/// `path → (type, size)` for every entry below the watched directory in the snapshot.
+fn snapshot_listing(
+    repo: &Repository,
+    id: &tidemark_core::id::SnapshotId,
+) -> Vec<(String, String, u64)> {
+    let snap = repo.load_snapshot(id).unwrap();
+    assert_eq!(snap.paths, ["/srv/share"]);
+    let mut tree = repo.load_tree(&snap.tree).unwrap();
+    for name in ["srv", "share"] {
+        let n = tree.find(name.as_bytes()).expect("ancestor").clone();
+        tree = repo.load_tree(&n.subtree.unwrap()).unwrap();
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![(String::new(), tree)];
+    while let Some((prefix, t)) = stack.pop() {
+        for n in &t.nodes {
+            let name = String::from_utf8(n.name_bytes().unwrap()).unwrap();
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if let Some(sub) = n.subtree {
+                stack.push((path.clone(), repo.load_tree(&sub).unwrap()));
+            }
+            out.push((path, format!("{:?}", n.kind()), n.size));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn catalog_listing(engine: &Engine) -> Vec<(String, String, u64)> {
+    let mut v: Vec<_> = engine
+        .state_machine()
+        .with_catalog(|c| c.walk().unwrap())
+        .into_iter()
+        .map(|(p, n): (Vec<u8>, Node)| {
+            (
+                String::from_utf8(p).unwrap(),
+                format!("{:?}", n.kind()),
+                n.size,
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Builds a batch without holding the repository lock across the write (the state machine needs it).
+fn batch(repo: &std::sync::RwLock<Repository>, files: &[(&str, &[u8])]) -> Batch {
+    put_files(&repo.read().unwrap(), files)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn writes_become_a_snapshot_that_matches_the_catalog() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = repo();
+    rt().block_on(async {
+        let (engine, _) = Engine::open(repo.clone(), options(tmp.path()))
+            .await
+            .unwrap();
+        // A new catalog has never been sealed: its first seal is the empty tree.
+        assert!(engine.seal_due().is_some());
+        engine.seal().await.unwrap().expect("the empty tree");
+        assert_eq!(engine.seal_due(), None, "nothing changed since");
+        let b = put_files(
+            &repo.read().unwrap(),
+            &[
+                ("docs/a.txt", b"hello"),
+                ("docs/sub/b.txt", b"world!"),
+                ("empty", b""),
+            ],
+        );
+        let r = engine.write(b).await.unwrap();
+        assert!(r.rescan.is_empty());
+        let mut mv = Batch::default();
+        mv.edits.push(Edit::Put {
+            path: b"docs/newdir".to_vec(),
+            node: dir(),
+        });
+        mv.edits.push(Edit::Move {
+            from: b"docs/sub".to_vec(),
+            to: b"moved".to_vec(),
+        });
+        mv.edits.push(Edit::Move {
+            from: b"nothing".to_vec(),
+            to: b"x".to_vec(),
+        });
+        let r = engine.write(mv).await.unwrap();
+        assert_eq!(
+            r.rescan,
+            vec![b"x".to_vec()],
+            "a move from an unknown path asks for a rescan"
+        );
+        assert!(engine.state_machine().changed_since_seal());
+        assert_eq!(engine.seal_due(), None, "not before the seal interval");
+        std::thread::sleep(std::time::Duration::from_millis(550));
+        assert_eq!(
+            engine.seal_due(),
+            Some(tidemark_cluster::SealTrigger::Interval)
+        );
+
+        let sealed = engine.seal().await.unwrap().expect("a snapshot");
+        let want = vec![
+            ("docs".to_string(), "Dir".to_string(), 0),
+            ("docs/a.txt".into(), "File".into(), 5),
+            ("docs/newdir".into(), "Dir".into(), 0),
+            ("empty".into(), "File".into(), 0),
+            ("moved".into(), "Dir".into(), 0),
+            ("moved/b.txt".into(), "File".into(), 6),
+        ];
+        assert_eq!(catalog_listing(&engine), want);
+        assert_eq!(snapshot_listing(&repo.read().unwrap(), &sealed.id), want);
+        let snap = repo.read().unwrap().load_snapshot(&sealed.id).unwrap();
+        assert!(snap.revision.unwrap() >= 2);
+        // The file's bytes are in the repository.
+        let tree_blob = repo
+            .read()
+            .unwrap()
+            .read_blob(&repo.read().unwrap().crypto().blob_id(b"world!"))
+            .unwrap();
+        assert_eq!(tree_blob, b"world!");
+        let status = engine.status().unwrap();
+        assert_eq!(status.state_machine.seals, 2);
+        assert_eq!(status.wal.entries, 0, "the log is purged up to the seal");
+
+        // Sealing again without changes writes nothing.
+        assert_eq!(engine.seal_due(), None);
+        assert_eq!(engine.seal().await.unwrap().unwrap().id, sealed.id);
+        engine.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn a_restart_replays_what_was_not_sealed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = repo();
+    let first = rt().block_on(async {
+        let (engine, _) = Engine::open(repo.clone(), options(tmp.path()))
+            .await
+            .unwrap();
+        engine.write(batch(&repo, &[("a", b"one")])).await.unwrap();
+        let first = engine.seal().await.unwrap().unwrap();
+        engine
+            .write(batch(&repo, &[("b", b"two"), ("c/d", b"three")]))
+            .await
+            .unwrap();
+        let mut del = Batch::default();
+        del.edits.push(Edit::Delete {
+            path: b"a".to_vec(),
+        });
+        engine.write(del).await.unwrap();
+        engine.stop_without_seal().await.unwrap(); // as if killed: the last writes are only in the log
+        first
+    });
+    rt().block_on(async {
+        let (engine, rec) = Engine::open(repo.clone(), options(tmp.path()))
+            .await
+            .unwrap();
+        assert_eq!(rec.torn_bytes, 0);
+        let want = vec![
+            ("b".to_string(), "File".to_string(), 3),
+            ("c".into(), "Dir".into(), 0),
+            ("c/d".into(), "File".into(), 5),
+        ];
+        assert_eq!(catalog_listing(&engine), want, "the log was replayed");
+        let sealed = engine.shutdown().await.unwrap().unwrap();
+        assert_ne!(sealed.id, first.id);
+        assert_eq!(snapshot_listing(&repo.read().unwrap(), &sealed.id), want);
+    });
+}
