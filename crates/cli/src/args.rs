@@ -34,6 +34,12 @@ pub struct Global {
     /// Only errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Do not use the local snapshot cache: read every snapshot from the repository.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+    /// Directory of the local snapshot cache (default: $XDG_CACHE_HOME/tidemark, ~/.cache/tidemark).
+    #[arg(long, env = "TIDEMARK_CACHE_DIR", global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,8 +48,8 @@ pub enum Command {
     Init(InitArgs),
     /// Back up files and directories into a new snapshot.
     Backup(BackupArgs),
-    /// List snapshots.
-    Snapshots,
+    /// List snapshots, oldest first.
+    Snapshots(SnapshotsArgs),
     /// List the entries of a snapshot.
     Ls(LsArgs),
     /// Show what changed between two snapshots.
@@ -58,6 +64,16 @@ pub enum Command {
     Stats(StatsArgs),
     /// Manage passwords (key files).
     Key(KeyArgs),
+    /// Watch a directory: capture every change into the log and seal a snapshot every 500 ms.
+    ///
+    /// Runs in the foreground until SIGINT or SIGTERM, then captures what is pending, seals a
+    /// last snapshot and exits 0. After a crash or power loss, the next start (or `recover`)
+    /// seals everything that reached the log first.
+    Watch(crate::watch::WatchArgs),
+    /// Seal a watched directory's log into a snapshot without watching (e.g. the source is gone).
+    Recover(crate::watch::RecoverArgs),
+    /// Show a watched directory's engine: revisions, log, last seal, capture lag.
+    Status(crate::watch::StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +133,13 @@ pub struct BackupArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// Only the newest N snapshots.
+    #[arg(long, value_name = "N")]
+    pub latest: Option<usize>,
+}
+
+#[derive(Debug, Args)]
 pub struct LsArgs {
     /// Snapshot id prefix or `latest`.
     pub snapshot: String,
@@ -137,8 +160,29 @@ pub struct DiffArgs {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Snapshot id prefix or `latest`.
-    pub snapshot: String,
+    /// Snapshot id prefix or `latest` (not with --at or --revision).
+    #[arg(required_unless_present_any = ["at", "revision"], conflicts_with_all = ["at", "revision"])]
+    pub snapshot: Option<String>,
+    /// Restore the newest snapshot taken at or before TIME: RFC 3339 (`2026-11-23T20:15:00+01:00`),
+    /// a local date and time (`2026-11-23 20:15:00`, `2026-11-23 20:15`, `2026-11-23` = its
+    /// midnight), or a time ago (`-10m`, `-2h`, `-1d`; units s, m, h, d, w).
+    #[arg(
+        long,
+        value_name = "TIME",
+        value_parser = parse_time,
+        allow_hyphen_values = true,
+        conflicts_with = "revision"
+    )]
+    pub at: Option<TimeSpec>,
+    /// Restore the snapshot with the greatest revision (log index) at or below R.
+    #[arg(long, value_name = "R")]
+    pub revision: Option<u64>,
+    /// With `latest`, --at or --revision: only snapshots of this host.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// With `latest`, --at or --revision: only snapshots whose paths include PATH; repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub path: Vec<PathBuf>,
     /// Directory to restore into.
     #[arg(short, long)]
     pub target: PathBuf,
@@ -189,4 +233,142 @@ pub enum KeyCommand {
         /// Key id prefix.
         id: String,
     },
+}
+
+/// A point in time as given on the command line; resolved against the clock and the local
+/// time zone when the command runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSpec {
+    /// An instant (RFC 3339 with an offset).
+    Instant(chrono::DateTime<chrono::Utc>),
+    /// A wall-clock time in the local time zone.
+    Local(chrono::NaiveDateTime),
+    /// This long before now.
+    Ago(chrono::TimeDelta),
+}
+
+/// Parses `--at`: RFC 3339, a local `YYYY-MM-DD[ HH:MM[:SS]]` (`T` may replace the space), or
+/// `-<n><unit>` with unit s, m, h, d or w.
+pub fn parse_time(s: &str) -> Result<TimeSpec, String> {
+    let s = s.trim();
+    if let Some(ago) = s.strip_prefix('-') {
+        let split = ago
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("{s:?}: a relative time needs a unit (s, m, h, d or w)"))?;
+        let (n, unit) = ago.split_at(split);
+        let n: i64 = n
+            .parse()
+            .map_err(|_| format!("{s:?}: expected a number of units, like -10m"))?;
+        let unit_secs = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 7 * 86_400,
+            _ => {
+                return Err(format!(
+                    "{s:?}: unknown unit {unit:?} (use s, m, h, d or w)"
+                ))
+            }
+        };
+        return n
+            .checked_mul(unit_secs)
+            .and_then(chrono::TimeDelta::try_seconds)
+            .map(TimeSpec::Ago)
+            .ok_or_else(|| format!("{s:?} is too far back"));
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(TimeSpec::Instant(t.with_timezone(&chrono::Utc)));
+    }
+    for format in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, format) {
+            return Ok(TimeSpec::Local(t));
+        }
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        // Missing fields are zero, as everywhere else: a date is that day's midnight.
+        return Ok(TimeSpec::Local(d.and_time(chrono::NaiveTime::MIN)));
+    }
+    Err(format!(
+        "{s:?} is not a time: use RFC 3339 (2026-11-23T20:15:00Z), a local \"2026-11-23 20:15:00\", or -10m / -2h / -1d"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{NaiveDate, TimeDelta, TimeZone, Utc};
+
+    #[test]
+    fn time_specs() {
+        let local = |y, mo, d, h, mi, s| {
+            NaiveDate::from_ymd_opt(y, mo, d)
+                .unwrap()
+                .and_hms_opt(h, mi, s)
+                .unwrap()
+        };
+        let cases = [
+            (
+                "2026-11-23T20:15:00+01:00",
+                TimeSpec::Instant(Utc.with_ymd_and_hms(2026, 11, 23, 19, 15, 0).unwrap()),
+            ),
+            (
+                "2026-11-23T19:15:00Z",
+                TimeSpec::Instant(Utc.with_ymd_and_hms(2026, 11, 23, 19, 15, 0).unwrap()),
+            ),
+            (
+                "2026-11-23 20:15:00",
+                TimeSpec::Local(local(2026, 11, 23, 20, 15, 0)),
+            ),
+            (
+                "2026-11-23T20:15",
+                TimeSpec::Local(local(2026, 11, 23, 20, 15, 0)),
+            ),
+            ("-10m", TimeSpec::Ago(TimeDelta::minutes(10))),
+            ("-2h", TimeSpec::Ago(TimeDelta::hours(2))),
+            ("-1d", TimeSpec::Ago(TimeDelta::days(1))),
+            ("-90s", TimeSpec::Ago(TimeDelta::seconds(90))),
+            ("-1w", TimeSpec::Ago(TimeDelta::weeks(1))),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_time(text), Ok(want), "{text}");
+        }
+        let TimeSpec::Local(day) = parse_time("2026-11-23").unwrap() else {
+            panic!("a date is local")
+        };
+        assert_eq!(day.format("%F %T").to_string(), "2026-11-23 00:00:00");
+        for bad in [
+            "",
+            "yesterday",
+            "-10",
+            "-m",
+            "-10y",
+            "2026-13-01",
+            "-99999999999999w",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn restore_selection_flags() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["tidemark", "restore", "--target", "/t"].iter().chain(args))
+        };
+        assert!(parse(&["latest"]).is_ok());
+        assert!(parse(&["--at", "-1h"]).is_ok());
+        assert!(parse(&["--at", "-0s", "--revision", "1"]).is_err());
+        assert!(parse(&["--revision", "7"]).is_ok());
+        assert!(parse(&[]).is_err(), "one of SNAP, --at, --revision");
+        assert!(parse(&["latest", "--at", "-1h"]).is_err());
+        assert!(parse(&["abc", "--revision", "7"]).is_err());
+        assert!(parse(&["--at", "-1h", "--revision", "7"]).is_err());
+        assert!(parse(&["--at", "soon"]).is_err());
+    }
 }

@@ -1,5 +1,6 @@
 //! One function per command: turn parsed flags into a core call and print the result.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,14 +12,18 @@ use tidemark_core::backup::{self, BackupOptions, BackupProgress};
 use tidemark_core::check::{self, CheckOptions};
 use tidemark_core::chunk::ChunkerParams;
 use tidemark_core::crypto::KdfParams;
-use tidemark_core::id::{BlobId, ObjectId};
+use tidemark_core::id::{BlobId, ObjectId, SnapshotId};
 use tidemark_core::repo::{InitOptions, Repository, DEFAULT_PACK_SIZE, DEFAULT_ZSTD_LEVEL};
 use tidemark_core::restore::{self, RestoreOptions, RestoreProgress};
-use tidemark_core::snapshot::{self, ChangeKind, Node, NodeType, Snapshot};
+use tidemark_core::snapshot::{
+    self, CacheStats, ChangeKind, LogPosition, Node, NodeType, Selector, Snapshot, SnapshotFilter,
+    Summary,
+};
 use tidemark_core::store::{Kind, CONFIG_ID};
 
 use crate::args::{
     BackupArgs, CatArgs, Cli, Command, DiffArgs, Global, InitArgs, KeyCommand, LsArgs, RestoreArgs,
+    SnapshotsArgs, TimeSpec,
 };
 use crate::open;
 use crate::progress::{self, Display, Mode, Tick};
@@ -30,7 +35,7 @@ pub fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
     match &cli.command {
         Command::Init(a) => init(g, a),
         Command::Backup(a) => backup(g, a, cancel),
-        Command::Snapshots => snapshots(g),
+        Command::Snapshots(a) => snapshots(g, a),
         Command::Ls(a) => ls(g, a),
         Command::Diff(a) => diff(g, a),
         Command::Restore(a) => restore(g, a),
@@ -38,6 +43,9 @@ pub fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
         Command::Cat(a) => cat(g, a),
         Command::Stats(a) => stats(g, a.snapshot.as_deref()),
         Command::Key(a) => key(g, &a.command),
+        Command::Watch(a) => crate::watch::watch(g, a, cancel),
+        Command::Recover(a) => crate::watch::recover(g, a),
+        Command::Status(a) => crate::watch::status(g, a),
     }
 }
 
@@ -245,33 +253,110 @@ fn local_time(s: &Snapshot) -> String {
         .to_string()
 }
 
-fn snapshots(g: &Global) -> Result<Outcome> {
+/// One snapshot in `snapshots --json` (the fields restic prints, then tidemark's own).
+#[derive(serde::Serialize)]
+struct SnapshotLine<'a> {
+    id: &'a SnapshotId,
+    short_id: String,
+    time: &'a str,
+    hostname: &'a str,
+    username: &'a str,
+    paths: &'a [String],
+    tags: &'a [String],
+    parent: &'a Option<SnapshotId>,
+    tree: &'a BlobId,
+    summary: &'a Summary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<LogPosition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    membership: &'a Option<serde_json::Value>,
+}
+
+/// Says on stderr that a damaged snapshot cache was ignored (it has been rebuilt).
+fn cache_note(g: &Global, stats: &CacheStats) {
+    if let (Some(note), false) = (&stats.damaged, g.quiet) {
+        eprintln!("note: {note}");
+    }
+}
+
+fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<Outcome> {
     let repo = open::open(g)?;
-    let list = repo.snapshots()?;
+    let (list, stats) = repo.snapshot_list()?;
+    cache_note(g, &stats);
+    let start = a.latest.map_or(0, |n| list.len().saturating_sub(n));
+    let shown = list.parse(start..list.len())?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if g.json {
-        let v: Vec<_> = list.iter().map(|(id, s)| json!({"id": id, "short_id": id.short(), "time": s.time, "hostname": s.hostname, "username": s.username,
-            "paths": s.paths, "tags": s.tags, "parent": s.parent, "tree": s.tree, "summary": s.summary})).collect();
-        println!("{}", serde_json::to_string(&v)?);
+        let v: Vec<_> = shown
+            .iter()
+            .map(|(id, s)| SnapshotLine {
+                id,
+                short_id: id.short(),
+                time: &s.time,
+                hostname: &s.hostname,
+                username: &s.username,
+                paths: &s.paths,
+                tags: &s.tags,
+                parent: &s.parent,
+                tree: &s.tree,
+                summary: &s.summary,
+                revision: s.revision,
+                log: s.log,
+                membership: &s.membership,
+            })
+            .collect();
+        serde_json::to_writer(&mut out, &v)?;
+        writeln!(out)?;
+        out.flush()?;
         return Ok(Outcome::Ok);
     }
-    println!(
-        "{:<10} {:<20} {:<16} {:<12} {:>10}  Paths",
-        "ID", "Time", "Host", "Tags", "Size"
-    );
-    println!("{}", "-".repeat(90));
-    for (id, s) in &list {
-        println!(
-            "{:<10} {:<20} {:<16} {:<12} {:>10}  {}",
+    // The revision column appears only when a listed snapshot was sealed by `watch`.
+    let with_rev = shown.iter().any(|(_, s)| s.revision.is_some());
+    let rev = |r: Option<u64>| {
+        if with_rev {
+            format!(" {:>8}", r.map(|r| r.to_string()).unwrap_or_default())
+        } else {
+            String::new()
+        }
+    };
+    let rule = "-".repeat(if with_rev { 99 } else { 90 });
+    writeln!(
+        out,
+        "{:<10} {:<20}{} {:<16} {:<12} {:>10}  Paths",
+        "ID",
+        "Time",
+        if with_rev {
+            format!(" {:>8}", "Rev")
+        } else {
+            String::new()
+        },
+        "Host",
+        "Tags",
+        "Size"
+    )?;
+    writeln!(out, "{rule}")?;
+    for (id, s) in &shown {
+        writeln!(
+            out,
+            "{:<10} {:<20}{} {:<16} {:<12} {:>10}  {}",
             id.short(),
             local_time(s),
+            rev(s.revision),
             s.hostname,
             s.tags.join(","),
             progress::bytes(s.summary.bytes_total),
             s.paths.join(", ")
-        );
+        )?;
     }
-    println!("{}", "-".repeat(90));
-    println!("{} snapshots", list.len());
+    writeln!(out, "{rule}")?;
+    if shown.len() < list.len() {
+        writeln!(out, "{} of {} snapshots", shown.len(), list.len())?;
+    } else {
+        writeln!(out, "{} snapshots", list.len())?;
+    }
+    out.flush()?;
     Ok(Outcome::Ok)
 }
 
@@ -421,10 +506,92 @@ fn diff(g: &Global, a: &DiffArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// The instant `spec` names, now.
+fn resolve_time(spec: TimeSpec) -> Result<chrono::DateTime<chrono::Utc>> {
+    use chrono::TimeZone as _;
+    Ok(match spec {
+        TimeSpec::Instant(t) => t,
+        TimeSpec::Local(t) => chrono::Local
+            .from_local_datetime(&t)
+            .earliest()
+            .with_context(|| {
+                format!("{t} does not exist in the local time zone (a daylight-saving gap)")
+            })?
+            .with_timezone(&chrono::Utc),
+        TimeSpec::Ago(d) => chrono::Utc::now() - d,
+    })
+}
+
+fn local_datetime(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.with_timezone(&chrono::Local)
+        .format("%Y-%m-%d %H:%M:%S %:z")
+        .to_string()
+}
+
+/// The snapshot restore's flags name: an id prefix, or a selection (`latest`, --at,
+/// --revision) among the snapshots --host and --path let through.
+fn pick_snapshot(g: &Global, repo: &Repository, a: &RestoreArgs) -> Result<(SnapshotId, Snapshot)> {
+    let filter = SnapshotFilter {
+        hostname: a.host.clone(),
+        paths: a
+            .path
+            .iter()
+            .map(|p| {
+                let abs =
+                    std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+                // Through components: drops a trailing `/` and `.` parts.
+                Ok(abs
+                    .components()
+                    .collect::<PathBuf>()
+                    .to_string_lossy()
+                    .into_owned())
+            })
+            .collect::<Result<_>>()?,
+    };
+    let selector = match (a.snapshot.as_deref(), a.at, a.revision) {
+        (Some(spec), _, _) if spec != "latest" => {
+            if !filter.is_empty() {
+                bail!("--host and --path choose among snapshots; give `latest`, --at or --revision instead of an id");
+            }
+            return Ok(repo.find_snapshot(spec)?);
+        }
+        (_, Some(at), _) => Selector::AtOrBefore(resolve_time(at)?),
+        (_, _, Some(r)) => Selector::Revision(r),
+        _ => Selector::Latest,
+    };
+    let (list, stats) = repo.snapshot_list()?;
+    cache_note(g, &stats);
+    if let Some(found) = list.select(&filter, selector)? {
+        return Ok(found);
+    }
+    let among = if filter.is_empty() {
+        ""
+    } else {
+        " matching --host/--path"
+    };
+    match selector {
+        Selector::Latest => bail!("no snapshot{among} in the repository"),
+        Selector::AtOrBefore(t) => {
+            let oldest = if list.is_empty() || !filter.is_empty() {
+                String::new()
+            } else {
+                let first = chrono::DateTime::from_timestamp_nanos(list.time_ns(0));
+                format!("; the oldest snapshot is from {}", local_datetime(first))
+            };
+            bail!(
+                "no snapshot{among} at or before {} ({}){oldest}",
+                local_datetime(t),
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        }
+        Selector::Revision(r) => bail!("no snapshot{among} with a revision at or below {r}"),
+    }
+}
+
 fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
     let mut repo = open::open(g)?;
+    let (id, snap) = pick_snapshot(g, &repo, a)?;
     repo.load_index()?;
-    let (id, snap) = repo.find_snapshot(&a.snapshot)?;
     let t0 = Instant::now();
     let progress = Arc::new(RestoreProgress::default());
     let p = Arc::clone(&progress);

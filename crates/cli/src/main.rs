@@ -4,6 +4,7 @@ mod args;
 mod commands;
 mod open;
 mod progress;
+mod watch;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,7 +55,7 @@ fn main() -> ExitCode {
             eprintln!("interrupted twice, exiting now");
             std::process::exit(130);
         }
-        eprintln!("interrupting: finishing uploads so the next backup can reuse them (Ctrl-C again to quit now)");
+        eprintln!("interrupting: finishing what is in flight (Ctrl-C again to quit now)");
     });
     match commands::run(&cli, &cancel) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

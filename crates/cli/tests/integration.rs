@@ -7,4 +7,6 @@ mod integration {
     pub mod golden;
     pub mod kill;
     pub mod props;
+    pub mod snapshots;
+    pub mod watch;
 }

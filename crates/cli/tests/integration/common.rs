@@ -255,3 +255,32 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
 pub fn restored(target: &Path, source: &Path) -> PathBuf {
     target.join(source.strip_prefix("/").unwrap())
 }
+
+/// The first difference between two trees, ignoring atimes (a live source's atimes move when
+/// the test itself reads it), or `None` when they are equal.
+pub fn tree_difference_except_atime(expected: &Path, actual: &Path) -> Option<String> {
+    let strip = |m: BTreeMap<PathBuf, Entry>| -> BTreeMap<PathBuf, Entry> {
+        m.into_iter()
+            .map(|(k, mut e)| {
+                e.atime = None;
+                (k, e)
+            })
+            .collect()
+    };
+    let a = strip(describe(expected));
+    let b = strip(describe(actual));
+    let ka: Vec<_> = a.keys().collect();
+    let kb: Vec<_> = b.keys().collect();
+    if ka != kb {
+        return Some(format!(
+            "paths differ:\n  expected {ka:?}\n  actual   {kb:?}"
+        ));
+    }
+    a.iter().find(|(k, e)| b.get(*k) != Some(e)).map(|(k, e)| {
+        format!(
+            "{} differs:\n  expected {e:?}\n  actual   {:?}",
+            k.display(),
+            b.get(k)
+        )
+    })
+}

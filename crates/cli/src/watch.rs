@@ -1,0 +1,407 @@
+//! `watch`, `recover` and `status`: the continuous engine from the command line.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tidemark_core::repo::Config;
+use tidemark_core::store::{Kind, CONFIG_ID};
+use tidemark_core::wal::WalOptions;
+use tidemark_daemon::{Notice, StateDir, WatchOptions};
+
+use crate::args::Global;
+use crate::{open, Outcome};
+
+/// `tidemark watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The directory to watch.
+    pub path: PathBuf,
+    /// Where the log and catalog live (default: a directory per repository and path under
+    /// $XDG_STATE_HOME/tidemark).
+    #[arg(long, env = "TIDEMARK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Exclude a pattern (as for backup); repeatable.
+    #[arg(short = 'e', long)]
+    pub exclude: Vec<String>,
+    /// Read exclude patterns from a file, one per line.
+    #[arg(long)]
+    pub exclude_file: Vec<PathBuf>,
+    /// Seal a snapshot at least this often while something changes.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub seal_interval: Duration,
+    /// Seal once this much new data reached the log.
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    pub seal_bytes: u64,
+    /// Wait this long after the last event on a path before capturing it.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+    /// Capture a path that keeps changing at least this often.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    pub max_delay: Duration,
+    /// Also compare the whole tree with the disk this often (e.g. 1h); off by default.
+    #[arg(long, value_parser = parse_duration)]
+    pub reconcile_every: Option<Duration>,
+    /// Hostname recorded in snapshots.
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+/// `tidemark recover`.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The watched directory whose log to seal (or give --state-dir).
+    pub path: Option<PathBuf>,
+    /// The state directory to recover.
+    #[arg(long, env = "TIDEMARK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// If the log is damaged before its end, cut it there instead of failing (loses what follows).
+    #[arg(long)]
+    pub discard_after_corruption: bool,
+}
+
+/// `tidemark status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The watched directory (or give --state-dir; with neither, the only one of this repository).
+    pub path: Option<PathBuf>,
+    /// The state directory.
+    #[arg(long, env = "TIDEMARK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// "500ms", "2s", "5m", "1h", "1d"; a bare number is seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 2s, 5m, 1h"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        u => return Err(format!("unknown duration unit {u:?} (ms, s, m, h, d)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// "4MiB", "512KiB", "1G", "1048576".
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 4MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        u => return Err(format!("unknown size unit {u:?} (KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s} is too large"))
+}
+
+/// The repository id, read from the plain config (no password needed).
+fn repo_id(g: &Global) -> Result<String> {
+    let (store, _) = open::store(g)?;
+    let bytes = store
+        .get(Kind::Config, &CONFIG_ID, None)
+        .with_context(|| format!("no repository at {}", store.location()))?;
+    Ok(Config::decode(&bytes)?.id.to_hex())
+}
+
+fn state_home() -> Result<PathBuf> {
+    dirs::state_dir()
+        .or_else(|| dirs::home_dir().map(|h| h.join(".local/state")))
+        .context(
+            "cannot find the state directory (set HOME or XDG_STATE_HOME), or pass --state-dir",
+        )
+}
+
+fn canonical_dir(path: &Path) -> Result<PathBuf> {
+    let p = path
+        .canonicalize()
+        .with_context(|| format!("{} does not exist", path.display()))?;
+    if !p.is_dir() {
+        bail!("{} is not a directory", p.display());
+    }
+    if p.parent().is_none() {
+        bail!("watching / itself is not supported; watch its top-level directories");
+    }
+    Ok(p)
+}
+
+/// The state directory for `path` (or the flag), or the only one of this repository.
+fn resolve_state_dir(g: &Global, explicit: Option<&Path>, path: Option<&Path>) -> Result<PathBuf> {
+    if let Some(d) = explicit {
+        return Ok(d.to_path_buf());
+    }
+    let id = repo_id(g)?;
+    if let Some(p) = path {
+        let abs = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        return Ok(tidemark_daemon::default_state_dir(
+            &state_home()?,
+            &id,
+            &abs,
+        ));
+    }
+    let base = state_home()?.join("tidemark");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&base)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&id[..16]))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => bail!("no watched directory of this repository has state here ({}); give the PATH or --state-dir", base.display()),
+        _ => {
+            let list: Vec<String> = found
+                .iter()
+                .map(|d| StateDir::owner(d).map_or_else(|_| d.display().to_string(), |o| o.path.display().to_string()))
+                .collect();
+            bail!("several watched directories use this repository: {}; name one", list.join(", "))
+        }
+    }
+}
+
+pub fn watch(g: &Global, a: &WatchArgs, cancel: &AtomicBool) -> Result<Outcome> {
+    let root = canonical_dir(&a.path)?;
+    let mut excludes = a.exclude.clone();
+    for f in &a.exclude_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading exclude file {}", f.display()))?;
+        excludes.extend(text.lines().map(str::to_owned));
+    }
+    let mut repo = open::open(g)?;
+    repo.load_index().context("loading the index")?;
+    let (store, _) = open::store(g)?;
+    let state_dir = match &a.state_dir {
+        Some(d) => d.clone(),
+        None => {
+            tidemark_daemon::default_state_dir(&state_home()?, &repo.config().id.to_hex(), &root)
+        }
+    };
+    let mut opts = WatchOptions::new(root.clone(), state_dir, store.location());
+    opts.excludes = excludes;
+    opts.coalesce.debounce = a.debounce;
+    opts.coalesce.max_delay = a.max_delay;
+    opts.seal_interval = a.seal_interval;
+    opts.seal_bytes = a.seal_bytes;
+    opts.reconcile_every = a.reconcile_every;
+    opts.hostname = a.host.clone().unwrap_or_else(open::hostname);
+    opts.username = open::username();
+    let json = g.json;
+    let quiet = g.quiet;
+    let mut seals_since = 0u64;
+    let mut last_line = Instant::now();
+    let mut last_seal = None;
+    let report = tidemark_daemon::watch(repo, &opts, cancel, &mut |n| match n {
+        Notice::Started {
+            recovery,
+            sealed,
+            state_dir,
+        } => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"message_type": "started", "watched": root, "state_dir": state_dir,
+                        "recovered_records": recovery.records, "torn_bytes": recovery.torn_bytes,
+                        "recovered_snapshot": sealed.map(|s| s.to_hex())})
+                );
+            } else if !quiet {
+                eprintln!(
+                    "watching {} (state in {})",
+                    root.display(),
+                    state_dir.display()
+                );
+                if recovery.torn_bytes > 0 {
+                    eprintln!(
+                        "the log had a torn tail of {} bytes (a write cut by a crash); it was cut",
+                        recovery.torn_bytes
+                    );
+                }
+                if let Some(s) = sealed {
+                    eprintln!("sealed the recovered log as snapshot {}", s.short());
+                }
+            }
+        }
+        Notice::Reconciled { ms } => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"message_type": "reconciled", "ms": ms})
+                );
+            } else if !quiet {
+                eprintln!(
+                    "reconciled with the disk in {:.1} s; capturing changes",
+                    ms as f64 / 1000.0
+                );
+            }
+        }
+        Notice::Sealed {
+            snapshot,
+            revision,
+            ms,
+        } => {
+            seals_since += 1;
+            last_seal = Some((snapshot, revision));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"message_type": "sealed", "snapshot": snapshot.to_hex(), "revision": revision, "seal_ms": ms})
+                );
+            } else if !quiet && last_line.elapsed() >= Duration::from_secs(30) {
+                eprintln!(
+                    "{seals_since} snapshots in the last {} s; latest {} at revision {}",
+                    last_line.elapsed().as_secs(),
+                    snapshot.short(),
+                    revision.unwrap_or(0)
+                );
+                seals_since = 0;
+                last_line = Instant::now();
+            }
+        }
+        Notice::Warning(w) => eprintln!("tidemark: warning: {w}"),
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"message_type": "stopped", "snapshot": report.snapshot.map(|s| s.to_hex()), "capture": report.capture})
+        );
+    } else if !quiet {
+        match report.snapshot.or(last_seal.map(|s| s.0)) {
+            Some(s) => eprintln!("stopped; everything captured is in snapshot {}", s.short()),
+            None => eprintln!("stopped"),
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn recover(g: &Global, a: &RecoverArgs) -> Result<Outcome> {
+    let state_dir = resolve_state_dir(g, a.state_dir.as_deref(), a.path.as_deref())?;
+    let mut repo = open::open(g)?;
+    repo.load_index().context("loading the index")?;
+    let wal = WalOptions {
+        discard_after_corruption: a.discard_after_corruption,
+        ..WalOptions::default()
+    };
+    let report = tidemark_daemon::recover(repo, &state_dir, wal, &open::hostname())?;
+    if g.json {
+        println!(
+            "{}",
+            serde_json::json!({"state_dir": state_dir, "records": report.recovery.records, "torn_bytes": report.recovery.torn_bytes,
+                "discarded_at": report.recovery.discarded_at, "snapshot": report.snapshot.map(|s| s.to_hex())})
+        );
+    } else {
+        if let Some((file, offset)) = &report.recovery.discarded_at {
+            eprintln!(
+                "the log was damaged at byte {offset} of {file}; everything after it was discarded"
+            );
+        }
+        match report.snapshot {
+            Some(s) => println!(
+                "recovered {} log records from {}; snapshot {}",
+                report.recovery.records,
+                state_dir.display(),
+                s.to_hex()
+            ),
+            None => println!("nothing to recover in {}", state_dir.display()),
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn status(g: &Global, a: &StatusArgs) -> Result<Outcome> {
+    let state_dir = resolve_state_dir(g, a.state_dir.as_deref(), a.path.as_deref())?;
+    let path = state_dir.join("status.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no status in {} (has `tidemark watch` run there?)",
+            state_dir.display()
+        )
+    })?;
+    let status: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))?;
+    // The daemon holds the state directory's lock while it runs.
+    let running = std::fs::OpenOptions::new()
+        .write(true)
+        .open(state_dir.join("lock"))
+        .ok()
+        .is_some_and(|f| {
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
+        });
+    if g.json {
+        let mut v = status;
+        v["running"] = serde_json::json!(running);
+        println!("{v}");
+        return Ok(Outcome::Ok);
+    }
+    let e = &status["engine"];
+    let sm = &e["state_machine"];
+    let wal = &e["wal"];
+    println!(
+        "watched:        {}",
+        status["watched"].as_str().unwrap_or("?")
+    );
+    println!(
+        "state:          {} ({})",
+        state_dir.display(),
+        if running { "running" } else { "not running" }
+    );
+    println!(
+        "updated:        {}",
+        status["updated"].as_str().unwrap_or("?")
+    );
+    println!(
+        "revision:       applied {}, sealed {}",
+        sm["applied"], sm["sealed"]
+    );
+    println!(
+        "last snapshot:  {}",
+        sm["sealed_snapshot"].as_str().unwrap_or("none")
+    );
+    if let Some(age) = status["last_seal_age_ms"].as_u64() {
+        println!(
+            "last seal:      {:.1} s ago ({} ms)",
+            age as f64 / 1000.0,
+            sm["last_seal_ms"]
+        );
+    }
+    println!(
+        "log:            {} bytes in {} segments, {} entries",
+        wal["bytes"], wal["segments"], wal["entries"]
+    );
+    println!(
+        "watched dirs:   {} (entries: {})",
+        e["catalog"]["dirs"], e["catalog"]["entries"]
+    );
+    println!(
+        "pending:        {} changes, capture lag {} ms",
+        status["pending_changes"], status["capture_lag_ms"]
+    );
+    let r = &status["rpo_ms"];
+    println!(
+        "event→durable:  p50 {} ms, p99 {} ms over {} changes",
+        r["p50"], r["p99"], r["samples"]
+    );
+    if let Some(err) = status["last_error"].as_str() {
+        println!("last error:     {err}");
+    }
+    Ok(Outcome::Ok)
+}
