@@ -274,6 +274,9 @@ struct SnapshotLine<'a> {
     membership: &'a Option<serde_json::Value>,
 }
 
+/// Snapshots parsed at once by `snapshots --json`.
+const JSON_BATCH: usize = 8192;
+
 /// Says on stderr that a damaged snapshot cache was ignored (it has been rebuilt).
 fn cache_note(g: &Global, stats: &CacheStats) {
     if let (Some(note), false) = (&stats.damaged, g.quiet) {
@@ -286,32 +289,40 @@ fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<Outcome> {
     let (list, stats) = repo.snapshot_list()?;
     cache_note(g, &stats);
     let start = a.latest.map_or(0, |n| list.len().saturating_sub(n));
-    let shown = list.parse(start..list.len())?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if g.json {
-        let v: Vec<_> = shown
-            .iter()
-            .map(|(id, s)| SnapshotLine {
-                id,
-                short_id: id.short(),
-                time: &s.time,
-                hostname: &s.hostname,
-                username: &s.username,
-                paths: &s.paths,
-                tags: &s.tags,
-                parent: &s.parent,
-                tree: &s.tree,
-                summary: &s.summary,
-                revision: s.revision,
-                log: s.log,
-                membership: &s.membership,
-            })
-            .collect();
-        serde_json::to_writer(&mut out, &v)?;
-        writeln!(out)?;
+        // One JSON array, parsed and printed a batch at a time: 100,000 snapshots need not be
+        // in memory twice.
+        out.write_all(b"[")?;
+        for from in (start..list.len()).step_by(JSON_BATCH) {
+            let part = list.parse(from..(from + JSON_BATCH).min(list.len()))?;
+            for (i, (id, s)) in part.iter().enumerate() {
+                if from + i > start {
+                    out.write_all(b",")?;
+                }
+                let line = SnapshotLine {
+                    id,
+                    short_id: id.short(),
+                    time: &s.time,
+                    hostname: &s.hostname,
+                    username: &s.username,
+                    paths: &s.paths,
+                    tags: &s.tags,
+                    parent: &s.parent,
+                    tree: &s.tree,
+                    summary: &s.summary,
+                    revision: s.revision,
+                    log: s.log,
+                    membership: &s.membership,
+                };
+                serde_json::to_writer(&mut out, &line)?;
+            }
+        }
+        out.write_all(b"]\n")?;
         out.flush()?;
         return Ok(Outcome::Ok);
     }
+    let shown = list.parse(start..list.len())?;
     // The revision column appears only when a listed snapshot was sealed by `watch`.
     let with_rev = shown.iter().any(|(_, s)| s.revision.is_some());
     let rev = |r: Option<u64>| {
@@ -551,7 +562,10 @@ fn pick_snapshot(g: &Global, repo: &Repository, a: &RestoreArgs) -> Result<(Snap
     let selector = match (a.snapshot.as_deref(), a.at, a.revision) {
         (Some(spec), _, _) if spec != "latest" => {
             if !filter.is_empty() {
-                bail!("--host and --path choose among snapshots; give `latest`, --at or --revision instead of an id");
+                bail!(
+                    "--host and --path choose among snapshots: \
+                     give `latest`, --at or --revision instead of an id"
+                );
             }
             return Ok(repo.find_snapshot(spec)?);
         }

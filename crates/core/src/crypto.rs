@@ -29,7 +29,7 @@ pub enum Domain {
     Index,
     /// A snapshot.
     Snapshot,
-    /// The local snapshot cache (`docs/format.md` §17); never stored in a repository.
+    /// The local snapshot cache (`docs/format.md` §16); never stored in a repository.
     SnapshotCache,
 }
 

@@ -72,7 +72,7 @@ pub struct Repository {
     chunker: Chunker,
     key_id: Option<ObjectId>,
     index: Index,
-    /// Base directory of the local snapshot cache (`docs/format.md` §17); `None`: no cache.
+    /// Base directory of the local snapshot cache (`docs/format.md` §16); `None`: no cache.
     cache_dir: Option<PathBuf>,
 }
 
@@ -411,7 +411,7 @@ impl Repository {
     }
 
     /// Sets the base directory of the local snapshot cache (`$XDG_CACHE_HOME/tidemark`; the
-    /// file is `<dir>/<repository id>/snapshots`, `docs/format.md` §17). `None` (the default)
+    /// file is `<dir>/<repository id>/snapshots`, `docs/format.md` §16). `None` (the default)
     /// reads every snapshot from the store each time.
     pub fn set_cache_dir(&mut self, dir: Option<PathBuf>) {
         self.cache_dir = dir;

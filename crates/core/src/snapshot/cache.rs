@@ -1,4 +1,4 @@
-//! The local snapshot cache (`docs/format.md` §17): the plaintexts of a repository's snapshots in
+//! The local snapshot cache (`docs/format.md` §16): the plaintexts of a repository's snapshots in
 //! one sealed file on the client, so a listing reads one file and opens only the snapshots added
 //! since the last one.
 //!
@@ -32,11 +32,16 @@ use crate::store::Kind;
 /// Cache file magic.
 pub const CACHE_MAGIC: &[u8; 4] = b"TMSC";
 const VERSION: u8 = 1;
-/// magic, version, repository id, count.
-const HEADER_LEN: usize = 4 + 1 + 32 + 4;
+/// magic, version, repository id, count, length of the entries.
+const HEADER_LEN: usize = 4 + 1 + 32 + 4 + 8;
 /// id, time, len.
 const ENTRY_HEADER_LEN: usize = 32 + 8 + 4;
 const CHECK_LEN: usize = 32;
+/// zstd level of the entries: the fastest. Snapshots of one repository repeat most of their
+/// JSON, so even this shrinks the file ~5×, and a rewrite stays cheap.
+const ZSTD_LEVEL: i32 = 1;
+/// A claimed uncompressed length beyond this many times the compressed one is damage.
+const MAX_RATIO: usize = 1024;
 /// The cache file's name in its repository's directory.
 pub const FILE_NAME: &str = "snapshots";
 const TEMP_PREFIX: &str = ".snapshots.tmp-";
@@ -183,31 +188,37 @@ impl SnapshotList {
         self.entries.sort_unstable_by_key(|e| (e.time_ns, e.id));
     }
 
-    /// The file's plaintext (§17), before sealing.
+    /// The file's plaintext (§16), before sealing.
     fn encode(&self, repository: &ObjectId) -> Vec<u8> {
-        let body: usize = self
+        let len: usize = self
             .entries
             .iter()
             .map(|e| ENTRY_HEADER_LEN + e.json.len())
             .sum();
-        let mut out = Vec::with_capacity(HEADER_LEN + body + CHECK_LEN);
+        let mut entries = Vec::with_capacity(len);
+        for e in &self.entries {
+            entries.extend_from_slice(&e.id.0);
+            entries.extend_from_slice(&e.time_ns.to_le_bytes());
+            entries.extend_from_slice(&(e.json.len() as u32).to_le_bytes());
+            entries.extend_from_slice(&self.buf[e.json.clone()]);
+        }
+        let packed = zstd::bulk::compress(&entries, ZSTD_LEVEL)
+            .expect("zstd compresses an in-memory buffer at a valid level");
+        drop(entries);
+        let mut out = Vec::with_capacity(HEADER_LEN + packed.len() + CHECK_LEN);
         out.extend_from_slice(CACHE_MAGIC);
         out.push(VERSION);
         out.extend_from_slice(&repository.0);
         out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        for e in &self.entries {
-            out.extend_from_slice(&e.id.0);
-            out.extend_from_slice(&e.time_ns.to_le_bytes());
-            out.extend_from_slice(&(e.json.len() as u32).to_le_bytes());
-            out.extend_from_slice(&self.buf[e.json.clone()]);
-        }
+        out.extend_from_slice(&(len as u64).to_le_bytes());
+        out.extend_from_slice(&packed);
         let check = blake3::hash(&out);
         out.extend_from_slice(check.as_bytes());
         out
     }
 
-    /// Parses a file's plaintext, keeping it as the buffer the entries point into.
-    fn decode(plain: Vec<u8>, repository: &ObjectId) -> std::result::Result<Self, String> {
+    /// Parses a file's plaintext; the decompressed entries become the buffer they point into.
+    fn decode(plain: &[u8], repository: &ObjectId) -> std::result::Result<Self, String> {
         if plain.len() < HEADER_LEN + CHECK_LEN {
             return Err(format!("{} bytes is too short", plain.len()));
         }
@@ -225,48 +236,58 @@ impl SnapshotList {
             return Err("written for another repository".into());
         }
         let count = u32::from_le_bytes(body[37..41].try_into().expect("4 bytes")) as usize;
-        // Each entry takes at least its header, so a damaged count cannot make us over-allocate.
-        if count > (body.len() - HEADER_LEN) / ENTRY_HEADER_LEN {
+        let len = u64::from_le_bytes(body[41..49].try_into().expect("8 bytes"));
+        let packed = &body[HEADER_LEN..];
+        // Before allocating: the length must fit the count and a ratio zstd reaches on JSON.
+        if usize::try_from(len).map_or(true, |l| {
+            l > packed.len().saturating_mul(MAX_RATIO) || count > l / ENTRY_HEADER_LEN
+        }) {
             return Err(format!(
-                "{count} entries do not fit in {} bytes",
-                body.len()
+                "{count} entries in {len} bytes do not fit {} compressed bytes",
+                packed.len()
             ));
         }
+        let len = len as usize;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len)
+            .map_err(|e| format!("{len} bytes: {e}"))?;
+        zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress_to_buffer(packed, &mut buf))
+            .map_err(|e| format!("zstd: {e}"))?;
+        if buf.len() != len {
+            return Err(format!("{} bytes of entries instead of {len}", buf.len()));
+        }
         let mut entries = Vec::with_capacity(count);
-        let mut at = HEADER_LEN;
+        let mut at = 0;
         for _ in 0..count {
-            if body.len() - at < ENTRY_HEADER_LEN {
+            if buf.len() - at < ENTRY_HEADER_LEN {
                 return Err("entry cut short".into());
             }
-            let id = ObjectId(body[at..at + 32].try_into().expect("32 bytes"));
-            let time_ns = i64::from_le_bytes(body[at + 32..at + 40].try_into().expect("8 bytes"));
-            let len = u32::from_le_bytes(body[at + 40..at + 44].try_into().expect("4 bytes"));
+            let id = ObjectId(buf[at..at + 32].try_into().expect("32 bytes"));
+            let time_ns = i64::from_le_bytes(buf[at + 32..at + 40].try_into().expect("8 bytes"));
+            let json_len = u32::from_le_bytes(buf[at + 40..at + 44].try_into().expect("4 bytes"));
             at += ENTRY_HEADER_LEN;
-            let len = len as usize;
-            if body.len() - at < len {
+            let json_len = json_len as usize;
+            if buf.len() - at < json_len {
                 return Err(format!("entry {} cut short", id.short()));
             }
-            let entry = Entry {
-                id,
-                time_ns,
-                json: at..at + len,
-            };
-            at += len;
             if let Some(prev) = entries.last() {
                 let prev: &Entry = prev;
                 if (prev.time_ns, prev.id) >= (time_ns, id) {
                     return Err(format!("entry {} out of order", id.short()));
                 }
             }
-            entries.push(entry);
+            entries.push(Entry {
+                id,
+                time_ns,
+                json: at..at + json_len,
+            });
+            at += json_len;
         }
-        if at != body.len() {
-            return Err(format!("{} bytes after the last entry", body.len() - at));
+        if at != buf.len() {
+            return Err(format!("{} bytes after the last entry", buf.len() - at));
         }
-        Ok(SnapshotList {
-            buf: plain,
-            entries,
-        })
+        Ok(SnapshotList { buf, entries })
     }
 }
 
@@ -290,7 +311,7 @@ pub struct CacheStats {
     pub unusable: Option<String>,
 }
 
-/// The cache file of one repository: `<base>/<repository id hex>/snapshots` (§17).
+/// The cache file of one repository: `<base>/<repository id hex>/snapshots` (§16).
 #[derive(Debug, Clone)]
 pub struct CacheFile {
     base: PathBuf,
@@ -349,7 +370,7 @@ impl CacheFile {
             )
             .map_err(|_| "cannot be opened (damaged, or sealed with another key)".to_owned())?;
         drop(raw);
-        SnapshotList::decode(plain, &self.repository)
+        SnapshotList::decode(&plain, &self.repository)
     }
 
     /// Replaces the file with `list`: a temp file in the same directory, renamed over it.
@@ -457,8 +478,8 @@ pub fn sync(
 
     let (loaded, error) = load_all(&missing, load);
     stats.loaded = loaded.len();
-    for (id, snapshot, json) in &loaded {
-        list.push(*id, snapshot.time_ns(), json);
+    for (id, time_ns, json) in &loaded {
+        list.push(*id, *time_ns, json);
     }
     drop(loaded);
     list.sort();
@@ -482,7 +503,8 @@ pub fn sync(
     }
 }
 
-type Loaded = (SnapshotId, Snapshot, Vec<u8>);
+/// A snapshot read from the store: id, time (ns) and JSON plaintext.
+type Loaded = (SnapshotId, i64, Vec<u8>);
 
 /// Loads `ids` on up to [`LOAD_THREADS`] threads; stops at the first error and returns it with
 /// everything loaded so far.
@@ -497,7 +519,7 @@ fn load_all(ids: &[SnapshotId], load: &LoadFn<'_>) -> (Vec<Loaded>, Option<Error
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(id) = ids.get(i) else { break };
             match load(id) {
-                Ok((s, json)) => out.push((*id, s, json)),
+                Ok((s, json)) => out.push((*id, s.time_ns(), json)),
                 Err(e) => {
                     stop.store(true, Ordering::Relaxed);
                     error.lock().expect("error lock").get_or_insert(e);
@@ -660,7 +682,7 @@ mod tests {
         list.push(ObjectId([0; 32]), 7, b"");
         list.sort();
         let repo = ObjectId([9; 32]);
-        let back = SnapshotList::decode(list.encode(&repo), &repo).unwrap();
+        let back = SnapshotList::decode(&list.encode(&repo), &repo).unwrap();
         let ids: Vec<_> = back.ids().collect();
         assert_eq!(
             ids,
@@ -668,9 +690,21 @@ mod tests {
         );
         assert_eq!(back.json(2), b"[1, 2]");
         assert_eq!(back.time_ns(0), -5);
-        assert!(SnapshotList::decode(list.encode(&repo), &ObjectId([8; 32]))
+        // A claimed length far beyond what the compressed bytes can hold is refused before
+        // anything is allocated, even with a matching check hash.
+        let mut forged = list.encode(&repo);
+        forged.truncate(forged.len() - CHECK_LEN);
+        forged[41..49].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        let check = blake3::hash(&forged);
+        forged.extend_from_slice(check.as_bytes());
+        assert!(SnapshotList::decode(&forged, &repo)
             .unwrap_err()
-            .contains("another repository"));
+            .contains("do not fit"));
+        assert!(
+            SnapshotList::decode(&list.encode(&repo), &ObjectId([8; 32]))
+                .unwrap_err()
+                .contains("another repository")
+        );
     }
 
     #[test]
@@ -739,12 +773,18 @@ mod tests {
         let objects = Objects::new(Crypto::plain([5; 32]));
         objects.add(&snap("2026-01-01T00:00:00Z", "host-a", None));
         objects.sync(Some(&file)).unwrap();
-        // Change one character of the JSON: still valid JSON, caught by the check hash.
-        let bytes = std::fs::read(file.path()).unwrap();
-        let at = bytes.windows(6).position(|w| w == b"host-a").unwrap();
-        let mut bytes = bytes;
-        bytes[at + 5] = b'b';
-        std::fs::write(file.path(), bytes).unwrap();
+        // In the clear, nothing but the check hash notices a flipped bit in the entries.
+        let mut bytes = std::fs::read(file.path()).unwrap();
+        bytes[HEADER_LEN + 3] ^= 1;
+        std::fs::write(file.path(), &bytes).unwrap();
+        let plain = Crypto::plain([5; 32]);
+        let opened = plain
+            .open(Domain::SnapshotCache, &bytes, Kind::Snapshot, &"cache")
+            .unwrap();
+        assert_eq!(
+            SnapshotList::decode(&opened, &ObjectId([3; 32])).unwrap_err(),
+            "check hash mismatch"
+        );
         let (list, stats) = objects.sync(Some(&file)).unwrap();
         assert!(stats.damaged.is_some());
         assert_eq!(list.get(0).unwrap().1.hostname, "host-a");
