@@ -572,8 +572,11 @@ pub fn watch(
                 });
             }
             for c in followups {
-                if let Change::Rescan(p) = c {
-                    coalescer.push(Event::Rescan(p), t);
+                match c {
+                    Change::Rescan(p) => coalescer.push(Event::Rescan(p), t),
+                    Change::Read(p) => coalescer.push(Event::Changed(p), t),
+                    Change::Remove(p) => coalescer.push(Event::Removed(p), t),
+                    Change::Move { from, to } => coalescer.push(Event::Moved { from, to }, t),
                 }
             }
             for p in deferred {

@@ -9,7 +9,8 @@
 //! three tries it is deferred (the caller retries it later), never recorded torn. A file larger
 //! than the batch limit is carried by several batches: blob-only ones first, then the one with its
 //! `put`, so it appears at once. Moves become `move` edits when the live tree has the source (no
-//! re-read); anything the live tree cannot explain becomes a rescan of that subtree.
+//! re-read: the moved node keeps its chunks when size, mtime and inode still match); anything the
+//! live tree cannot explain becomes a rescan of that subtree.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -103,6 +104,10 @@ pub struct Capturer {
     /// Directories whose listing changed (a child was created, removed or renamed): their own
     /// mtime changed, but inotify reports only the child. Refreshed by `finish_round`.
     touched_dirs: std::collections::BTreeSet<Vec<u8>>,
+    /// Paths the pending batch edits: the live tree is stale at and below them until it is written.
+    pending_paths: HashSet<Vec<u8>>,
+    /// Strict ancestors of `pending_paths`: their listings are stale.
+    pending_above: HashSet<Vec<u8>>,
     /// Counters.
     pub stats: CaptureStats,
     /// The last error met, for status output.
@@ -163,6 +168,8 @@ impl Capturer {
             followups: Vec::new(),
             deferred: Vec::new(),
             touched_dirs: std::collections::BTreeSet::new(),
+            pending_paths: HashSet::new(),
+            pending_above: HashSet::new(),
             stats: CaptureStats::default(),
             last_error: None,
         }
@@ -198,7 +205,55 @@ impl Capturer {
 
     fn push(&mut self, edit: Edit) {
         self.stats.edits += 1;
+        match &edit {
+            Edit::Put { path, .. } | Edit::Delete { path } => self.note_pending(path.clone()),
+            Edit::Move { from, to } => {
+                self.note_pending(from.clone());
+                self.note_pending(to.clone());
+            }
+        }
         self.pending.edits.push(edit);
+    }
+
+    fn note_pending(&mut self, path: Vec<u8>) {
+        let mut end = path.len();
+        while let Some(i) = path[..end].iter().rposition(|b| *b == b'/') {
+            if !self.pending_above.insert(path[..i].to_vec()) {
+                break;
+            }
+            end = i;
+        }
+        if !path.is_empty() {
+            self.pending_above.insert(Vec::new());
+        }
+        self.pending_paths.insert(path);
+    }
+
+    /// Whether the live tree's view of `q` (and, with `below`, of its listing) is stale because
+    /// the pending batch edits `q`, an ancestor of it, or (with `below`) something under it.
+    fn stale(&self, q: &[u8], below: bool) -> bool {
+        if self.pending_paths.is_empty() {
+            return false;
+        }
+        if self.pending_paths.contains(q) || (below && self.pending_above.contains(q)) {
+            return true;
+        }
+        let mut end = q.len();
+        while let Some(i) = q[..end].iter().rposition(|b| *b == b'/') {
+            if self.pending_paths.contains(&q[..i]) {
+                return true;
+            }
+            end = i;
+        }
+        false
+    }
+
+    /// Writes the pending batch first if it makes the live tree's view of `q` stale.
+    fn fresh_view(&mut self, q: &[u8], below: bool, sink: &mut dyn Sink) -> Result<()> {
+        if self.stale(q, below) {
+            self.flush(sink)?;
+        }
+        Ok(())
     }
 
     /// Writes the pending batch, if it holds anything.
@@ -208,6 +263,8 @@ impl Capturer {
         }
         let mut batch = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
+        self.pending_paths.clear();
+        self.pending_above.clear();
         batch.captured_ns = now_ns();
         self.stats.batches += 1;
         for path in sink.write(batch)? {
@@ -246,6 +303,7 @@ impl Capturer {
             if !meta.is_dir() {
                 continue;
             }
+            self.fresh_view(dir, false, sink)?;
             match tree.node(dir)? {
                 Some(old) if old.kind() == NodeType::Dir => {
                     let mut node = node_from_metadata(&meta);
@@ -263,8 +321,10 @@ impl Capturer {
         self.flush(sink)
     }
 
-    /// Handles one change. Structural changes are written at once, in their own batch, so the
-    /// live tree they are checked against is always current.
+    /// Handles one change. Edits collect in the pending batch; before the live tree is consulted
+    /// about a path the pending batch touches (the path, an ancestor, or for listings anything
+    /// below), the batch is written, so every check sees a current tree and a round of unrelated
+    /// changes costs one batch (one fsync).
     pub fn handle(
         &mut self,
         change: &Change,
@@ -283,39 +343,78 @@ impl Capturer {
         match change {
             Change::Read(p) => self.read_path(rel_bytes(p), tree, sink),
             Change::Remove(p) => {
-                self.flush(sink)?;
-                if tree.node(rel_bytes(p))?.is_some() {
-                    self.push(Edit::Delete {
-                        path: rel_bytes(p).to_vec(),
-                    });
+                let p = rel_bytes(p);
+                self.fresh_view(p, false, sink)?;
+                if !p.is_empty() && tree.node(p)?.is_some() {
+                    self.push(Edit::Delete { path: p.to_vec() });
                 }
-                self.flush(sink)
+                Ok(())
             }
             Change::Move { from, to } => {
-                self.flush(sink)?;
                 let (f, t) = (rel_bytes(from), rel_bytes(to));
-                let known = !f.is_empty() && tree.node(f)?.is_some();
-                if known && !self.excluded(t) && path_problem(t).is_none() && t.len() <= MAX_PATH {
-                    self.push(Edit::Move {
-                        from: f.to_vec(),
-                        to: t.to_vec(),
-                    });
-                    self.flush(sink)?;
-                    // The moved entry's ctime changed; refresh its own metadata (not its contents).
-                    self.read_path(t, tree, sink)
-                } else {
-                    if known {
-                        self.push(Edit::Delete { path: f.to_vec() });
+                self.fresh_view(f, false, sink)?;
+                self.fresh_view(t, true, sink)?;
+                let old = if f.is_empty() { None } else { tree.node(f)? };
+                match old {
+                    Some(old)
+                        if !self.excluded(t)
+                            && path_problem(t).is_none()
+                            && t.len() <= MAX_PATH =>
+                    {
+                        self.push(Edit::Move {
+                            from: f.to_vec(),
+                            to: t.to_vec(),
+                        });
+                        self.refresh_moved(t, &old);
+                        Ok(())
                     }
-                    self.rescan(t, tree, sink)?;
-                    self.flush(sink)
+                    old => {
+                        if old.is_some() {
+                            self.push(Edit::Delete { path: f.to_vec() });
+                        }
+                        self.rescan(t, tree, sink)
+                    }
                 }
             }
             Change::Rescan(p) => {
-                self.flush(sink)?;
-                self.rescan(rel_bytes(p), tree, sink)?;
-                self.flush(sink)
+                self.fresh_view(rel_bytes(p), true, sink)?;
+                self.rescan(rel_bytes(p), tree, sink)
             }
+        }
+    }
+
+    /// After a move, records the moved entry's new metadata (a rename changes its ctime) without
+    /// reading it again: a file whose size, mtime and inode match the moved node keeps its chunks.
+    /// Anything else is left to the events that follow (or the next rescan).
+    fn refresh_moved(&mut self, t: &[u8], old: &Node) {
+        let abs = self.abs(t);
+        let Ok(meta) = std::fs::symlink_metadata(&abs) else {
+            return;
+        };
+        let mut node = node_from_metadata(&meta);
+        node.xattrs = read_xattrs(&abs).unwrap_or_default();
+        let same_file = node.kind() == old.kind()
+            && node.size == old.size
+            && node.mtime_ns == old.mtime_ns
+            && node.inode == old.inode;
+        match node.kind() {
+            NodeType::File if same_file => node.content.clone_from(&old.content),
+            NodeType::Dir if old.kind() == NodeType::Dir => {}
+            NodeType::Symlink if same_file => {
+                node.target.clone_from(&old.target);
+                node.target_hex.clone_from(&old.target_hex);
+            }
+            _ => {
+                self.followups
+                    .push(Change::Read(PathBuf::from(OsStr::from_bytes(t))));
+                return;
+            }
+        }
+        if !same_meta(old, &node) || node.kind() == NodeType::File {
+            self.push(Edit::Put {
+                path: t.to_vec(),
+                node,
+            });
         }
     }
 
@@ -333,6 +432,7 @@ impl Capturer {
             self.error(&p, "path too long or not representable; skipped");
             return Ok(());
         }
+        self.fresh_view(rel, false, sink)?;
         let abs = self.abs(rel);
         let meta = match std::fs::symlink_metadata(&abs) {
             Ok(m) => m,
@@ -436,6 +536,7 @@ impl Capturer {
             }
         };
         names.sort();
+        self.fresh_view(rel, true, sink)?;
         let known = tree.children(rel)?;
         let on_disk: HashSet<&[u8]> = names.iter().map(Vec::as_slice).collect();
         for child in &known {
