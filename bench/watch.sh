@@ -92,18 +92,25 @@ if ! skip 2; then
   } >>"$OUT"
 fi
 
-# start_watch SRC STATE [extra env…]: starts the daemon, waits for its first reconcile.
+# Never leave a daemon behind (it would keep writing into the next run's repository).
+WATCH_PID=
+cleanup() { [ -n "$WATCH_PID" ] && kill -9 "$WATCH_PID" 2>/dev/null || true; }
+trap cleanup EXIT
+
+# start_watch SRC STATE [extra env…]: starts the daemon, waits (up to RECONCILE_WAIT s) for its
+# first reconcile.
 start_watch() {
   local src=$1 state=$2
   shift 2
   env "$@" "$T" --repo "$W/repo" watch --json --state-dir "$state" "$src" >"$state.out" 2>"$state.err" &
   WATCH_PID=$!
-  for _ in $(seq 600); do
+  for _ in $(seq $((${RECONCILE_WAIT:-30} * 20))); do
     grep -q '"reconciled"' "$state.out" 2>/dev/null && return 0
     kill -0 "$WATCH_PID" 2>/dev/null || { cat "$state.err" >&2; return 1; }
     sleep 0.05
   done
   echo "watch did not reconcile" >&2
+  kill -9 "$WATCH_PID" 2>/dev/null || true
   return 1
 }
 
@@ -223,7 +230,7 @@ if ! skip 5; then
   cp -a "$BENCH_DATA" "$W/src"
   files=$(find "$W/src" -type f | wc -l)
   t0=$(date +%s.%N)
-  start_watch "$W/src" "$W/state"
+  RECONCILE_WAIT=1800 start_watch "$W/src" "$W/state"
   t1=$(date +%s.%N)
   sleep 5
   cpu0=$(awk '{print ($14+$15)/100}' "/proc/$WATCH_PID/stat")
@@ -234,7 +241,7 @@ if ! skip 5; then
   kill -TERM "$WATCH_PID"; wait "$WATCH_PID" || true
   # A restart compares the catalog with the disk: no file is read again.
   t2=$(date +%s.%N)
-  start_watch "$W/src" "$W/state"
+  RECONCILE_WAIT=1800 start_watch "$W/src" "$W/state"
   t3=$(date +%s.%N)
   kill -TERM "$WATCH_PID"; wait "$WATCH_PID" || true
   {

@@ -55,6 +55,17 @@ impl RawWatcher {
         let overflowed = Arc::new(AtomicBool::new(false));
         let flag = overflowed.clone();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<RawEvent>| {
+            // Opens and reads (our own capture reads among them) change nothing; dropping them
+            // here keeps them from filling the queue and forcing a rescan.
+            if let Ok(RawEvent {
+                kind: EventKind::Access(a),
+                ..
+            }) = &ev
+            {
+                if !matches!(a, AccessKind::Close(AccessMode::Write)) {
+                    return;
+                }
+            }
             if let Err(TrySendError::Full(_)) = tx.try_send(ev) {
                 flag.store(true, Ordering::Release);
             }
