@@ -114,12 +114,7 @@ fn backup(g: &Global, a: &BackupArgs, cancel: &Arc<AtomicBool>) -> Result<Outcom
     }
     paths.sort();
     paths.dedup();
-    let mut excludes = a.exclude.clone();
-    for f in &a.exclude_file {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("reading exclude file {}", f.display()))?;
-        excludes.extend(text.lines().map(str::to_owned));
-    }
+    let excludes = open::excludes(&a.exclude, &a.exclude_file)?;
     let mut repo = open::open(g)?;
     let t0 = Instant::now();
     repo.load_index().context("loading the index")?;

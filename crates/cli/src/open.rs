@@ -181,3 +181,14 @@ pub fn username() -> String {
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_default()
 }
+
+/// Exclude patterns from `--exclude` plus every line of each `--exclude-file`.
+pub fn excludes(patterns: &[String], files: &[PathBuf]) -> Result<Vec<String>> {
+    let mut out = patterns.to_vec();
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading exclude file {}", f.display()))?;
+        out.extend(text.lines().map(str::to_owned));
+    }
+    Ok(out)
+}

@@ -182,12 +182,7 @@ fn resolve_state_dir(g: &Global, explicit: Option<&Path>, path: Option<&Path>) -
 
 pub fn watch(g: &Global, a: &WatchArgs, cancel: &AtomicBool) -> Result<Outcome> {
     let root = canonical_dir(&a.path)?;
-    let mut excludes = a.exclude.clone();
-    for f in &a.exclude_file {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("reading exclude file {}", f.display()))?;
-        excludes.extend(text.lines().map(str::to_owned));
-    }
+    let excludes = open::excludes(&a.exclude, &a.exclude_file)?;
     let mut repo = open::open(g)?;
     repo.load_index().context("loading the index")?;
     let (store, _) = open::store(g)?;

@@ -48,6 +48,28 @@ fn key(parent: u64, name: &[u8]) -> Vec<u8> {
     k
 }
 
+/// A stored row: `(key, value)`.
+type Row = (Vec<u8>, Vec<u8>);
+
+/// The rows of directory `dir`'s children in name order, as stored.
+fn child_rows(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    dir: u64,
+) -> std::result::Result<Vec<Row>, redb::StorageError> {
+    t.range(key(dir, b"").as_slice()..key(dir + 1, b"").as_slice())?
+        .map(|item| item.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+        .collect()
+}
+
+/// The directory id at the start of an entry value (0: not a directory).
+fn entry_dir(value: &[u8]) -> u64 {
+    u64::from_le_bytes(
+        value[0..8]
+            .try_into()
+            .expect("entry values start with a u64"),
+    )
+}
+
 fn split(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|b| *b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
@@ -206,13 +228,9 @@ impl Catalog {
         let mut out = Vec::new();
         let mut stack = vec![(ROOT_DIR, Vec::new())];
         while let Some((dir, prefix)) = stack.pop() {
-            for item in entries
-                .range(key(dir, b"").as_slice()..key(dir + 1, b"").as_slice())
-                .map_err(|e| self.err(e))?
-            {
-                let (k, v) = item.map_err(|e| self.err(e))?;
-                let (child, node) = self.parse_entry(k.value(), v.value())?;
-                let name = &k.value()[8..];
+            for (k, v) in child_rows(&entries, dir).map_err(|e| self.err(e))? {
+                let (child, node) = self.parse_entry(&k, &v)?;
+                let name = &k[8..];
                 let path = if prefix.is_empty() {
                     name.to_vec()
                 } else {
@@ -274,22 +292,18 @@ impl Catalog {
             }
         };
         let entries = r.open_table(ENTRIES).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for item in entries
-            .range(key(dir, b"").as_slice()..key(dir + 1, b"").as_slice())
+        child_rows(&entries, dir)
             .map_err(|e| self.err(e))?
-        {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            out.push(self.parse_entry(k.value(), v.value())?.1);
-        }
-        Ok(out)
+            .iter()
+            .map(|(k, v)| Ok(self.parse_entry(k, v)?.1))
+            .collect()
     }
 
     fn parse_entry(&self, k: &[u8], v: &[u8]) -> Result<(u64, Node)> {
         if v.len() < 8 || k.len() < 8 {
             return Err(Error::catalog(&self.path, "entry row too short"));
         }
-        let dir = u64::from_le_bytes(v[0..8].try_into().expect("8"));
+        let dir = entry_dir(v);
         let mut node: Node = serde_json::from_slice(&v[8..])
             .map_err(|e| Error::catalog(&self.path, format!("entry node: {e}")))?;
         node.set_name(std::os::unix::ffi::OsStrExt::from_bytes(&k[8..]));
@@ -373,10 +387,7 @@ impl Txn<'_> {
             .map_err(|e| self.err(e))?;
         Ok(v.map(|v| {
             let v = v.value();
-            (
-                u64::from_le_bytes(v[0..8].try_into().expect("8")),
-                v.to_vec(),
-            )
+            (entry_dir(v), v.to_vec())
         }))
     }
 
@@ -491,26 +502,11 @@ impl Txn<'_> {
     fn remove_subtree(&mut self, dir: u64) -> Result<()> {
         let mut stack = vec![dir];
         while let Some(d) = stack.pop() {
-            let children: Vec<(Vec<u8>, u64)> = {
-                let t = self.txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
-                let mut out = Vec::new();
-                for item in t
-                    .range(key(d, b"").as_slice()..key(d + 1, b"").as_slice())
-                    .map_err(|e| self.err(e))?
-                {
-                    let (k, v) = item.map_err(|e| self.err(e))?;
-                    out.push((
-                        k.value().to_vec(),
-                        u64::from_le_bytes(v.value()[0..8].try_into().expect("8")),
-                    ));
-                }
-                out
-            };
             let mut t = self.txn.open_table(ENTRIES).map_err(|e| self.cat.err(e))?;
-            for (k, child) in children {
+            for (k, v) in child_rows(&t, d).map_err(|e| self.cat.err(e))? {
                 t.remove(k.as_slice()).map_err(|e| self.cat.err(e))?;
-                if child != 0 {
-                    stack.push(child);
+                if entry_dir(&v) != 0 {
+                    stack.push(entry_dir(&v));
                 }
             }
             drop(t);
@@ -651,18 +647,12 @@ impl Txn<'_> {
 
     fn child_dirs(&self, dir: u64) -> Result<Vec<u64>> {
         let t = self.txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for item in t
-            .range(key(dir, b"").as_slice()..key(dir + 1, b"").as_slice())
-            .map_err(|e| self.err(e))?
-        {
-            let (_, v) = item.map_err(|e| self.err(e))?;
-            let child = u64::from_le_bytes(v.value()[0..8].try_into().expect("8"));
-            if child != 0 {
-                out.push(child);
-            }
-        }
-        Ok(out)
+        let rows = child_rows(&t, dir).map_err(|e| self.err(e))?;
+        Ok(rows
+            .iter()
+            .map(|(_, v)| entry_dir(v))
+            .filter(|d| *d != 0)
+            .collect())
     }
 
     fn write_tree(
@@ -670,17 +660,9 @@ impl Txn<'_> {
         dir: u64,
         store: &mut dyn FnMut(&Tree) -> Result<BlobId>,
     ) -> Result<BlobId> {
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = {
+        let rows = {
             let t = self.txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
-            let mut out = Vec::new();
-            for item in t
-                .range(key(dir, b"").as_slice()..key(dir + 1, b"").as_slice())
-                .map_err(|e| self.err(e))?
-            {
-                let (k, v) = item.map_err(|e| self.err(e))?;
-                out.push((k.value().to_vec(), v.value().to_vec()));
-            }
-            out
+            child_rows(&t, dir).map_err(|e| self.err(e))?
         };
         let mut tree = Tree::new();
         for (k, v) in rows {

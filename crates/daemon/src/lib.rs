@@ -215,6 +215,38 @@ pub struct Status {
     pub last_error: Option<String>,
 }
 
+/// What the capture loop reports to the status writer.
+#[derive(Debug, Clone, Default)]
+struct CaptureFigures {
+    capture: CaptureStats,
+    last_error: Option<String>,
+    pending: usize,
+    lag_ms: u64,
+    rpo: RpoSummary,
+}
+
+impl Status {
+    fn new(engine: EngineStatus, watched: &Path, repository: &str, f: CaptureFigures) -> Self {
+        Status {
+            version: 1,
+            pid: std::process::id(),
+            updated: chrono::Utc::now().to_rfc3339(),
+            watched: watched.to_path_buf(),
+            repository: repository.to_owned(),
+            last_seal_age_ms: engine
+                .state_machine
+                .since_seal()
+                .map(|d| d.as_millis() as u64),
+            engine,
+            pending_changes: f.pending,
+            capture_lag_ms: f.lag_ms,
+            capture: f.capture,
+            rpo_ms: f.rpo,
+            last_error: f.last_error,
+        }
+    }
+}
+
 struct EngineSink<'a> {
     rt: &'a tokio::runtime::Handle,
     engine: &'a Engine,
@@ -357,13 +389,7 @@ pub fn watch(
     });
 
     let raw = RawWatcher::start(&root)?;
-    let capture_stats = Arc::new(Mutex::new((
-        CaptureStats::default(),
-        None::<String>,
-        0usize,
-        0u64,
-        RpoSummary::default(),
-    )));
+    let capture_stats = Arc::new(Mutex::new(CaptureFigures::default()));
     let done = Arc::new(AtomicBool::new(false));
     let sealed_tx = Arc::new(Mutex::new(Vec::<SealedSnapshot>::new()));
     // The seal schedule, independent of capture so a long file read cannot hold it up.
@@ -396,25 +422,8 @@ pub fn watch(
         rt.spawn(async move {
             while !done.load(Ordering::Acquire) {
                 if let Ok(es) = engine.status() {
-                    let (capture, last_error, pending, lag, rpo) =
-                        cs.lock().expect("stats").clone();
-                    let status = Status {
-                        version: 1,
-                        pid: std::process::id(),
-                        updated: chrono::Utc::now().to_rfc3339(),
-                        watched: watched.clone(),
-                        repository: repository.clone(),
-                        last_seal_age_ms: es
-                            .state_machine
-                            .since_seal()
-                            .map(|d| d.as_millis() as u64),
-                        engine: es,
-                        pending_changes: pending,
-                        capture_lag_ms: lag,
-                        capture,
-                        rpo_ms: rpo,
-                        last_error,
-                    };
+                    let figures = cs.lock().expect("stats").clone();
+                    let status = Status::new(es, &watched, &repository, figures);
                     let _ = write_status(&path, &status);
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -598,13 +607,13 @@ pub fn watch(
                     .values()
                     .min()
                     .map_or(0, |t| t.elapsed().as_millis() as u64);
-                *capture_stats.lock().expect("stats") = (
-                    capturer.stats,
-                    capturer.last_error.clone(),
-                    coalescer.pending(),
-                    lag,
-                    latencies.summary(),
-                );
+                *capture_stats.lock().expect("stats") = CaptureFigures {
+                    capture: capturer.stats,
+                    last_error: capturer.last_error.clone(),
+                    pending: coalescer.pending(),
+                    lag_ms: lag,
+                    rpo: latencies.summary(),
+                };
                 last_stats = Instant::now();
             }
             if stopping && coalescer.pending() == 0 && capturer.pending_edits() == 0 {
@@ -629,22 +638,18 @@ pub fn watch(
             ms: st.last_seal_ms,
         });
     }
-    let rpo = latencies.summary();
-    let lag = 0;
-    let final_status = Status {
-        version: 1,
-        pid: std::process::id(),
-        updated: chrono::Utc::now().to_rfc3339(),
-        watched: root.clone(),
-        repository: opts.repository.clone(),
-        last_seal_age_ms: None,
-        engine: engine.status()?,
-        pending_changes: 0,
-        capture_lag_ms: lag,
-        capture: capturer.stats,
-        rpo_ms: rpo,
-        last_error: capturer.last_error.clone(),
-    };
+    let final_status = Status::new(
+        engine.status()?,
+        &root,
+        &opts.repository,
+        CaptureFigures {
+            capture: capturer.stats,
+            last_error: capturer.last_error.clone(),
+            pending: 0,
+            lag_ms: 0,
+            rpo: latencies.summary(),
+        },
+    );
     let _ = write_status(&state.path().join("status.json"), &final_status);
     Ok(Report {
         recovery,
