@@ -14,17 +14,19 @@ use redb::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tidemark_core::id::BlobId;
-use tidemark_core::snapshot::{Node, NodeType, NodeTypeField, Tree};
+use tidemark_core::snapshot::{paginate, Node, NodeType, NodeTypeField, PageRef, Tree, PAGED_OVER};
 
 use crate::{Error, Result};
 
 /// The directory id of the watched directory.
 pub const ROOT_DIR: u64 = 1;
-const CATALOG_VERSION: u32 = 1;
+const CATALOG_VERSION: u32 = 2;
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const DIRS: TableDefinition<u64, &[u8]> = TableDefinition::new("dirs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const DIRTY: TableDefinition<u64, &[u8]> = TableDefinition::new("dirty");
+const PAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pages");
 
 /// Counts for `status`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -128,6 +130,36 @@ impl DirRow {
     }
 }
 
+/// One page of a paged directory (`pages` table): its tree id and entry count, and whether that
+/// id is still valid.
+#[derive(Clone, Copy)]
+struct PageRow {
+    clean: bool,
+    tree: BlobId,
+    count: u64,
+}
+
+impl PageRow {
+    fn encode(&self) -> [u8; 41] {
+        let mut v = [0u8; 41];
+        v[0] = u8::from(self.clean);
+        v[1..33].copy_from_slice(&self.tree.0);
+        v[33..].copy_from_slice(&self.count.to_le_bytes());
+        v
+    }
+
+    fn decode(b: &[u8]) -> std::result::Result<Self, String> {
+        if b.len() != 41 || b[0] > 1 {
+            return Err(format!("page row of {} bytes is malformed", b.len()));
+        }
+        Ok(PageRow {
+            clean: b[0] == 1,
+            tree: BlobId(b[1..33].try_into().expect("32")),
+            count: u64::from_le_bytes(b[33..].try_into().expect("8")),
+        })
+    }
+}
+
 /// A directory node with default metadata, for parents that appear before their own `put`.
 pub fn default_dir() -> Node {
     Node {
@@ -147,6 +179,28 @@ impl Catalog {
         };
         match cat.meta::<u32>("version")? {
             Some(CATALOG_VERSION) => {}
+            Some(1) => {
+                // Version 1 had no `dirty` table: list every directory without a cached tree.
+                let mut t = cat.begin()?;
+                let cleared: Vec<u64> = {
+                    let dirs = t.txn.open_table(DIRS).map_err(|e| cat.err(e))?;
+                    let mut v = Vec::new();
+                    for item in dirs.iter().map_err(|e| cat.err(e))? {
+                        let (k, row) = item.map_err(|e| cat.err(e))?;
+                        let row =
+                            DirRow::decode(row.value()).map_err(|r| Error::catalog(path, r))?;
+                        if row.tree.is_none() {
+                            v.push(k.value());
+                        }
+                    }
+                    v
+                };
+                for d in cleared {
+                    t.note_dirty(d)?;
+                }
+                t.set_meta("version", &CATALOG_VERSION)?;
+                t.commit(true)?;
+            }
             Some(v) => {
                 return Err(Error::catalog(
                     path,
@@ -377,7 +431,14 @@ impl Txn<'_> {
         };
         d.insert(ROOT_DIR, row.encode().as_slice())
             .map_err(|e| self.cat.err(e))?;
-        Ok(())
+        drop(d);
+        let mut p = self.txn.open_table(PAGES).map_err(|e| self.cat.err(e))?;
+        p.retain(|_, _| false).map_err(|e| self.cat.err(e))?;
+        drop(p);
+        let mut dirty = self.txn.open_table(DIRTY).map_err(|e| self.cat.err(e))?;
+        dirty.retain(|_, _| false).map_err(|e| self.cat.err(e))?;
+        drop(dirty);
+        self.note_dirty(ROOT_DIR)
     }
 
     fn get_entry(&self, parent: u64, name: &[u8]) -> Result<Option<(u64, Vec<u8>)>> {
@@ -395,13 +456,78 @@ impl Txn<'_> {
         let mut t = self.txn.open_table(ENTRIES).map_err(|e| self.cat.err(e))?;
         t.insert(key(parent, name).as_slice(), value)
             .map_err(|e| self.cat.err(e))?;
-        Ok(())
+        drop(t);
+        self.mark_page(parent, name)
     }
 
     fn remove_entry(&mut self, parent: u64, name: &[u8]) -> Result<()> {
         let mut t = self.txn.open_table(ENTRIES).map_err(|e| self.cat.err(e))?;
         t.remove(key(parent, name).as_slice())
             .map_err(|e| self.cat.err(e))?;
+        drop(t);
+        self.mark_page(parent, name)
+    }
+
+    /// Clears the page of the paged directory `dir` that holds `name` (nothing when `dir` is not
+    /// paged): the page with the greatest start at or before `name`.
+    fn mark_page(&mut self, dir: u64, name: &[u8]) -> Result<()> {
+        if dir == 0 {
+            return Ok(());
+        }
+        let mut t = self.txn.open_table(PAGES).map_err(|e| self.cat.err(e))?;
+        let found = {
+            let mut range = t
+                .range(key(dir, b"").as_slice()..=key(dir, name).as_slice())
+                .map_err(|e| self.cat.err(e))?;
+            match range.next_back() {
+                Some(item) => {
+                    let (k, v) = item.map_err(|e| self.cat.err(e))?;
+                    Some((k.value().to_vec(), v.value().to_vec()))
+                }
+                None => None,
+            }
+        };
+        if let Some((k, v)) = found {
+            let mut row = PageRow::decode(&v).map_err(|r| Error::catalog(&self.cat.path, r))?;
+            if row.clean {
+                row.clean = false;
+                t.insert(k.as_slice(), row.encode().as_slice())
+                    .map_err(|e| self.cat.err(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists `dir` among the directories the next seal writes.
+    fn note_dirty(&mut self, dir: u64) -> Result<()> {
+        let mut t = self.txn.open_table(DIRTY).map_err(|e| self.cat.err(e))?;
+        t.insert(dir, b"".as_slice()).map_err(|e| self.cat.err(e))?;
+        Ok(())
+    }
+
+    /// The page rows of `dir` in order, as `(start name, row)`.
+    fn page_rows(&self, dir: u64) -> Result<Vec<(Vec<u8>, PageRow)>> {
+        let t = self.txn.open_table(PAGES).map_err(|e| self.err(e))?;
+        let rows = t
+            .range(key(dir, b"").as_slice()..key(dir + 1, b"").as_slice())
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in rows {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let row = PageRow::decode(v.value()).map_err(|r| Error::catalog(&self.cat.path, r))?;
+            out.push((k.value()[8..].to_vec(), row));
+        }
+        Ok(out)
+    }
+
+    /// Removes every page row of `dir`.
+    fn drop_pages(&mut self, dir: u64) -> Result<()> {
+        let starts: Vec<Vec<u8>> = self.page_rows(dir)?.into_iter().map(|(k, _)| k).collect();
+        let mut t = self.txn.open_table(PAGES).map_err(|e| self.cat.err(e))?;
+        for s in starts {
+            t.remove(key(dir, &s).as_slice())
+                .map_err(|e| self.cat.err(e))?;
+        }
         Ok(())
     }
 
@@ -433,6 +559,7 @@ impl Txn<'_> {
                 name: name.to_vec(),
             },
         )?;
+        self.note_dirty(id)?;
         Ok(id)
     }
 
@@ -459,6 +586,8 @@ impl Txn<'_> {
             }
             row.tree = None;
             self.set_dir_row(d, &row)?;
+            self.note_dirty(d)?;
+            self.mark_page(row.parent, &row.name)?;
             d = row.parent;
         }
         Ok(())
@@ -512,6 +641,11 @@ impl Txn<'_> {
             drop(t);
             let mut dirs = self.txn.open_table(DIRS).map_err(|e| self.cat.err(e))?;
             dirs.remove(d).map_err(|e| self.cat.err(e))?;
+            drop(dirs);
+            let mut dirty = self.txn.open_table(DIRTY).map_err(|e| self.cat.err(e))?;
+            dirty.remove(d).map_err(|e| self.cat.err(e))?;
+            drop(dirty);
+            self.drop_pages(d)?;
         }
         Ok(())
     }
@@ -605,26 +739,59 @@ impl Txn<'_> {
 
     /// Writes the tree of every directory changed since the last seal, deepest first, through
     /// `store` (which returns the tree's id); returns the watched directory's node with its tree.
-    /// Only directories whose cached tree was cleared are visited, so the cost follows the changes.
+    /// Only the directories listed in `dirty` are visited, and of a paged directory only its
+    /// changed pages, so the cost follows the changes. `ends_page` is the page boundary rule
+    /// (`docs/format.md` §8.1).
     pub fn seal_trees(
         &mut self,
         store: &mut dyn FnMut(&Tree) -> Result<BlobId>,
+        ends_page: &dyn Fn(&[u8]) -> bool,
     ) -> Result<(BlobId, Node)> {
-        let mut stack = vec![(ROOT_DIR, false)];
-        while let Some((d, expanded)) = stack.pop() {
-            let Some(row) = self.dir_row(d)? else {
-                continue;
+        let listed: Vec<u64> = {
+            let t = self.txn.open_table(DIRTY).map_err(|e| self.err(e))?;
+            let mut v = Vec::new();
+            for item in t.iter().map_err(|e| self.err(e))? {
+                v.push(item.map_err(|e| self.err(e))?.0.value());
+            }
+            v
+        };
+        // Depth from the parent chain; deepest first so every subdirectory has its tree.
+        let mut depth: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
+        let mut order = Vec::new();
+        for &d in &listed {
+            let mut chain = Vec::new();
+            let mut cur = d;
+            let base = loop {
+                if cur == 0 {
+                    break Some(0);
+                }
+                if let Some(&k) = depth.get(&cur) {
+                    break Some(k);
+                }
+                match self.dir_row(cur)? {
+                    Some(row) => {
+                        chain.push(cur);
+                        cur = row.parent;
+                    }
+                    None => break None, // removed since it was listed
+                }
             };
-            if row.tree.is_some() {
-                continue;
+            let Some(base) = base else { continue };
+            for (i, c) in chain.iter().rev().enumerate() {
+                depth.insert(*c, base + 1 + i as u32);
             }
-            if expanded {
-                self.write_tree(d, store)?;
-                continue;
+            order.push((depth[&d], d));
+        }
+        order.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, d) in order {
+            if self.dir_row(d)?.is_some_and(|r| r.tree.is_none()) {
+                self.write_tree(d, store, ends_page)?;
             }
-            stack.push((d, true));
-            for child in self.child_dirs(d)? {
-                stack.push((child, false));
+        }
+        {
+            let mut t = self.txn.open_table(DIRTY).map_err(|e| self.cat.err(e))?;
+            for d in listed {
+                t.remove(d).map_err(|e| self.cat.err(e))?;
             }
         }
         let root = self
@@ -645,46 +812,196 @@ impl Txn<'_> {
         Ok((root, node))
     }
 
-    fn child_dirs(&self, dir: u64) -> Result<Vec<u64>> {
-        let t = self.txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
-        let rows = child_rows(&t, dir).map_err(|e| self.err(e))?;
-        Ok(rows
-            .iter()
-            .map(|(_, v)| entry_dir(v))
-            .filter(|d| *d != 0)
-            .collect())
+    /// The node of entry row `(k, v)` with its subtree filled in from the child's cached tree.
+    fn sealed_node(&self, k: &[u8], v: &[u8]) -> Result<Node> {
+        let (child, mut node) = self.cat.parse_entry(k, v)?;
+        if child != 0 {
+            let sub = self.dir_row(child)?.and_then(|r| r.tree).ok_or_else(|| {
+                Error::catalog(
+                    &self.cat.path,
+                    format!("directory {child} has no tree while sealing its parent"),
+                )
+            })?;
+            node.subtree = Some(sub);
+        }
+        Ok(node)
     }
 
     fn write_tree(
         &mut self,
         dir: u64,
         store: &mut dyn FnMut(&Tree) -> Result<BlobId>,
+        ends_page: &dyn Fn(&[u8]) -> bool,
     ) -> Result<BlobId> {
-        let rows = {
-            let t = self.txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
-            child_rows(&t, dir).map_err(|e| self.err(e))?
-        };
-        let mut tree = Tree::new();
-        for (k, v) in rows {
-            let (child, mut node) = self.cat.parse_entry(&k, &v)?;
-            if child != 0 {
-                let sub = self.dir_row(child)?.and_then(|r| r.tree).ok_or_else(|| {
-                    Error::catalog(
-                        &self.cat.path,
-                        format!("directory {child} has no tree while sealing its parent"),
-                    )
-                })?;
-                node.subtree = Some(sub);
+        let pages = self.page_rows(dir)?;
+        let refs = if pages.is_empty() {
+            None
+        } else {
+            let kept = self.rebuild_pages(dir, &pages, store, ends_page)?;
+            let total: u64 = kept.iter().map(|r| r.count).sum();
+            if total as usize > PAGED_OVER {
+                Some(kept)
+            } else {
+                self.drop_pages(dir)?;
+                None
             }
-            tree.nodes.push(node);
-        }
-        let id = store(&tree)?;
+        };
+        let id = if let Some(refs) = refs {
+            store(&Tree::index(refs))?
+        } else {
+            let rows = {
+                let t = self.txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
+                child_rows(&t, dir).map_err(|e| self.err(e))?
+            };
+            let nodes = rows
+                .iter()
+                .map(|(k, v)| self.sealed_node(k, v))
+                .collect::<Result<Vec<_>>>()?;
+            if nodes.len() > PAGED_OVER {
+                let mut refs = Vec::new();
+                let mut t = self.txn.open_table(PAGES).map_err(|e| self.cat.err(e))?;
+                for page in paginate(nodes, ends_page) {
+                    let start = if refs.is_empty() {
+                        Vec::new()
+                    } else {
+                        page[0].name_bytes().unwrap_or_default()
+                    };
+                    let count = page.len() as u64;
+                    let tree = store(&Tree::listing(page))?;
+                    let row = PageRow {
+                        clean: true,
+                        tree,
+                        count,
+                    };
+                    t.insert(key(dir, &start).as_slice(), row.encode().as_slice())
+                        .map_err(|e| self.cat.err(e))?;
+                    refs.push(PageRef { tree, count });
+                }
+                drop(t);
+                store(&Tree::index(refs))?
+            } else {
+                store(&Tree::listing(nodes))?
+            }
+        };
         let mut row = self
             .dir_row(dir)?
             .ok_or_else(|| Error::catalog(&self.cat.path, format!("directory {dir} has no row")))?;
         row.tree = Some(id);
         self.set_dir_row(dir, &row)?;
         Ok(id)
+    }
+
+    /// Rewrites the changed pages of paged directory `dir` (its `pages` rows in order) and returns
+    /// every page after the change, in order. Scanning starts at a changed page and cuts pages at
+    /// boundary entries; it stops where a page ends just before a clean page's first entry, so
+    /// the layout is the one paging from scratch would give (`docs/format.md` §14).
+    fn rebuild_pages(
+        &mut self,
+        dir: u64,
+        rows: &[(Vec<u8>, PageRow)],
+        store: &mut dyn FnMut(&Tree) -> Result<BlobId>,
+        ends_page: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<Vec<PageRef>> {
+        let mut out: Vec<(Vec<u8>, PageRow)> = Vec::new();
+        let mut removed: Vec<Vec<u8>> = Vec::new();
+        let mut added: Vec<(Vec<u8>, PageRow)> = Vec::new();
+        let mut i = 0;
+        while i < rows.len() {
+            if rows[i].1.clean {
+                out.push(rows[i].clone());
+                i += 1;
+                continue;
+            }
+            removed.push(rows[i].0.clone());
+            let mut j = i + 1;
+            let mut cur: Vec<Node> = Vec::new();
+            let mut cur_start: Vec<u8> = Vec::new();
+            let scanned: Vec<Row> = {
+                // Scan lazily: usually one page and a bit.
+                let t = self.txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
+                let mut range = t
+                    .range(key(dir, &rows[i].0).as_slice()..key(dir + 1, b"").as_slice())
+                    .map_err(|e| self.err(e))?;
+                let mut got = Vec::new();
+                let mut stopped = false;
+                for item in range.by_ref() {
+                    let (k, v) = item.map_err(|e| self.err(e))?;
+                    let name = &k.value()[8..];
+                    while j < rows.len() && rows[j].0.as_slice() < name {
+                        removed.push(rows[j].0.clone());
+                        j += 1;
+                    }
+                    if j < rows.len() && rows[j].0.as_slice() == name {
+                        let at_boundary = got.last().is_none_or(|(k, _): &Row| ends_page(&k[8..]));
+                        if at_boundary && rows[j].1.clean {
+                            stopped = true;
+                            break;
+                        }
+                        removed.push(rows[j].0.clone());
+                        j += 1;
+                    }
+                    got.push((k.value().to_vec(), v.value().to_vec()));
+                }
+                if !stopped {
+                    while j < rows.len() {
+                        removed.push(rows[j].0.clone());
+                        j += 1;
+                    }
+                }
+                got
+            };
+            let mut pages: Vec<(Vec<u8>, Vec<Node>)> = Vec::new();
+            for (k, v) in scanned {
+                let name = &k[8..];
+                if cur.is_empty() {
+                    cur_start = name.to_vec();
+                }
+                cur.push(self.sealed_node(&k, &v)?);
+                if ends_page(name) {
+                    pages.push((std::mem::take(&mut cur_start), std::mem::take(&mut cur)));
+                }
+            }
+            if !cur.is_empty() {
+                pages.push((cur_start, cur));
+            }
+            for (start, page) in pages {
+                let count = page.len() as u64;
+                let tree = store(&Tree::listing(page))?;
+                let row = PageRow {
+                    clean: true,
+                    tree,
+                    count,
+                };
+                out.push((start.clone(), row));
+                added.push((start, row));
+            }
+            i = j;
+        }
+        // The first page is always keyed by the empty name.
+        if let Some(first) = out.first_mut() {
+            if !first.0.is_empty() {
+                let old = std::mem::take(&mut first.0);
+                added.retain(|(k, _)| *k != old);
+                removed.push(old);
+                added.push((Vec::new(), first.1));
+            }
+        }
+        let mut t = self.txn.open_table(PAGES).map_err(|e| self.cat.err(e))?;
+        for k in removed {
+            t.remove(key(dir, &k).as_slice())
+                .map_err(|e| self.cat.err(e))?;
+        }
+        for (k, row) in &added {
+            t.insert(key(dir, k).as_slice(), row.encode().as_slice())
+                .map_err(|e| self.cat.err(e))?;
+        }
+        Ok(out
+            .into_iter()
+            .map(|(_, r)| PageRef {
+                tree: r.tree,
+                count: r.count,
+            })
+            .collect())
     }
 
     /// Fills an empty catalog from a tree (a snapshot being installed): `load` reads a tree by id.
@@ -717,6 +1034,34 @@ impl Txn<'_> {
                     _ => 0,
                 };
                 self.insert_entry(dir, &name, &entry_value(child, node))?;
+            }
+            if tree.is_paged() {
+                // Keep the stored pages, so the first change rewrites one page, not all.
+                let mut t = self.txn.open_table(PAGES).map_err(|e| self.cat.err(e))?;
+                let mut at = 0usize;
+                for (i, p) in tree.pages.iter().enumerate() {
+                    let start = match i {
+                        0 => Vec::new(),
+                        _ => tree
+                            .nodes
+                            .get(at)
+                            .and_then(Node::name_bytes)
+                            .ok_or_else(|| {
+                                Error::Invalid(format!(
+                                    "paged tree {} has fewer entries than its pages",
+                                    tree_id.short()
+                                ))
+                            })?,
+                    };
+                    let row = PageRow {
+                        clean: true,
+                        tree: p.tree,
+                        count: p.count,
+                    };
+                    t.insert(key(dir, &start).as_slice(), row.encode().as_slice())
+                        .map_err(|e| self.cat.err(e))?;
+                    at += p.count as usize;
+                }
             }
             let mut row = self.dir_row(dir)?.expect("just created");
             row.tree = Some(tree_id);
@@ -764,7 +1109,7 @@ mod tests {
             Ok(BlobId(blake_like(&tree.encode())))
         };
         let mut t = c.begin().unwrap();
-        let (root, _) = t.seal_trees(&mut store).unwrap();
+        let (root, _) = t.seal_trees(&mut store, &|_| false).unwrap();
         t.commit(true).unwrap();
         assert_eq!(trees.len(), 3, "a/b, a, root");
 
@@ -778,10 +1123,13 @@ mod tests {
         let mut n = 0;
         let mut t = c.begin().unwrap();
         let (root2, _) = t
-            .seal_trees(&mut |tree: &Tree| {
-                n += 1;
-                Ok(BlobId(blake_like(&tree.encode())))
-            })
+            .seal_trees(
+                &mut |tree: &Tree| {
+                    n += 1;
+                    Ok(BlobId(blake_like(&tree.encode())))
+                },
+                &|_| false,
+            )
             .unwrap();
         t.commit(true).unwrap();
         assert_eq!(n, 2, "a and root are rewritten; the moved directory is not");
@@ -802,6 +1150,110 @@ mod tests {
                 dirs: 2
             }
         );
+    }
+
+    /// A stand-in for the keyed boundary rule: about one entry in 16 ends a page.
+    fn ends_page(name: &[u8]) -> bool {
+        blake3::hash(name).as_bytes()[0].is_multiple_of(16)
+    }
+
+    /// Seals `c` and returns the root tree id and every tree written, by id.
+    fn seal_all(c: &Catalog) -> (BlobId, std::collections::HashMap<BlobId, Tree>) {
+        let mut trees = std::collections::HashMap::new();
+        let mut t = c.begin().unwrap();
+        let (root, _) = t
+            .seal_trees(
+                &mut |tree: &Tree| {
+                    let id = BlobId(*blake3::hash(&tree.encode()).as_bytes());
+                    trees.insert(id, tree.clone());
+                    Ok(id)
+                },
+                &ends_page,
+            )
+            .unwrap();
+        t.commit(true).unwrap();
+        (root, trees)
+    }
+
+    /// Paging from scratch: a new catalog holding the same entries.
+    fn fresh_root(c: &Catalog) -> BlobId {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = Catalog::open(&tmp.path().join("f.redb")).unwrap();
+        let mut t = f.begin().unwrap();
+        for (path, node) in c.walk().unwrap() {
+            t.put(&path, &node).unwrap();
+        }
+        t.commit(false).unwrap();
+        seal_all(&f).0
+    }
+
+    #[test]
+    fn huge_directories_are_paged_and_sealed_page_by_page() {
+        use rand::{Rng, SeedableRng};
+        let tmp = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&tmp.path().join("c.redb")).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut t = c.begin().unwrap();
+        for i in 0..1500 {
+            t.put(format!("big/f{i:05}").as_bytes(), &file(i)).unwrap();
+        }
+        t.put(b"big/sub/x", &file(1)).unwrap();
+        t.commit(false).unwrap();
+        let (root, trees) = seal_all(&c);
+        assert_eq!(root, fresh_root(&c));
+        let paged = trees.values().filter(|t| t.is_paged()).count();
+        assert_eq!(paged, 1, "big/ is paged");
+        let pages = trees.values().find(|t| t.is_paged()).unwrap().pages.len();
+        assert!(pages > 40, "{pages} pages");
+
+        // One changed file rewrites one or two pages, the index and the ancestors.
+        let mut t = c.begin().unwrap();
+        t.put(b"big/f00700", &file(99)).unwrap();
+        t.commit(false).unwrap();
+        let (root, trees) = seal_all(&c);
+        assert!(trees.len() <= 4, "{} trees written", trees.len());
+        assert_eq!(root, fresh_root(&c));
+
+        // Random churn, across the paging threshold and back, and through the subdirectory.
+        for round in 0..60 {
+            let mut t = c.begin().unwrap();
+            let n = rng.gen_range(1..40);
+            for _ in 0..n {
+                let i = rng.gen_range(0..1600);
+                let p = format!("big/f{i:05}");
+                match rng.gen_range(0..10) {
+                    0..=3 => t.put(p.as_bytes(), &file(rng.gen_range(0..9))),
+                    4..=6 => t.delete(p.as_bytes()).map(|_| ()),
+                    7 => {
+                        let j = rng.gen_range(0..1600);
+                        t.rename(p.as_bytes(), format!("big/f{j:05}").as_bytes())
+                            .map(|_| ())
+                    }
+                    8 => t.put(format!("big/sub/y{i}").as_bytes(), &file(1)),
+                    _ => t.rename(p.as_bytes(), b"other").map(|_| ()),
+                }
+                .unwrap();
+            }
+            if round % 7 == 0 {
+                // An empty new directory must get a tree too.
+                t.put(format!("big/d{round}").as_bytes(), &default_dir())
+                    .unwrap();
+            }
+            if round == 20 {
+                // Shrink below the threshold, then grow past it again.
+                for i in 0..700 {
+                    t.delete(format!("big/f{i:05}").as_bytes()).unwrap();
+                }
+            }
+            if round == 30 {
+                for i in 0..700 {
+                    t.put(format!("big/f{i:05}").as_bytes(), &file(3)).unwrap();
+                }
+            }
+            t.commit(false).unwrap();
+            let (root, _) = seal_all(&c);
+            assert_eq!(root, fresh_root(&c), "round {round}");
+        }
     }
 
     fn blake_like(b: &[u8]) -> [u8; 32] {

@@ -375,7 +375,10 @@ impl SmInner {
         }
         let mut txn = self.catalog.begin()?;
         let packer = &mut self.packer;
-        let (_, mut node) = txn.seal_trees(&mut |t| packer.store_tree(t))?;
+        let crypto = packer.repo.read().expect("repo lock").crypto().clone();
+        let (_, mut node) = txn.seal_trees(&mut |t| packer.store_tree(t), &|name| {
+            crypto.ends_page(name)
+        })?;
         // Wrap the watched directory in its ancestors, as `backup` does (`docs/format.md` §8):
         // recorded metadata where the caller gave it, a plain directory otherwise.
         let components: Vec<&std::ffi::OsStr> = self

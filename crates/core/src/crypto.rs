@@ -127,6 +127,17 @@ impl Crypto {
         BlobId(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
     }
 
+    /// Whether the entry `name` ends a page of a paged tree (`docs/format.md` §8.1): keyed, so
+    /// page sizes say nothing about names to anyone without the key.
+    pub fn ends_page(&self, name: &[u8]) -> bool {
+        let mut h = blake3::Hasher::new_keyed(&self.id_key);
+        h.update(b"tidemark page v1\0");
+        h.update(name);
+        let b = h.finalize();
+        let first = u32::from_le_bytes(b.as_bytes()[..4].try_into().expect("4 bytes"));
+        first % crate::snapshot::PAGE_SPAN == 0
+    }
+
     /// Wraps `plaintext` in an envelope.
     pub fn seal(&self, domain: Domain, plaintext: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -194,10 +194,7 @@ fn malicious_tree_names_never_escape_the_target() {
             content: vec![cid],
             ..Node::default()
         };
-        let tree = Tree {
-            version: 1,
-            nodes: vec![node],
-        };
+        let tree = Tree::listing(vec![node]);
         let bytes = tree.encode();
         let tid = repo.crypto().blob_id(&bytes);
         let w = BlobWriter::new(&repo);

@@ -224,19 +224,19 @@ impl Ctx<'_> {
                 return;
             }
             let nodes = std::mem::take(&mut *dir.nodes.lock().expect("dir lock"));
-            let tree = Tree {
-                version: 1,
-                nodes: nodes.into_iter().flatten().collect(),
-            };
+            let nodes: Vec<Node> = nodes.into_iter().flatten().collect();
             let old = dir.old.lock().expect("old lock").take();
-            let (id, bytes) = match old {
-                Some((old_id, old_tree)) if old_tree.nodes == tree.nodes => (old_id, Vec::new()),
+            let (id, blobs) = match old {
+                Some((old_id, old_tree)) if old_tree.nodes == nodes => (old_id, Vec::new()),
                 _ => {
-                    let bytes = tree.encode();
-                    (self.repo.crypto().blob_id(&bytes), bytes)
+                    let blobs = self.repo.tree_blobs(nodes);
+                    (blobs.last().expect("a listing has a blob").0, blobs)
                 }
             };
-            if !bytes.is_empty() && self.claim(&id) {
+            for (blob, bytes) in &blobs {
+                if !self.claim(blob) {
+                    continue;
+                }
                 self.counters.tree_blobs_new.fetch_add(1, Ordering::Relaxed);
                 thread_local! {
                     // (level, compressor): creating a zstd context per directory is costly.
@@ -250,9 +250,9 @@ impl Ctx<'_> {
                     let z = &mut slot.as_mut().expect("just set").1;
                     self.store_blob(
                         &sinks.packs,
-                        id,
+                        *blob,
                         BlobKind::Tree,
-                        &bytes,
+                        bytes,
                         z.as_mut(),
                         &mut (Vec::new(), Vec::new()),
                     );

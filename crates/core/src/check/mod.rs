@@ -177,7 +177,7 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
                 continue;
             }
         };
-        report.trees += 1;
+        report.trees += 1 + tree.pages.len();
         for n in &tree.nodes {
             if let Some(sub) = n.subtree {
                 stack.push(sub);

@@ -28,7 +28,9 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, ObjectId, PackId, SnapshotId};
 use crate::pack::{self, BlobEntry, BlobKind, FLAG_ZSTD, TRAILER_LEN};
 use crate::snapshot::cache::{self, CacheFile, CacheStats, SnapshotList};
-use crate::snapshot::{Selector, Snapshot, SnapshotFilter, Tree};
+use crate::snapshot::{
+    paginate, Node, PageRef, Selector, Snapshot, SnapshotFilter, Tree, PAGED_OVER,
+};
 use crate::store::{Kind, Store, CONFIG_ID};
 
 /// Settings for a new repository.
@@ -386,10 +388,64 @@ impl Repository {
         self.load_tree_in(&self.index, id)
     }
 
-    /// Reads and parses a tree located through `index`.
+    /// Reads and parses a tree located through `index`; a paged tree's pages are read too and
+    /// their nodes concatenated (`docs/format.md` §8.1).
     pub fn load_tree_in(&self, index: &Index, id: &BlobId) -> Result<Tree> {
         let bytes = self.read_blob_in(index, id)?;
-        Tree::decode(&bytes).map_err(|r| Error::corrupt(Kind::Tree, id, r))
+        let mut tree = Tree::decode(&bytes).map_err(|r| Error::corrupt(Kind::Tree, id, r))?;
+        if tree.is_paged() {
+            for p in &tree.pages {
+                let bytes = self.read_blob_in(index, &p.tree)?;
+                let page = Tree::decode(&bytes).map_err(|r| {
+                    Error::corrupt(Kind::Tree, id, format!("page {}: {r}", p.tree.short()))
+                })?;
+                let problem = if page.is_paged() {
+                    Some("is itself paged".to_string())
+                } else if page.nodes.len() as u64 != p.count {
+                    Some(format!(
+                        "holds {} entries, the index says {}",
+                        page.nodes.len(),
+                        p.count
+                    ))
+                } else {
+                    None
+                };
+                if let Some(r) = problem {
+                    return Err(Error::corrupt(
+                        Kind::Tree,
+                        id,
+                        format!("page {} {r}", p.tree.short()),
+                    ));
+                }
+                tree.nodes.extend(page.nodes);
+            }
+            tree.validate()
+                .map_err(|r| Error::corrupt(Kind::Tree, id, format!("across pages: {r}")))?;
+        }
+        Ok(tree)
+    }
+
+    /// The blobs that store a directory listing, each `(id, plaintext)`, the directory's own tree
+    /// id last: one version-1 tree, or for more than [`PAGED_OVER`] entries its pages and then
+    /// their index (`docs/format.md` §8.1).
+    pub fn tree_blobs(&self, nodes: Vec<Node>) -> Vec<(BlobId, Vec<u8>)> {
+        let encode = |t: &Tree| {
+            let bytes = t.encode();
+            (self.crypto.blob_id(&bytes), bytes)
+        };
+        if nodes.len() <= PAGED_OVER {
+            return vec![encode(&Tree::listing(nodes))];
+        }
+        let mut out = Vec::new();
+        let mut refs = Vec::new();
+        for page in paginate(nodes, |name| self.crypto.ends_page(name)) {
+            let count = page.len() as u64;
+            let (id, bytes) = encode(&Tree::listing(page));
+            refs.push(PageRef { tree: id, count });
+            out.push((id, bytes));
+        }
+        out.push(encode(&Tree::index(refs)));
+        out
     }
 
     /// Stores a snapshot object; call only after everything it references is indexed.

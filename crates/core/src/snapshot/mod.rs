@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 pub use cache::{CacheStats, SnapshotList};
 pub use diff::{diff, Change, ChangeKind};
-pub use tree::{Node, NodeType, NodeTypeField, Tree, Xattr};
+pub use tree::{
+    paginate, Node, NodeType, NodeTypeField, PageRef, Tree, Xattr, PAGED_OVER, PAGE_SPAN,
+};
 
 use crate::crypto::{Crypto, Domain};
 use crate::error::{Error, Result};

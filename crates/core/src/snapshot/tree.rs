@@ -172,13 +172,57 @@ impl Node {
     }
 }
 
+/// Entries above which a directory is stored as pages (`docs/format.md` §8.1).
+pub const PAGED_OVER: usize = 1024;
+/// One entry in `PAGE_SPAN` ends a page, on average.
+pub const PAGE_SPAN: u32 = 256;
+
+/// One page of a paged tree: a version-1 tree holding `count` consecutive entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRef {
+    /// The page's tree id.
+    pub tree: BlobId,
+    /// Entries in the page.
+    pub count: u64,
+}
+
 /// A directory listing.
+///
+/// A version-1 tree is one blob holding `nodes`. A paged directory (version 2, §8.1) is stored as
+/// an index blob listing `pages`; `Repository::load_tree` reads the pages too, so a loaded paged
+/// tree has both its `pages` and all its `nodes`. [`Tree::encode`] writes the blob for the
+/// version: the nodes for 1, the page list for 2.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Tree {
-    /// Format version (1).
+    /// Format version: 1, or 2 for a paged directory's index.
     pub version: u32,
     /// Entries sorted by name bytes.
     pub nodes: Vec<Node>,
+    /// The pages of a paged directory, in order (version 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pages: Vec<PageRef>,
+}
+
+/// The stored form of a tree, version 1 or 2.
+#[derive(Deserialize)]
+struct RawTree {
+    version: u32,
+    #[serde(default)]
+    nodes: Option<Vec<Node>>,
+    #[serde(default)]
+    pages: Option<Vec<PageRef>>,
+}
+
+#[derive(Serialize)]
+struct ListingOut<'a> {
+    version: u32,
+    nodes: &'a [Node],
+}
+
+#[derive(Serialize)]
+struct IndexOut<'a> {
+    version: u32,
+    pages: &'a [PageRef],
 }
 
 impl Tree {
@@ -187,7 +231,31 @@ impl Tree {
         Tree {
             version: 1,
             nodes: Vec::new(),
+            pages: Vec::new(),
         }
+    }
+
+    /// A version-1 tree of `nodes` (sorted).
+    pub fn listing(nodes: Vec<Node>) -> Self {
+        Tree {
+            version: 1,
+            nodes,
+            pages: Vec::new(),
+        }
+    }
+
+    /// The index of a paged directory.
+    pub fn index(pages: Vec<PageRef>) -> Self {
+        Tree {
+            version: 2,
+            nodes: Vec::new(),
+            pages,
+        }
+    }
+
+    /// Whether this is a paged directory's index.
+    pub fn is_paged(&self) -> bool {
+        self.version == 2
     }
 
     /// Sorts nodes by name bytes, as the format requires.
@@ -195,19 +263,52 @@ impl Tree {
         self.nodes.sort_by_cached_key(Node::name_bytes);
     }
 
-    /// Serializes; ids of equal trees are equal because the encoding is deterministic.
+    /// Serializes the blob; ids of equal trees are equal because the encoding is deterministic.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("trees serialize")
+        if self.is_paged() {
+            serde_json::to_vec(&IndexOut {
+                version: 2,
+                pages: &self.pages,
+            })
+        } else {
+            serde_json::to_vec(&ListingOut {
+                version: 1,
+                nodes: &self.nodes,
+            })
+        }
+        .expect("trees serialize")
     }
 
-    /// Parses and validates: version, names, order, and per-type fields.
+    /// Parses one blob and validates it: version, names, order, per-type fields, and for an
+    /// index its page list (the pages themselves are separate blobs).
     pub fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
-        let t: Tree = serde_json::from_slice(bytes).map_err(|e| format!("not a tree: {e}"))?;
-        if t.version != 1 {
-            return Err(format!("unknown tree version {}", t.version));
+        let raw: RawTree = serde_json::from_slice(bytes).map_err(|e| format!("not a tree: {e}"))?;
+        match (raw.version, raw.nodes, raw.pages) {
+            (1, Some(nodes), None) => {
+                let t = Tree::listing(nodes);
+                t.validate()?;
+                Ok(t)
+            }
+            (1, _, _) => Err("a version-1 tree needs nodes and no pages".into()),
+            (2, None, Some(pages)) => {
+                if pages.is_empty() {
+                    return Err("a paged tree without pages".into());
+                }
+                if let Some(p) = pages.iter().find(|p| p.count == 0) {
+                    return Err(format!("page {} is empty", p.tree.short()));
+                }
+                Ok(Tree::index(pages))
+            }
+            (2, _, _) => Err("a paged tree needs pages and no nodes".into()),
+            (v, _, _) => Err(format!("unknown tree version {v}")),
         }
+    }
+
+    /// Checks the listing rules on `nodes`: valid unique names in order, directories with a
+    /// subtree, symlinks with a target.
+    pub fn validate(&self) -> std::result::Result<(), String> {
         let mut prev: Option<Vec<u8>> = None;
-        for n in &t.nodes {
+        for n in &self.nodes {
             let name = n.name_bytes().ok_or("node without a valid name")?;
             if let Some(p) = Node::name_problem(&name) {
                 return Err(format!("entry {:?}: {p}", String::from_utf8_lossy(&name)));
@@ -235,7 +336,7 @@ impl Tree {
             }
             prev = Some(name);
         }
-        Ok(t)
+        Ok(())
     }
 
     /// Finds a node by name.
@@ -248,6 +349,24 @@ impl Tree {
             .ok()
             .map(|i| &self.nodes[i])
     }
+}
+
+/// Splits a sorted listing of more than [`PAGED_OVER`] entries into pages (§8.1): a page ends
+/// after each entry for which `ends_page(name)` holds, and at the last entry.
+pub fn paginate(nodes: Vec<Node>, ends_page: impl Fn(&[u8]) -> bool) -> Vec<Vec<Node>> {
+    let mut pages = Vec::new();
+    let mut cur = Vec::new();
+    for n in nodes {
+        let end = ends_page(&n.name_bytes().unwrap_or_default());
+        cur.push(n);
+        if end {
+            pages.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        pages.push(cur);
+    }
+    pages
 }
 
 mod b64 {
@@ -307,5 +426,49 @@ mod tests {
         t.nodes.push(node(b"b", NodeType::File));
         t.nodes.push(node(b"a", NodeType::File));
         assert!(Tree::decode(&t.encode()).unwrap_err().contains("sorted"));
+    }
+
+    #[test]
+    fn paged_index_rules() {
+        let page = PageRef {
+            tree: BlobId([3; 32]),
+            count: 5,
+        };
+        let t = Tree::index(vec![page, page]);
+        let back = Tree::decode(&t.encode()).unwrap();
+        assert!(back.is_paged());
+        assert_eq!(back.pages, t.pages);
+        for (bad, why) in [
+            (r#"{"version":2,"pages":[]}"#, "without pages"),
+            (
+                r#"{"version":2,"nodes":[],"pages":[{"tree":"0303030303030303030303030303030303030303030303030303030303030303","count":1}]}"#,
+                "no nodes",
+            ),
+            (
+                r#"{"version":2,"pages":[{"tree":"0303030303030303030303030303030303030303030303030303030303030303","count":0}]}"#,
+                "empty",
+            ),
+            (
+                r#"{"version":1,"pages":[{"tree":"0303030303030303030303030303030303030303030303030303030303030303","count":1}]}"#,
+                "no pages",
+            ),
+            (r#"{"version":3,"nodes":[]}"#, "unknown tree version 3"),
+        ] {
+            let e = Tree::decode(bad.as_bytes()).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn pages_end_at_boundaries_and_at_the_last_entry() {
+        let nodes: Vec<Node> = (0..100)
+            .map(|i| node(format!("n{i:03}").as_bytes(), NodeType::File))
+            .collect();
+        let pages = paginate(nodes.clone(), |n| n.ends_with(b"9"));
+        assert_eq!(pages.len(), 10);
+        assert!(pages.iter().all(|p| p.len() == 10));
+        let pages = paginate(nodes[..95].to_vec(), |n| n.ends_with(b"9"));
+        assert_eq!(pages.last().unwrap().len(), 5);
+        assert_eq!(pages.concat(), nodes[..95].to_vec());
     }
 }
