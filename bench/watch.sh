@@ -81,13 +81,13 @@ fi
 if ! skip 2; then
   echo "== 2. seal time vs tree size" >&2
   (cd "$REPO_ROOT" && cargo build --release -q -p tidemark-cluster --example seal_time)
-  (cd "$W" && SEAL_STORE=local "$REPO_ROOT/target/release/examples/seal_time" 1000 10000 100000) >"$W/seal.csv"
+  (cd "$W" && SEAL_STORE=local "$REPO_ROOT/target/release/examples/seal_time" 1000 10000 100000 flat100000 flat200000) >"$W/seal.csv"
   {
     echo "## Seal time (ms), local repository (pack, index, snapshot and catalog fsync'd per seal)"
     echo
-    echo "| files | first seal | one changed file: p50 | p90 |"
-    echo "|---|---|---|---|"
-    tail -n +2 "$W/seal.csv" | awk -F, '{printf "| %s | %s | %s | %s |\n", $1, $2, $3, $4}'
+    echo "| layout | files | first seal | one changed file: p50 | p90 |"
+    echo "|---|---|---|---|---|"
+    tail -n +2 "$W/seal.csv" | awk -F, '{printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5}'
     echo
   } >>"$OUT"
 fi

@@ -1,7 +1,8 @@
 //! Seal time against tree size: how long sealing one changed file takes in a tree of N files
-//! (issue 3: ≤ 10 ms at 100k files). Files sit 100 to a directory, directories 3 levels deep.
+//! (issue 3: ≤ 10 ms at 100k files). Files sit 100 to a directory, directories 3 levels deep;
+//! `flatN` puts all N files in one directory (a paged tree, `docs/format.md` §8.1).
 //!
-//! `cargo run --release -p tidemark-cluster --example seal_time -- [N…=1000 10000 100000]`
+//! `cargo run --release -p tidemark-cluster --example seal_time -- [N…=1000 10000 100000 flat100000]`
 //! prints, per N: the first (full) seal and the median / p90 of 30 seals after one changed file.
 //! The repository is in memory (the seal's own cost); with `SEAL_STORE=local` it is a local
 //! directory next to the state, so every seal also pays its fsyncs (pack, index, snapshot, catalog).
@@ -25,7 +26,10 @@ fn file(size: u64, mtime: i64) -> Node {
     }
 }
 
-fn path(i: usize) -> Vec<u8> {
+fn path(flat: bool, i: usize) -> Vec<u8> {
+    if flat {
+        return format!("flat/file-{i}").into_bytes();
+    }
     format!(
         "d{}/e{}/f{}/file-{i}",
         i / 100_000 % 10,
@@ -36,22 +40,23 @@ fn path(i: usize) -> Vec<u8> {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let sizes = if sizes.is_empty() {
-        vec![1000, 10_000, 100_000]
-    } else {
-        sizes
-    };
+    let mut sizes: Vec<String> = std::env::args().skip(1).collect();
+    if sizes.is_empty() {
+        sizes = ["1000", "10000", "100000", "flat100000"]
+            .map(String::from)
+            .to_vec();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    println!("files,first_seal_ms,one_change_seal_p50_ms,one_change_seal_p90_ms,catalog_entries");
-    for n in sizes {
+    println!(
+        "layout,files,first_seal_ms,one_change_seal_p50_ms,one_change_seal_p90_ms,catalog_entries"
+    );
+    for arg in sizes {
+        let flat = arg.starts_with("flat");
+        let n: usize = arg.trim_start_matches("flat").parse().expect("N or flatN");
         let tmp = tempfile::tempdir().unwrap();
         let store: Arc<dyn tidemark_core::store::Store> =
             if std::env::var("SEAL_STORE").as_deref() == Ok("local") {
@@ -74,7 +79,7 @@ fn main() {
                 let edits = chunk
                     .iter()
                     .map(|&i| Edit::Put {
-                        path: path(i),
+                        path: path(flat, i),
                         node: file(i as u64, 1),
                     })
                     .collect();
@@ -92,7 +97,7 @@ fn main() {
             let mut times = Vec::new();
             for k in 0..30 {
                 let edits = vec![Edit::Put {
-                    path: path((k * 7919) % n),
+                    path: path(flat, (k * 7919) % n),
                     node: file(1, 1000 + k as i64),
                 }];
                 engine
@@ -107,7 +112,11 @@ fn main() {
             }
             times.sort_by(f64::total_cmp);
             let entries = engine.status().unwrap().catalog.entries;
-            println!("{n},{first:.1},{:.2},{:.2},{entries}", times[15], times[27]);
+            let layout = if flat { "flat" } else { "nested" };
+            println!(
+                "{layout},{n},{first:.1},{:.2},{:.2},{entries}",
+                times[15], times[27]
+            );
             engine.shutdown().await.unwrap();
         });
     }
