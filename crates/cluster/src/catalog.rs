@@ -183,7 +183,7 @@ impl Catalog {
                 // Version 1 had no `dirty` table: list every directory without a cached tree.
                 let mut t = cat.begin()?;
                 let cleared: Vec<u64> = {
-                    let dirs = t.txn.open_table(DIRS).map_err(|e| cat.err(e))?;
+                    let dirs = t.inner.open_table(DIRS).map_err(|e| cat.err(e))?;
                     let mut v = Vec::new();
                     for item in dirs.iter().map_err(|e| cat.err(e))? {
                         let (k, row) = item.map_err(|e| cat.err(e))?;
@@ -197,6 +197,20 @@ impl Catalog {
                 };
                 for d in cleared {
                     t.note_dirty(d)?;
+                }
+                let values: Vec<Vec<u8>> = {
+                    let e = t.inner.open_table(ENTRIES).map_err(|e| cat.err(e))?;
+                    let mut v = Vec::new();
+                    for item in e.iter().map_err(|e| cat.err(e))? {
+                        let (k, val) = item.map_err(|e| cat.err(e))?;
+                        if k.value().len() > 8 {
+                            v.push(val.value().to_vec());
+                        }
+                    }
+                    v
+                };
+                for v in values {
+                    t.count_bytes(&v, 1);
                 }
                 t.set_meta("version", &CATALOG_VERSION)?;
                 t.commit(true)?;
@@ -242,7 +256,11 @@ impl Catalog {
     /// Starts a write transaction.
     pub fn begin(&self) -> Result<Txn<'_>> {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        Ok(Txn { txn, cat: self })
+        Ok(Txn {
+            inner: txn,
+            cat: self,
+            bytes_delta: 0,
+        })
     }
 
     /// Whether nothing changed since the last seal (the watched directory's tree is cached).
@@ -380,8 +398,10 @@ impl tidemark_core::capture::LiveTree for Catalog {
 
 /// A write transaction over the catalog. Dropping it without [`Txn::commit`] discards it.
 pub struct Txn<'c> {
-    txn: WriteTransaction,
+    inner: WriteTransaction,
     cat: &'c Catalog,
+    /// Change of the files' total size in this transaction, added to `meta.bytes_total` at commit.
+    bytes_delta: i128,
 }
 
 impl Txn<'_> {
@@ -391,30 +411,61 @@ impl Txn<'_> {
 
     /// Commits; `durable` fsyncs (a seal), otherwise the commit survives only this process.
     pub fn commit(mut self, durable: bool) -> Result<()> {
+        if self.bytes_delta != 0 {
+            let total = self.bytes_total()?;
+            self.set_meta("bytes_total", &total)?;
+            self.bytes_delta = 0;
+        }
         let d = if durable {
             Durability::Immediate
         } else {
             Durability::None
         };
-        self.txn
+        self.inner
             .set_durability(d)
             .map_err(|e| Error::catalog(&self.cat.path, e))?;
         let path = self.cat.path.clone();
-        self.txn.commit().map_err(|e| Error::catalog(&path, e))
+        self.inner.commit().map_err(|e| Error::catalog(&path, e))
     }
 
     /// Sets a meta value.
     pub fn set_meta<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
         let v = serde_json::to_vec(value).expect("meta values serialize");
-        let mut t = self.txn.open_table(META).map_err(|e| self.cat.err(e))?;
+        let mut t = self.inner.open_table(META).map_err(|e| self.cat.err(e))?;
         t.insert(key, v.as_slice()).map_err(|e| self.cat.err(e))?;
         Ok(())
+    }
+
+    /// The total size of the files in the tree, as of this transaction's last commit point plus
+    /// what it changed.
+    pub fn bytes_total(&self) -> Result<u64> {
+        let stored: u64 = self.cat_meta_in_txn("bytes_total")?.unwrap_or(0);
+        Ok(u64::try_from((i128::from(stored) + self.bytes_delta).max(0)).unwrap_or(u64::MAX))
+    }
+
+    /// Notes that the entry with stored value `value` leaves the tree (`sign` -1) or enters it (+1).
+    fn count_bytes(&mut self, value: &[u8], sign: i128) {
+        if entry_dir(value) != 0 {
+            return;
+        }
+        #[derive(serde::Deserialize)]
+        struct Sized {
+            #[serde(rename = "type")]
+            kind: NodeTypeField,
+            #[serde(default)]
+            size: u64,
+        }
+        if let Ok(n) = serde_json::from_slice::<Sized>(&value[8..]) {
+            if n.kind.0 == NodeType::File {
+                self.bytes_delta += sign * i128::from(n.size);
+            }
+        }
     }
 
     /// Empties the tree: only the watched directory remains, with default metadata.
     pub fn reset_root(&mut self) -> Result<()> {
         {
-            let mut e = self.txn.open_table(ENTRIES).map_err(|e| self.cat.err(e))?;
+            let mut e = self.inner.open_table(ENTRIES).map_err(|e| self.cat.err(e))?;
             e.retain(|_, _| false).map_err(|e| self.cat.err(e))?;
             e.insert(
                 key(0, b"").as_slice(),
@@ -422,7 +473,7 @@ impl Txn<'_> {
             )
             .map_err(|e| self.cat.err(e))?;
         }
-        let mut d = self.txn.open_table(DIRS).map_err(|e| self.cat.err(e))?;
+        let mut d = self.inner.open_table(DIRS).map_err(|e| self.cat.err(e))?;
         d.retain(|_, _| false).map_err(|e| self.cat.err(e))?;
         let row = DirRow {
             parent: 0,
@@ -432,17 +483,19 @@ impl Txn<'_> {
         d.insert(ROOT_DIR, row.encode().as_slice())
             .map_err(|e| self.cat.err(e))?;
         drop(d);
-        let mut p = self.txn.open_table(PAGES).map_err(|e| self.cat.err(e))?;
+        let mut p = self.inner.open_table(PAGES).map_err(|e| self.cat.err(e))?;
         p.retain(|_, _| false).map_err(|e| self.cat.err(e))?;
         drop(p);
-        let mut dirty = self.txn.open_table(DIRTY).map_err(|e| self.cat.err(e))?;
+        let mut dirty = self.inner.open_table(DIRTY).map_err(|e| self.cat.err(e))?;
         dirty.retain(|_, _| false).map_err(|e| self.cat.err(e))?;
         drop(dirty);
+        self.bytes_delta = 0;
+        self.set_meta("bytes_total", &0u64)?;
         self.note_dirty(ROOT_DIR)
     }
 
     fn get_entry(&self, parent: u64, name: &[u8]) -> Result<Option<(u64, Vec<u8>)>> {
-        let t = self.txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
+        let t = self.inner.open_table(ENTRIES).map_err(|e| self.err(e))?;
         let v = t
             .get(key(parent, name).as_slice())
             .map_err(|e| self.err(e))?;
@@ -453,18 +506,31 @@ impl Txn<'_> {
     }
 
     fn insert_entry(&mut self, parent: u64, name: &[u8], value: &[u8]) -> Result<()> {
-        let mut t = self.txn.open_table(ENTRIES).map_err(|e| self.cat.err(e))?;
-        t.insert(key(parent, name).as_slice(), value)
-            .map_err(|e| self.cat.err(e))?;
+        let mut t = self.inner.open_table(ENTRIES).map_err(|e| self.cat.err(e))?;
+        let old = t
+            .insert(key(parent, name).as_slice(), value)
+            .map_err(|e| self.cat.err(e))?
+            .map(|v| v.value().to_vec());
         drop(t);
+        if let Some(old) = old {
+            self.count_bytes(&old, -1);
+        }
+        if parent != 0 {
+            self.count_bytes(value, 1);
+        }
         self.mark_page(parent, name)
     }
 
     fn remove_entry(&mut self, parent: u64, name: &[u8]) -> Result<()> {
-        let mut t = self.txn.open_table(ENTRIES).map_err(|e| self.cat.err(e))?;
-        t.remove(key(parent, name).as_slice())
-            .map_err(|e| self.cat.err(e))?;
+        let mut t = self.inner.open_table(ENTRIES).map_err(|e| self.cat.err(e))?;
+        let old = t
+            .remove(key(parent, name).as_slice())
+            .map_err(|e| self.cat.err(e))?
+            .map(|v| v.value().to_vec());
         drop(t);
+        if let Some(old) = old {
+            self.count_bytes(&old, -1);
+        }
         self.mark_page(parent, name)
     }
 
@@ -474,7 +540,7 @@ impl Txn<'_> {
         if dir == 0 {
             return Ok(());
         }
-        let mut t = self.txn.open_table(PAGES).map_err(|e| self.cat.err(e))?;
+        let mut t = self.inner.open_table(PAGES).map_err(|e| self.cat.err(e))?;
         let found = {
             let mut range = t
                 .range(key(dir, b"").as_slice()..=key(dir, name).as_slice())
@@ -500,14 +566,14 @@ impl Txn<'_> {
 
     /// Lists `dir` among the directories the next seal writes.
     fn note_dirty(&mut self, dir: u64) -> Result<()> {
-        let mut t = self.txn.open_table(DIRTY).map_err(|e| self.cat.err(e))?;
+        let mut t = self.inner.open_table(DIRTY).map_err(|e| self.cat.err(e))?;
         t.insert(dir, b"".as_slice()).map_err(|e| self.cat.err(e))?;
         Ok(())
     }
 
     /// The page rows of `dir` in order, as `(start name, row)`.
     fn page_rows(&self, dir: u64) -> Result<Vec<(Vec<u8>, PageRow)>> {
-        let t = self.txn.open_table(PAGES).map_err(|e| self.err(e))?;
+        let t = self.inner.open_table(PAGES).map_err(|e| self.err(e))?;
         let rows = t
             .range(key(dir, b"").as_slice()..key(dir + 1, b"").as_slice())
             .map_err(|e| self.err(e))?;
@@ -523,7 +589,7 @@ impl Txn<'_> {
     /// Removes every page row of `dir`.
     fn drop_pages(&mut self, dir: u64) -> Result<()> {
         let starts: Vec<Vec<u8>> = self.page_rows(dir)?.into_iter().map(|(k, _)| k).collect();
-        let mut t = self.txn.open_table(PAGES).map_err(|e| self.cat.err(e))?;
+        let mut t = self.inner.open_table(PAGES).map_err(|e| self.cat.err(e))?;
         for s in starts {
             t.remove(key(dir, &s).as_slice())
                 .map_err(|e| self.cat.err(e))?;
@@ -532,7 +598,7 @@ impl Txn<'_> {
     }
 
     fn dir_row(&self, dir: u64) -> Result<Option<DirRow>> {
-        let t = self.txn.open_table(DIRS).map_err(|e| self.err(e))?;
+        let t = self.inner.open_table(DIRS).map_err(|e| self.err(e))?;
         let Some(v) = t.get(dir).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
@@ -542,7 +608,7 @@ impl Txn<'_> {
     }
 
     fn set_dir_row(&mut self, dir: u64, row: &DirRow) -> Result<()> {
-        let mut t = self.txn.open_table(DIRS).map_err(|e| self.cat.err(e))?;
+        let mut t = self.inner.open_table(DIRS).map_err(|e| self.cat.err(e))?;
         t.insert(dir, row.encode().as_slice())
             .map_err(|e| self.cat.err(e))?;
         Ok(())
@@ -564,7 +630,7 @@ impl Txn<'_> {
     }
 
     fn cat_meta_in_txn<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let t = self.txn.open_table(META).map_err(|e| self.err(e))?;
+        let t = self.inner.open_table(META).map_err(|e| self.err(e))?;
         let Some(v) = t.get(key).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
@@ -631,18 +697,22 @@ impl Txn<'_> {
     fn remove_subtree(&mut self, dir: u64) -> Result<()> {
         let mut stack = vec![dir];
         while let Some(d) = stack.pop() {
-            let mut t = self.txn.open_table(ENTRIES).map_err(|e| self.cat.err(e))?;
-            for (k, v) in child_rows(&t, d).map_err(|e| self.cat.err(e))? {
+            let mut t = self.inner.open_table(ENTRIES).map_err(|e| self.cat.err(e))?;
+            let rows = child_rows(&t, d).map_err(|e| self.cat.err(e))?;
+            for (k, v) in &rows {
                 t.remove(k.as_slice()).map_err(|e| self.cat.err(e))?;
-                if entry_dir(&v) != 0 {
-                    stack.push(entry_dir(&v));
+                if entry_dir(v) != 0 {
+                    stack.push(entry_dir(v));
                 }
             }
             drop(t);
-            let mut dirs = self.txn.open_table(DIRS).map_err(|e| self.cat.err(e))?;
+            for (_, v) in &rows {
+                self.count_bytes(v, -1);
+            }
+            let mut dirs = self.inner.open_table(DIRS).map_err(|e| self.cat.err(e))?;
             dirs.remove(d).map_err(|e| self.cat.err(e))?;
             drop(dirs);
-            let mut dirty = self.txn.open_table(DIRTY).map_err(|e| self.cat.err(e))?;
+            let mut dirty = self.inner.open_table(DIRTY).map_err(|e| self.cat.err(e))?;
             dirty.remove(d).map_err(|e| self.cat.err(e))?;
             drop(dirty);
             self.drop_pages(d)?;
@@ -748,7 +818,7 @@ impl Txn<'_> {
         ends_page: &dyn Fn(&[u8]) -> bool,
     ) -> Result<(BlobId, Node)> {
         let listed: Vec<u64> = {
-            let t = self.txn.open_table(DIRTY).map_err(|e| self.err(e))?;
+            let t = self.inner.open_table(DIRTY).map_err(|e| self.err(e))?;
             let mut v = Vec::new();
             for item in t.iter().map_err(|e| self.err(e))? {
                 v.push(item.map_err(|e| self.err(e))?.0.value());
@@ -789,7 +859,7 @@ impl Txn<'_> {
             }
         }
         {
-            let mut t = self.txn.open_table(DIRTY).map_err(|e| self.cat.err(e))?;
+            let mut t = self.inner.open_table(DIRTY).map_err(|e| self.cat.err(e))?;
             for d in listed {
                 t.remove(d).map_err(|e| self.cat.err(e))?;
             }
@@ -850,7 +920,7 @@ impl Txn<'_> {
             store(&Tree::index(refs))?
         } else {
             let rows = {
-                let t = self.txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
+                let t = self.inner.open_table(ENTRIES).map_err(|e| self.err(e))?;
                 child_rows(&t, dir).map_err(|e| self.err(e))?
             };
             let nodes = rows
@@ -859,7 +929,7 @@ impl Txn<'_> {
                 .collect::<Result<Vec<_>>>()?;
             if nodes.len() > PAGED_OVER {
                 let mut refs = Vec::new();
-                let mut t = self.txn.open_table(PAGES).map_err(|e| self.cat.err(e))?;
+                let mut t = self.inner.open_table(PAGES).map_err(|e| self.cat.err(e))?;
                 for page in paginate(nodes, ends_page) {
                     let start = if refs.is_empty() {
                         Vec::new()
@@ -918,7 +988,7 @@ impl Txn<'_> {
             let mut cur_start: Vec<u8> = Vec::new();
             let scanned: Vec<Row> = {
                 // Scan lazily: usually one page and a bit.
-                let t = self.txn.open_table(ENTRIES).map_err(|e| self.err(e))?;
+                let t = self.inner.open_table(ENTRIES).map_err(|e| self.err(e))?;
                 let mut range = t
                     .range(key(dir, &rows[i].0).as_slice()..key(dir + 1, b"").as_slice())
                     .map_err(|e| self.err(e))?;
@@ -986,7 +1056,7 @@ impl Txn<'_> {
                 added.push((Vec::new(), first.1));
             }
         }
-        let mut t = self.txn.open_table(PAGES).map_err(|e| self.cat.err(e))?;
+        let mut t = self.inner.open_table(PAGES).map_err(|e| self.cat.err(e))?;
         for k in removed {
             t.remove(key(dir, &k).as_slice())
                 .map_err(|e| self.cat.err(e))?;
@@ -1037,7 +1107,7 @@ impl Txn<'_> {
             }
             if tree.is_paged() {
                 // Keep the stored pages, so the first change rewrites one page, not all.
-                let mut t = self.txn.open_table(PAGES).map_err(|e| self.cat.err(e))?;
+                let mut t = self.inner.open_table(PAGES).map_err(|e| self.cat.err(e))?;
                 let mut at = 0usize;
                 for (i, p) in tree.pages.iter().enumerate() {
                     let start = match i {
@@ -1253,6 +1323,14 @@ mod tests {
             t.commit(false).unwrap();
             let (root, _) = seal_all(&c);
             assert_eq!(root, fresh_root(&c), "round {round}");
+            let sizes: u64 = c
+                .walk()
+                .unwrap()
+                .iter()
+                .filter(|(_, n)| n.kind() == NodeType::File)
+                .map(|(_, n)| n.size)
+                .sum();
+            assert_eq!(c.begin().unwrap().bytes_total().unwrap(), sizes);
         }
     }
 

@@ -413,6 +413,7 @@ impl SmInner {
         packer.flush()?;
         packer.write_index()?;
 
+        let bytes_total = txn.bytes_total()?;
         let membership = StoredMembershipJson::from(&self.membership);
         let same_tree = self
             .sealed
@@ -440,6 +441,7 @@ impl SmInner {
                 program_version: format!("tidemark {}", env!("CARGO_PKG_VERSION")),
                 summary: Summary {
                     files_changed: self.stats.edits_since_seal,
+                    bytes_total,
                     data_blobs_new: packer.data_new,
                     tree_blobs_new: packer.trees_new,
                     data_added: packer.data_added,

@@ -197,6 +197,22 @@ fn every_kind_of_change_is_sealed() {
             "delete file",
             Box::new(|s: &Path| std::fs::remove_file(s.join("hard")).unwrap()),
         ),
+        (
+            "a directory over the paging threshold",
+            Box::new(|s: &Path| {
+                std::fs::create_dir(s.join("big")).unwrap();
+                for i in 0..1300 {
+                    std::fs::write(s.join(format!("big/f-{i:04}")), format!("{i}")).unwrap();
+                }
+            }),
+        ),
+        (
+            "overwrite and delete in a paged directory",
+            Box::new(|s: &Path| {
+                std::fs::write(s.join("big/f-0500"), b"changed").unwrap();
+                std::fs::remove_file(s.join("big/f-0900")).unwrap();
+            }),
+        ),
     ];
     for (what, step) in &steps {
         step(&src);
@@ -210,6 +226,19 @@ fn every_kind_of_change_is_sealed() {
     assert!(
         snaps.as_array().unwrap().len() >= steps.len(),
         "a snapshot per change"
+    );
+    let files: u64 = super::common::describe(&src)
+        .keys()
+        .map(|p| src.join(p))
+        .filter_map(|p| std::fs::symlink_metadata(p).ok())
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.len())
+        .sum();
+    let latest = snaps.as_array().unwrap().last().unwrap();
+    assert_eq!(
+        latest["summary"]["bytes_total"].as_u64(),
+        Some(files),
+        "the latest snapshot records the files' total size: {latest}"
     );
 }
 
