@@ -293,29 +293,11 @@ impl Capturer {
     pub fn finish_round(&mut self, tree: &dyn LiveTree, sink: &mut dyn Sink) -> Result<()> {
         let dirs = std::mem::take(&mut self.touched_dirs);
         for dir in dirs.iter().rev() {
-            if self.excluded(dir) {
-                continue;
-            }
-            let abs = self.abs(dir);
-            let Ok(meta) = std::fs::symlink_metadata(&abs) else {
-                continue;
-            };
-            if !meta.is_dir() {
-                continue;
-            }
-            self.fresh_view(dir, false, sink)?;
-            match tree.node(dir)? {
-                Some(old) if old.kind() == NodeType::Dir => {
-                    let mut node = node_from_metadata(&meta);
-                    node.xattrs = read_xattrs(&abs).unwrap_or_default();
-                    if !same_meta(&old, &node) {
-                        self.push(Edit::Put {
-                            path: dir.clone(),
-                            node,
-                        });
-                    }
-                }
-                _ => self.read_path(dir, tree, sink)?,
+            // Only directories that still are: a directory that went away or became something
+            // else has its own event.
+            let is_dir = std::fs::symlink_metadata(self.abs(dir)).is_ok_and(|m| m.is_dir());
+            if is_dir && !self.excluded(dir) {
+                self.read_path(dir, tree, sink)?;
             }
         }
         self.flush(sink)
