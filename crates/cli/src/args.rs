@@ -64,6 +64,14 @@ pub enum Command {
     Stats(StatsArgs),
     /// Manage passwords (key files).
     Key(KeyArgs),
+    /// Forget snapshots by a retention policy (or by id): deletes the snapshot objects.
+    ///
+    /// Without --keep-* flags the repository's policy applies (`tidemark policy show`), or the
+    /// built-in one for half-second snapshots. Snapshots are judged per host and paths.
+    /// The data they alone used stays until `prune`.
+    Forget(crate::forget::ForgetArgs),
+    /// Show, set or reset the repository's default retention policy.
+    Policy(crate::forget::PolicyArgs),
     /// Watch a directory: capture every change into the log and seal a snapshot every 500 ms.
     ///
     /// Runs in the foreground until SIGINT or SIGTERM, then captures what is pending, seals a
@@ -130,6 +138,9 @@ pub struct BackupArgs {
     /// Hostname to record (default: this machine's).
     #[arg(long)]
     pub host: Option<String>,
+    /// Record this time (RFC 3339) as the snapshot's instead of now, e.g. when importing history.
+    #[arg(long, value_name = "TIME")]
+    pub time: Option<chrono::DateTime<chrono::FixedOffset>>,
 }
 
 #[derive(Debug, Args)]

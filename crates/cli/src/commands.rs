@@ -43,6 +43,8 @@ pub fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
         Command::Cat(a) => cat(g, a),
         Command::Stats(a) => stats(g, a.snapshot.as_deref()),
         Command::Key(a) => key(g, &a.command),
+        Command::Forget(a) => crate::forget::forget(g, a),
+        Command::Policy(a) => crate::forget::policy(g, a),
         Command::Watch(a) => crate::watch::watch(g, a, cancel),
         Command::Recover(a) => crate::watch::recover(g, a),
         Command::Status(a) => crate::watch::status(g, a),
@@ -135,6 +137,7 @@ fn backup(g: &Global, a: &BackupArgs, cancel: &Arc<AtomicBool>) -> Result<Outcom
         hostname,
         username: open::username(),
         readers: 0,
+        time: a.time.map(|t| t.with_timezone(&chrono::Utc)),
     };
     let progress = Arc::new(BackupProgress::default());
     let mode = Mode::choose(g.json, g.quiet);

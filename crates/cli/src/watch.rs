@@ -75,21 +75,38 @@ pub struct StatusArgs {
 /// "500ms", "2s", "5m", "1h", "1d"; a bare number is seconds.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 2s, 5m, 1h"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        u => return Err(format!("unknown duration unit {u:?} (ms, s, m, h, d)")),
-    };
+    let bad = || format!("{s:?} is not a duration like 500ms, 2s, 5m, 1h, 7d, 1d12h, 2w, 1y");
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut rest = s;
+    let mut secs = 0.0;
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (num, after) = rest.split_at(split);
+        let end = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(end);
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        secs += match unit.trim() {
+            "ms" => n / 1000.0,
+            "" | "s" => n,
+            "m" | "min" => n * 60.0,
+            "h" => n * 3600.0,
+            "d" => n * 86400.0,
+            "w" => n * 7.0 * 86400.0,
+            "y" => n * 365.0 * 86400.0,
+            u => {
+                return Err(format!(
+                    "unknown duration unit {u:?} (ms, s, m, h, d, w, y)"
+                ))
+            }
+        };
+        rest = next;
+    }
     Ok(Duration::from_secs_f64(secs))
 }
 

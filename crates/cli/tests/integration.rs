@@ -4,6 +4,7 @@ mod integration {
     pub mod cli;
     pub mod common;
     pub mod crash;
+    pub mod forget;
     pub mod golden;
     pub mod kill;
     pub mod props;

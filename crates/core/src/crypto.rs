@@ -29,6 +29,8 @@ pub enum Domain {
     Index,
     /// A snapshot.
     Snapshot,
+    /// A retention policy.
+    Policy,
     /// The local snapshot cache (`docs/format.md` §16); never stored in a repository.
     SnapshotCache,
 }
@@ -40,6 +42,7 @@ impl Domain {
             Domain::PackHeader => b"H",
             Domain::Index => b"I",
             Domain::Snapshot => b"S",
+            Domain::Policy => b"P",
             Domain::SnapshotCache => b"C",
         }
     }

@@ -29,6 +29,7 @@ pub mod check;
 pub mod chunk;
 pub mod crypto;
 mod error;
+pub mod forget;
 pub mod id;
 pub mod pack;
 pub mod repo;

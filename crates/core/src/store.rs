@@ -17,6 +17,8 @@ pub enum Kind {
     Key,
     /// Snapshot objects.
     Snapshot,
+    /// The repository's retention policy (`docs/format.md` §18).
+    Policy,
     /// Index files.
     Index,
     /// Pack files.
@@ -29,10 +31,11 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind a store holds as separate objects, in the order `check` walks them.
-    pub const STORED: [Kind; 5] = [
+    pub const STORED: [Kind; 6] = [
         Kind::Config,
         Kind::Key,
         Kind::Snapshot,
+        Kind::Policy,
         Kind::Index,
         Kind::Pack,
     ];
@@ -43,6 +46,7 @@ impl Kind {
             Kind::Config => "",
             Kind::Key => "keys",
             Kind::Snapshot => "snapshots",
+            Kind::Policy => "policies",
             Kind::Index => "index",
             Kind::Pack | Kind::Blob | Kind::Tree => "data",
         }
@@ -55,6 +59,7 @@ impl fmt::Display for Kind {
             Kind::Config => "config",
             Kind::Key => "key",
             Kind::Snapshot => "snapshot",
+            Kind::Policy => "policy",
             Kind::Index => "index",
             Kind::Pack => "pack",
             Kind::Blob => "blob",

@@ -56,6 +56,8 @@ pub struct BackupOptions {
     pub username: String,
     /// Reader threads (0 = number of cores).
     pub readers: usize,
+    /// The snapshot's time instead of the start (importing history, tests).
+    pub time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Live counters, readable from another thread for a progress display.
@@ -892,7 +894,10 @@ pub fn backup(
     };
     let snapshot = Snapshot {
         version: 1,
-        time: start.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        time: opts
+            .time
+            .unwrap_or(start)
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
         hostname: opts.hostname.clone(),
         username: opts.username.clone(),
         uid: nix::unistd::getuid().as_raw(),

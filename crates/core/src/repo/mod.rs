@@ -25,6 +25,7 @@ pub use writer::{BlobWriter, FinishedPack, PackEntries, WriterStats};
 use crate::chunk::{Chunker, ChunkerParams};
 use crate::crypto::{Crypto, Domain, KdfParams, KeyFile, MasterKey};
 use crate::error::{Error, Result};
+use crate::forget::StoredPolicy;
 use crate::id::{BlobId, ObjectId, PackId, SnapshotId};
 use crate::pack::{self, BlobEntry, BlobKind, FLAG_ZSTD, TRAILER_LEN};
 use crate::snapshot::cache::{self, CacheFile, CacheStats, SnapshotList};
@@ -446,6 +447,37 @@ impl Repository {
         }
         out.push(encode(&Tree::index(refs)));
         out
+    }
+
+    /// The repository's default retention policy, if one was set (the newest, `docs/format.md`
+    /// §18).
+    pub fn load_policy(&self) -> Result<Option<StoredPolicy>> {
+        let mut best: Option<StoredPolicy> = None;
+        for (id, _) in self.store.list(Kind::Policy)? {
+            let bytes = match self.store.get(Kind::Policy, &id, None) {
+                Ok(b) => b,
+                Err(Error::NotFound { .. }) => continue, // replaced meanwhile
+                Err(e) => return Err(e),
+            };
+            let p = StoredPolicy::open(&self.crypto, &id, &bytes)?;
+            if best.as_ref().is_none_or(|b| b.time < p.time) {
+                best = Some(p);
+            }
+        }
+        Ok(best)
+    }
+
+    /// Stores `policy` as the default, then deletes the older ones.
+    pub fn save_policy(&self, policy: &StoredPolicy) -> Result<ObjectId> {
+        let (id, bytes) = policy.seal(&self.crypto);
+        let old = self.store.list(Kind::Policy)?;
+        self.store.put(Kind::Policy, &id, &bytes)?;
+        for (o, _) in old {
+            if o != id {
+                self.store.delete(Kind::Policy, &o)?;
+            }
+        }
+        Ok(id)
     }
 
     /// Stores a snapshot object; call only after everything it references is indexed.
