@@ -465,7 +465,10 @@ impl Txn<'_> {
     /// Empties the tree: only the watched directory remains, with default metadata.
     pub fn reset_root(&mut self) -> Result<()> {
         {
-            let mut e = self.inner.open_table(ENTRIES).map_err(|e| self.cat.err(e))?;
+            let mut e = self
+                .inner
+                .open_table(ENTRIES)
+                .map_err(|e| self.cat.err(e))?;
             e.retain(|_, _| false).map_err(|e| self.cat.err(e))?;
             e.insert(
                 key(0, b"").as_slice(),
@@ -506,7 +509,10 @@ impl Txn<'_> {
     }
 
     fn insert_entry(&mut self, parent: u64, name: &[u8], value: &[u8]) -> Result<()> {
-        let mut t = self.inner.open_table(ENTRIES).map_err(|e| self.cat.err(e))?;
+        let mut t = self
+            .inner
+            .open_table(ENTRIES)
+            .map_err(|e| self.cat.err(e))?;
         let old = t
             .insert(key(parent, name).as_slice(), value)
             .map_err(|e| self.cat.err(e))?
@@ -522,7 +528,10 @@ impl Txn<'_> {
     }
 
     fn remove_entry(&mut self, parent: u64, name: &[u8]) -> Result<()> {
-        let mut t = self.inner.open_table(ENTRIES).map_err(|e| self.cat.err(e))?;
+        let mut t = self
+            .inner
+            .open_table(ENTRIES)
+            .map_err(|e| self.cat.err(e))?;
         let old = t
             .remove(key(parent, name).as_slice())
             .map_err(|e| self.cat.err(e))?
@@ -697,7 +706,10 @@ impl Txn<'_> {
     fn remove_subtree(&mut self, dir: u64) -> Result<()> {
         let mut stack = vec![dir];
         while let Some(d) = stack.pop() {
-            let mut t = self.inner.open_table(ENTRIES).map_err(|e| self.cat.err(e))?;
+            let mut t = self
+                .inner
+                .open_table(ENTRIES)
+                .map_err(|e| self.cat.err(e))?;
             let rows = child_rows(&t, d).map_err(|e| self.cat.err(e))?;
             for (k, v) in &rows {
                 t.remove(k.as_slice()).map_err(|e| self.cat.err(e))?;
