@@ -70,6 +70,11 @@ pub enum Command {
     /// built-in one for half-second snapshots. Snapshots are judged per host and paths.
     /// The data they alone used stays until `prune`.
     Forget(crate::forget::ForgetArgs),
+    /// Free the data no snapshot uses, while backups and watchers keep running (no lock).
+    ///
+    /// Unused and sparse packs are condemned now and deleted by a later prune, once they are
+    /// older than --keep-condemned and every running writer has seen that.
+    Prune(crate::forget::PruneArgs),
     /// Show, set or reset the repository's default retention policy.
     Policy(crate::forget::PolicyArgs),
     /// Watch a directory: capture every change into the log and seal a snapshot every 500 ms.

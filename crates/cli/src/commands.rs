@@ -45,6 +45,7 @@ pub fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
         Command::Key(a) => key(g, &a.command),
         Command::Forget(a) => crate::forget::forget(g, a),
         Command::Policy(a) => crate::forget::policy(g, a),
+        Command::Prune(a) => crate::forget::prune(g, a),
         Command::Watch(a) => crate::watch::watch(g, a, cancel),
         Command::Recover(a) => crate::watch::recover(g, a),
         Command::Status(a) => crate::watch::status(g, a),
@@ -119,8 +120,9 @@ fn backup(g: &Global, a: &BackupArgs, cancel: &Arc<AtomicBool>) -> Result<Outcom
     let excludes = open::excludes(&a.exclude, &a.exclude_file)?;
     let mut repo = open::open(g)?;
     let t0 = Instant::now();
-    repo.load_index().context("loading the index")?;
     let hostname = a.host.clone().unwrap_or_else(open::hostname);
+    repo.begin_session("backup", &hostname)?;
+    repo.load_index().context("loading the index")?;
     let parent = if a.force {
         None
     } else if let Some(p) = &a.parent {
@@ -161,6 +163,7 @@ fn backup(g: &Global, a: &BackupArgs, cancel: &Arc<AtomicBool>) -> Result<Outcom
         let _ = h.join();
     }
     let r = result?;
+    repo.end_session()?;
     print_path_errors(
         g,
         r.errors
@@ -239,7 +242,7 @@ fn partial(g: &Global, failed: usize, what: &str) -> Outcome {
 }
 
 /// Peak resident memory of this process so far, in bytes (reported after backup and restore).
-fn peak_rss() -> u64 {
+pub fn peak_rss() -> u64 {
     nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
         .map_or(0, |u| u64::try_from(u.max_rss()).unwrap_or(0) * 1024)
 }

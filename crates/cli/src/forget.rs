@@ -124,6 +124,124 @@ pub struct ForgetArgs {
     /// Print what would be forgotten; change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// Then run `prune` with its defaults.
+    #[arg(long)]
+    pub prune: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Print the plan; store and delete nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Delete condemned packs only after this long (and once every writer has seen them).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub keep_condemned: Duration,
+    /// Repack a pack when at least this share of it is unused.
+    #[arg(long, value_name = "PERCENT", default_value = "10%", value_parser = parse_percent)]
+    pub repack_threshold: f64,
+    /// Stop repacking once unused data is at most this share of the repository.
+    #[arg(long, value_name = "PERCENT", default_value = "5%", value_parser = parse_percent)]
+    pub max_unused: f64,
+    /// Repack at most this much per run (e.g. 10GiB).
+    #[arg(long, value_name = "SIZE", value_parser = crate::watch::parse_size)]
+    pub max_repack_size: Option<u64>,
+}
+
+impl Default for PruneArgs {
+    fn default() -> Self {
+        PruneArgs {
+            dry_run: false,
+            keep_condemned: Duration::from_secs(3600),
+            repack_threshold: 0.10,
+            max_unused: 0.05,
+            max_repack_size: None,
+        }
+    }
+}
+
+fn parse_percent(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage like 10%"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("{s:?} is not between 0% and 100%"));
+    }
+    Ok(v / 100.0)
+}
+
+pub fn prune(g: &Global, a: &PruneArgs) -> Result<Outcome> {
+    let mut repo = open::open(g)?;
+    let opts = tidemark_core::prune::PruneOptions {
+        dry_run: a.dry_run,
+        keep_condemned: a.keep_condemned,
+        repack_threshold: a.repack_threshold,
+        max_unused: a.max_unused,
+        max_repack_bytes: a.max_repack_size,
+        hostname: open::hostname(),
+    };
+    let t = std::time::Instant::now();
+    let r = tidemark_core::prune::prune(&mut repo, &opts)?;
+    let secs = t.elapsed().as_secs_f64();
+    let rss = crate::commands::peak_rss();
+    let mut out = std::io::stdout().lock();
+    if g.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["seconds"] = secs.into();
+        v["peak_rss_bytes"] = rss.into();
+        writeln!(out, "{v}")?;
+    } else if !g.quiet {
+        use crate::progress::bytes;
+        let verb = |now: &str, dry: &str| {
+            if r.dry_run {
+                dry.to_string()
+            } else {
+                now.to_string()
+            }
+        };
+        writeln!(
+            out,
+            "{} snapshots, {} packs ({}): {} blobs used, {} unused",
+            r.snapshots,
+            r.packs,
+            bytes(r.bytes),
+            r.blobs_used,
+            r.blobs_unused
+        )?;
+        writeln!(
+            out,
+            "{} {} packs ({}) condemned by earlier prunes; {} resurrected (used again); {} still waiting",
+            verb("deleted", "would delete"),
+            r.packs_deleted,
+            bytes(r.bytes_deleted),
+            r.packs_resurrected,
+            r.packs_waiting
+        )?;
+        for w in &r.waiting_for {
+            writeln!(out, "  waiting for {w}")?;
+        }
+        writeln!(
+            out,
+            "{} {} unused packs and {} repacked ones ({}; freed by a prune after --keep-condemned); {} new packs ({})",
+            verb("condemned", "would condemn"),
+            r.packs_unused,
+            r.packs_repacked,
+            bytes(r.bytes_condemned),
+            r.packs_new,
+            bytes(r.bytes_written)
+        )?;
+        writeln!(
+            out,
+            "unused data left in live packs: {}; {:.1} s, peak RSS {}, ~{} bytes of tables per blob",
+            bytes(r.bytes_unused_left),
+            secs,
+            bytes(rss),
+            r.bytes_per_blob
+        )?;
+    }
+    Ok(Outcome::Ok)
 }
 
 #[derive(Debug, Args)]
@@ -281,6 +399,7 @@ pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
     if !a.dry_run {
         delete_snapshots(&repo, &remove)?;
     }
+    drop(repo);
     let mut out = std::io::stdout().lock();
     if g.json {
         let mut v = plan_json;
@@ -292,12 +411,25 @@ pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
             writeln!(out, "{t}")?;
         }
         let verb = if a.dry_run { "would forget" } else { "forgot" };
+        let hint = if a.prune {
+            ""
+        } else {
+            "; run `tidemark prune` to free the data only they used"
+        };
         writeln!(
             out,
-            "{verb} {} of {} snapshots; run `tidemark prune` to free the data only they used",
+            "{verb} {} of {} snapshots{hint}",
             remove.len(),
             all.len()
         )?;
+    }
+    drop(out);
+    if a.prune {
+        let p = PruneArgs {
+            dry_run: a.dry_run,
+            ..PruneArgs::default()
+        };
+        return prune(g, &p);
     }
     Ok(Outcome::Ok)
 }

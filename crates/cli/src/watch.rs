@@ -201,6 +201,7 @@ pub fn watch(g: &Global, a: &WatchArgs, cancel: &AtomicBool) -> Result<Outcome> 
     let root = canonical_dir(&a.path)?;
     let excludes = open::excludes(&a.exclude, &a.exclude_file)?;
     let mut repo = open::open(g)?;
+    repo.begin_session("watch", &a.host.clone().unwrap_or_else(open::hostname))?;
     repo.load_index().context("loading the index")?;
     let (store, _) = open::store(g)?;
     let state_dir = match &a.state_dir {
@@ -308,6 +309,7 @@ pub fn watch(g: &Global, a: &WatchArgs, cancel: &AtomicBool) -> Result<Outcome> 
 pub fn recover(g: &Global, a: &RecoverArgs) -> Result<Outcome> {
     let state_dir = resolve_state_dir(g, a.state_dir.as_deref(), a.path.as_deref())?;
     let mut repo = open::open(g)?;
+    repo.begin_session("recover", &open::hostname())?;
     repo.load_index().context("loading the index")?;
     let wal = WalOptions {
         discard_after_corruption: a.discard_after_corruption,

@@ -8,6 +8,7 @@ mod integration {
     pub mod golden;
     pub mod kill;
     pub mod props;
+    pub mod prune;
     pub mod snapshots;
     pub mod watch;
 }

@@ -31,6 +31,10 @@ pub enum Domain {
     Snapshot,
     /// A retention policy.
     Policy,
+    /// A writer's session.
+    Session,
+    /// A deletion record.
+    Deletion,
     /// The local snapshot cache (`docs/format.md` §16); never stored in a repository.
     SnapshotCache,
 }
@@ -43,6 +47,8 @@ impl Domain {
             Domain::Index => b"I",
             Domain::Snapshot => b"S",
             Domain::Policy => b"P",
+            Domain::Session => b"W",
+            Domain::Deletion => b"D",
             Domain::SnapshotCache => b"C",
         }
     }

@@ -19,6 +19,10 @@ pub enum Kind {
     Snapshot,
     /// The repository's retention policy (`docs/format.md` §18).
     Policy,
+    /// A writer's lease (`docs/format.md` §19).
+    Session,
+    /// A record of packs condemned by prune (`docs/format.md` §19).
+    Deletion,
     /// Index files.
     Index,
     /// Pack files.
@@ -31,11 +35,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind a store holds as separate objects, in the order `check` walks them.
-    pub const STORED: [Kind; 6] = [
+    pub const STORED: [Kind; 8] = [
         Kind::Config,
         Kind::Key,
         Kind::Snapshot,
         Kind::Policy,
+        Kind::Session,
+        Kind::Deletion,
         Kind::Index,
         Kind::Pack,
     ];
@@ -47,6 +53,8 @@ impl Kind {
             Kind::Key => "keys",
             Kind::Snapshot => "snapshots",
             Kind::Policy => "policies",
+            Kind::Session => "sessions",
+            Kind::Deletion => "deletions",
             Kind::Index => "index",
             Kind::Pack | Kind::Blob | Kind::Tree => "data",
         }
@@ -60,6 +68,8 @@ impl fmt::Display for Kind {
             Kind::Key => "key",
             Kind::Snapshot => "snapshot",
             Kind::Policy => "policy",
+            Kind::Session => "session",
+            Kind::Deletion => "deletion record",
             Kind::Index => "index",
             Kind::Pack => "pack",
             Kind::Blob => "blob",

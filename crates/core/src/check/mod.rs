@@ -81,6 +81,15 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
         }
     }
 
+    // Packs condemned by prune (`docs/format.md` §19): a later prune deletes them, so one that
+    // is already gone while the index still lists it is not damage.
+    let condemned: HashSet<PackId> = match crate::lifecycle::deletions(&**store, crypto) {
+        Ok(records) => records.into_iter().flat_map(|(_, r)| r.packs).collect(),
+        Err(e) => {
+            report.errors.push(problem("deletion records".into(), &e));
+            HashSet::new()
+        }
+    };
     let mut idx = Index::default();
     let mut indexed: HashMap<PackId, Vec<crate::pack::BlobEntry>> = HashMap::new();
     for (id, _) in store.list(Kind::Index)? {
@@ -104,7 +113,31 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
     let stored: HashMap<PackId, u64> = store.list(Kind::Pack)?.into_iter().collect();
     report.packs = stored.len();
     let mut bad_packs: HashSet<PackId> = HashSet::new();
+    let gone: HashSet<PackId> = indexed
+        .keys()
+        .filter(|p| !stored.contains_key(*p) && condemned.contains(*p))
+        .copied()
+        .collect();
+    if !gone.is_empty() {
+        // Their blobs are not available: rebuild the lookup without them.
+        idx = Index::default();
+        for (p, entries) in indexed.iter().filter(|(p, _)| !gone.contains(*p)) {
+            idx.add_pack(*p, entries);
+        }
+    }
+    let waiting = indexed
+        .keys()
+        .filter(|p| condemned.contains(*p) && !gone.contains(*p))
+        .count();
+    if waiting > 0 {
+        report.warnings.push(format!(
+            "{waiting} packs are condemned by prune and await deletion by a later prune"
+        ));
+    }
     for (pack, entries) in &indexed {
+        if gone.contains(pack) {
+            continue;
+        }
         let Some(&len) = stored.get(pack) else {
             report.errors.push(Problem {
                 object: format!("pack {}", pack.short()),
@@ -146,7 +179,19 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
             }
         }
     }
-    for id in stored.keys().filter(|p| !indexed.contains_key(p)) {
+    for id in stored
+        .keys()
+        .filter(|p| !indexed.contains_key(*p) && condemned.contains(*p))
+    {
+        report.warnings.push(format!(
+            "pack {} is condemned by prune and no longer indexed; a later prune deletes it",
+            id.short()
+        ));
+    }
+    for id in stored
+        .keys()
+        .filter(|p| !indexed.contains_key(*p) && !condemned.contains(*p))
+    {
         report.warnings.push(format!("pack {} is not in any index (left by an interrupted backup; the next backup adopts it)", id.short()));
     }
 

@@ -2,7 +2,7 @@
 //!
 //! [`Index`] is the in-memory union of all index files; [`encode`]/[`decode`] are the file format.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::crypto::{Crypto, Domain};
 use crate::error::{Error, Result};
@@ -54,26 +54,60 @@ pub struct Index {
     packs: Vec<PackId>,
     pack_pos: HashMap<PackId, u32>,
     blobs: HashMap<BlobId, Location>,
+    /// Packs condemned by prune (`docs/format.md` §19): readable, never reused.
+    condemned: HashSet<PackId>,
+    condemned_pos: HashSet<u32>,
 }
 
 impl Index {
-    /// Adds one pack's entries; a blob already known keeps its first location.
+    /// Adds one pack's entries. A blob already known keeps its first location, unless that one
+    /// is in a condemned pack and this one is not.
     pub fn add_pack(&mut self, pack: PackId, entries: &[BlobEntry]) {
         let pos = *self.pack_pos.entry(pack).or_insert_with(|| {
             self.packs.push(pack);
             (self.packs.len() - 1) as u32
         });
+        if self.condemned.contains(&pack) {
+            self.condemned_pos.insert(pos);
+        }
+        let live = !self.condemned_pos.contains(&pos);
         self.blobs.reserve(entries.len());
         for e in entries {
             let kind_flags = e.flags | if e.kind == BlobKind::Tree { 0x80 } else { 0 };
-            self.blobs.entry(e.id).or_insert(Location {
+            let loc = Location {
                 pack: pos,
                 offset: e.offset,
                 stored_len: e.stored_len,
                 raw_len: e.raw_len,
                 kind_flags,
-            });
+            };
+            match self.blobs.entry(e.id) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(loc);
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    if live && self.condemned_pos.contains(&o.get().pack) {
+                        o.insert(loc);
+                    }
+                }
+            }
         }
+    }
+
+    /// Marks packs as condemned; call before adding index files, so that a blob with a copy
+    /// in a live pack is located there.
+    pub fn condemn(&mut self, packs: impl IntoIterator<Item = PackId>) {
+        for p in packs {
+            if let Some(pos) = self.pack_pos.get(&p) {
+                self.condemned_pos.insert(*pos);
+            }
+            self.condemned.insert(p);
+        }
+    }
+
+    /// Whether a pack is condemned.
+    pub fn is_condemned(&self, pack: &PackId) -> bool {
+        self.condemned.contains(pack)
     }
 
     /// Where a blob is.
@@ -83,9 +117,11 @@ impl Index {
             .map(|l| (self.packs[l.pack as usize], *l))
     }
 
-    /// Whether a blob is indexed.
+    /// Whether a blob may be reused by a writer: indexed, and not only in a condemned pack.
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.blobs.contains_key(id)
+        self.blobs
+            .get(id)
+            .is_some_and(|l| !self.condemned_pos.contains(&l.pack))
     }
 
     /// Whether a pack is referenced by the index.

@@ -11,7 +11,7 @@ mod config;
 pub mod index;
 mod writer;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,6 +27,7 @@ use crate::crypto::{Crypto, Domain, KdfParams, KeyFile, MasterKey};
 use crate::error::{Error, Result};
 use crate::forget::StoredPolicy;
 use crate::id::{BlobId, ObjectId, PackId, SnapshotId};
+use crate::lifecycle::{self, Session};
 use crate::pack::{self, BlobEntry, BlobKind, FLAG_ZSTD, TRAILER_LEN};
 use crate::snapshot::cache::{self, CacheFile, CacheStats, SnapshotList};
 use crate::snapshot::{
@@ -77,6 +78,10 @@ pub struct Repository {
     index: Index,
     /// Base directory of the local snapshot cache (`docs/format.md` §16); `None`: no cache.
     cache_dir: Option<PathBuf>,
+    /// This writer's lease (`docs/format.md` §19), if it writes.
+    session: Option<Session>,
+    /// Packs condemned by prune, with when (from the deletion records read by `load_index`).
+    condemned: HashMap<PackId, chrono::DateTime<chrono::Utc>>,
 }
 
 /// What loading the index found.
@@ -192,6 +197,8 @@ impl Repository {
             key_id,
             index: Index::default(),
             cache_dir: None,
+            session: None,
+            condemned: HashMap::new(),
         })
     }
 
@@ -250,12 +257,37 @@ impl Repository {
 
     /// Reads every index file into memory.
     pub fn load_index(&mut self) -> Result<IndexStats> {
+        self.load_index_visit(&mut |_, _, _| {})
+    }
+
+    /// Like [`Repository::load_index`], also showing every `(index file, pack, entries)` read
+    /// to `visit` (prune keeps per-pack lists).
+    pub fn load_index_visit(
+        &mut self,
+        visit: &mut dyn FnMut(&ObjectId, PackId, &[BlobEntry]),
+    ) -> Result<IndexStats> {
         let mut index = Index::default();
+        // Deletion records first: a blob with a copy outside condemned packs is located there.
+        self.condemned.clear();
+        for (_, r) in lifecycle::deletions(&*self.store, &self.crypto)? {
+            let t = r.time_at();
+            for p in r.packs {
+                let e = self.condemned.entry(p).or_insert(t);
+                *e = (*e).min(t);
+            }
+        }
+        index.condemn(self.condemned.keys().copied());
         let files = self.store.list(Kind::Index)?;
         for (id, _) in &files {
-            let bytes = self.store.get(Kind::Index, id, None)?;
+            let bytes = match self.store.get(Kind::Index, id, None) {
+                Ok(b) => b,
+                // Replaced by a prune between list and get: its packs are in the new file.
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             for (pack, entries) in index::open(&self.crypto, id, &bytes)? {
                 index.add_pack(pack, &entries);
+                visit(id, pack, &entries);
             }
         }
         self.index = index;
@@ -271,8 +303,44 @@ impl Repository {
         self.index.add_pack(pack, entries);
     }
 
+    /// Starts this writer's session (`docs/format.md` §19); call before [`Repository::load_index`],
+    /// so that the session's view covers the deletion records it reads.
+    pub fn begin_session(&mut self, command: &str, host: &str) -> Result<()> {
+        self.session = Some(Session::start(
+            Arc::clone(&self.store),
+            &self.crypto,
+            command,
+            host,
+        )?);
+        Ok(())
+    }
+
+    /// Ends this writer's session (after its last object is stored).
+    pub fn end_session(&mut self) -> Result<()> {
+        match self.session.take() {
+            Some(s) => s.end(),
+            None => Ok(()),
+        }
+    }
+
+    /// This writer's session, if it has one.
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    /// Fails if this writer's lease may have expired (it must store nothing more).
+    fn check_lease(&self) -> Result<()> {
+        self.session.as_ref().map_or(Ok(()), Session::check)
+    }
+
+    /// Packs condemned by prune, with the time of their deletion record.
+    pub fn condemned(&self) -> &HashMap<PackId, chrono::DateTime<chrono::Utc>> {
+        &self.condemned
+    }
+
     /// Writes an index file for `packs`.
     pub fn write_index(&self, packs: &[(PackId, Vec<BlobEntry>)]) -> Result<ObjectId> {
+        self.check_lease()?;
         let (id, bytes) = index::seal(&self.crypto, packs);
         self.store.put(Kind::Index, &id, &bytes)?;
         Ok(id)
@@ -482,6 +550,7 @@ impl Repository {
 
     /// Stores a snapshot object; call only after everything it references is indexed.
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
+        self.check_lease()?;
         let (id, bytes) = snap.seal(&self.crypto);
         self.store.put(Kind::Snapshot, &id, &bytes)?;
         Ok(id)
@@ -599,7 +668,7 @@ impl Repository {
             .store
             .list(Kind::Pack)?
             .into_iter()
-            .filter(|(id, _)| !self.index.has_pack(id))
+            .filter(|(id, _)| !self.index.has_pack(id) && !self.condemned.contains_key(id))
             .collect())
     }
 

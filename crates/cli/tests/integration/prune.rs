@@ -1,0 +1,266 @@
+//! `prune`: it frees what no snapshot uses, a crash at any of its writes or deletes leaves a
+//! repository that passes `check` with every kept snapshot intact, and it waits for writers that
+//! have not seen its deletion records.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidemark_core::check::{check, CheckOptions};
+use tidemark_core::id::ObjectId;
+use tidemark_core::lifecycle::Session;
+use tidemark_core::prune::{prune, PruneOptions};
+use tidemark_core::repo::Repository;
+use tidemark_core::restore::{restore, RestoreOptions, RestoreProgress};
+use tidemark_core::store::{Kind, Store};
+use tidemark_core::{Error, Result};
+use tidemark_testkit::MemStore;
+
+use super::common::{assert_same_tree, restored, tree_difference_except_atime, Repo};
+use super::crash::{open, run_backup, small_repo_options};
+
+/// After `budget` mutations (puts and deletes) every mutation fails, as if the process died.
+struct DyingStore {
+    inner: Arc<MemStore>,
+    budget: AtomicUsize,
+}
+
+impl DyingStore {
+    fn spend(&self, what: &'static str) -> Result<()> {
+        self.budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+            .map(|_| ())
+            .map_err(|_| Error::io(what, "store", std::io::Error::other("simulated crash")))
+    }
+}
+
+impl Store for DyingStore {
+    fn put(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<()> {
+        self.spend("writing")?;
+        self.inner.put(kind, id, bytes)
+    }
+    fn get(
+        &self,
+        kind: Kind,
+        id: &ObjectId,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Vec<u8>> {
+        self.inner.get(kind, id, range)
+    }
+    fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
+        self.inner.list(kind)
+    }
+    fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
+        self.spend("deleting")?;
+        self.inner.delete(kind, id)
+    }
+    fn location(&self) -> String {
+        "dying".into()
+    }
+}
+
+fn write_version(src: &Path, v: u64) {
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..6u64 {
+        // Half the files change between versions.
+        let seed = if i % 2 == 0 { i } else { i + 100 * v };
+        std::fs::write(
+            src.join(format!("d/f{i}")),
+            tidemark_testkit::seeded_bytes(200_000, seed),
+        )
+        .unwrap();
+    }
+}
+
+fn pack_bytes(mem: &MemStore) -> u64 {
+    mem.list(Kind::Pack).unwrap().iter().map(|(_, l)| l).sum()
+}
+
+fn now_opts() -> PruneOptions {
+    PruneOptions {
+        keep_condemned: Duration::ZERO,
+        ..PruneOptions::default()
+    }
+}
+
+/// Two snapshots, the first forgotten: returns the store and the kept snapshot's tree.
+fn repository_with_garbage(src: &Path) -> Arc<MemStore> {
+    let mem = Arc::new(MemStore::new());
+    Repository::init(mem.clone(), &small_repo_options()).unwrap();
+    write_version(src, 1);
+    let mut repo = open(mem.clone());
+    let first = run_backup(&mut repo, src).unwrap();
+    write_version(src, 2);
+    run_backup(&mut repo, src).unwrap();
+    let first_id = mem
+        .list(Kind::Snapshot)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .find(|id| repo.load_snapshot(id).unwrap().tree == first.snapshot.tree)
+        .unwrap();
+    mem.delete(Kind::Snapshot, &first_id).unwrap();
+    mem
+}
+
+fn assert_intact(mem: &Arc<MemStore>, src: &Path, target: &Path, what: &str) {
+    let repo = open(mem.clone());
+    let report = check(&repo, CheckOptions { read_data: true }).unwrap();
+    assert!(report.errors.is_empty(), "{what}: {:?}", report.errors);
+    let snaps = repo.snapshots().unwrap();
+    assert_eq!(snaps.len(), 1, "{what}");
+    let _ = std::fs::remove_dir_all(target);
+    restore(
+        &repo,
+        &snaps[0].1.tree,
+        &RestoreOptions {
+            target: target.to_path_buf(),
+            ..RestoreOptions::default()
+        },
+        &RestoreProgress::default(),
+    )
+    .unwrap();
+    // The test itself reads the source, so atimes move; everything else must be equal.
+    if let Some(d) = tree_difference_except_atime(src, &restored(target, src)) {
+        panic!("{what}: the kept snapshot does not restore the source: {d}");
+    }
+}
+
+#[test]
+fn prune_frees_unused_data_in_two_phases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let mem = repository_with_garbage(&src);
+    let before = pack_bytes(&mem);
+    let mut repo = open(mem.clone());
+    let r = prune(&mut repo, &now_opts()).unwrap();
+    assert!(r.blobs_unused > 0 && r.packs_deleted == 0, "{r:?}");
+    assert!(r.bytes_condemned > 0, "{r:?}");
+    assert_intact(&mem, &src, &tmp.path().join("t1"), "after condemning");
+    let mut repo = open(mem.clone());
+    let r = prune(&mut repo, &now_opts()).unwrap();
+    assert!(r.packs_deleted > 0, "{r:?}");
+    assert_intact(&mem, &src, &tmp.path().join("t2"), "after deleting");
+    let after = pack_bytes(&mem);
+    // Three of six files changed: about half the data was the forgotten snapshot's alone.
+    assert!(after * 10 < before * 7, "{before} → {after} bytes of packs");
+    assert!(
+        mem.list(Kind::Session).unwrap().is_empty(),
+        "sessions are ended"
+    );
+}
+
+#[test]
+fn prune_waits_for_a_writer_that_has_not_seen_its_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let mem = repository_with_garbage(&src);
+    let repo = open(mem.clone());
+    // A writer that started before the packs were condemned.
+    let writer = Session::start(mem.clone(), repo.crypto(), "backup", "other").unwrap();
+    let mut repo = open(mem.clone());
+    prune(&mut repo, &now_opts()).unwrap();
+    let mut repo = open(mem.clone());
+    let r = prune(&mut repo, &now_opts()).unwrap();
+    assert_eq!(r.packs_deleted, 0, "{r:?}");
+    assert!(
+        r.packs_waiting > 0 && r.waiting_for[0].contains("backup on other"),
+        "{r:?}"
+    );
+    writer.end().unwrap();
+    let mut repo = open(mem.clone());
+    let r = prune(&mut repo, &now_opts()).unwrap();
+    assert!(r.packs_deleted > 0, "{r:?}");
+    // A second prune at the same time is refused, not raced.
+    let repo = open(mem.clone());
+    let other = Session::start(mem.clone(), repo.crypto(), "prune", "other").unwrap();
+    let mut repo = open(mem.clone());
+    let e = prune(&mut repo, &now_opts()).unwrap_err();
+    assert!(e.to_string().contains("another prune is running"), "{e}");
+    other.end().unwrap();
+}
+
+#[test]
+fn a_crash_at_every_write_or_delete_of_prune_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    // Count the mutations of two complete prunes (condemn, then delete).
+    let mem = repository_with_garbage(&src);
+    let dying = Arc::new(DyingStore {
+        inner: mem.clone(),
+        budget: AtomicUsize::new(usize::MAX),
+    });
+    for _ in 0..2 {
+        let mut repo = open(dying.clone());
+        prune(&mut repo, &now_opts()).unwrap();
+    }
+    let total = usize::MAX - dying.budget.load(Ordering::SeqCst);
+    assert!(total > 6, "only {total} mutations");
+    eprintln!("crashing prune at each of {total} writes and deletes");
+
+    for budget in 0..total {
+        let mem = repository_with_garbage(&src);
+        let dying = Arc::new(DyingStore {
+            inner: mem.clone(),
+            budget: AtomicUsize::new(budget),
+        });
+        let mut crashed = false;
+        for _ in 0..2 {
+            let mut repo = open(dying.clone());
+            if prune(&mut repo, &now_opts()).is_err() {
+                crashed = true;
+                break;
+            }
+        }
+        assert!(crashed, "budget {budget} of {total} did not crash");
+        let target = tmp.path().join(format!("t{budget}"));
+        assert_intact(
+            &mem,
+            &src,
+            &target,
+            &format!("crash after {budget} mutations"),
+        );
+        // The crashed prune's session would expire after 30 minutes; here it is cleared.
+        for (id, _) in mem.list(Kind::Session).unwrap() {
+            mem.delete(Kind::Session, &id).unwrap();
+        }
+        // Later prunes finish the job.
+        for _ in 0..2 {
+            let mut repo = open(mem.clone());
+            prune(&mut repo, &now_opts()).unwrap();
+        }
+        assert_intact(
+            &mem,
+            &src,
+            &target,
+            &format!("after recovering from {budget}"),
+        );
+        std::fs::remove_dir_all(&target).unwrap();
+    }
+}
+
+#[test]
+fn forget_prune_and_check_from_the_command_line() {
+    let repo = Repo::init();
+    let src = repo.dir.path().join("src");
+    write_version(&src, 1);
+    repo.ok(&["backup", "--quiet", src.to_str().unwrap()]);
+    write_version(&src, 2);
+    repo.ok(&["backup", "--quiet", src.to_str().unwrap()]);
+    let dry: serde_json::Value =
+        serde_json::from_str(&repo.ok(&["--json", "prune", "--dry-run"])).unwrap();
+    assert_eq!(dry["blobs_unused"], 0, "{dry}");
+    let out = repo.ok(&["forget", "--keep-last", "1", "--prune"]);
+    assert!(out.contains("condemned"), "{out}");
+    let out: serde_json::Value =
+        serde_json::from_str(&repo.ok(&["--json", "prune", "--keep-condemned", "0s"])).unwrap();
+    assert!(out["packs_deleted"].as_u64().unwrap() > 0, "{out}");
+    assert!(out["peak_rss_bytes"].as_u64().unwrap() > 0, "{out}");
+    repo.ok(&["check", "--read-data"]);
+    let target = repo.dir.path().join("restore");
+    repo.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(&src, &restored(&target, &src));
+    let bad = repo.run(&["prune", "--max-unused", "150%"]);
+    assert!(!bad.status.success());
+}

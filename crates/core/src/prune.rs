@@ -1,0 +1,433 @@
+//! `prune`: frees what no snapshot uses, while other writers keep writing (`docs/format.md` §19).
+//!
+//! ```text
+//! session ─▶ sessions ─▶ deletion records ─▶ index (per pack) ─▶ snapshots ─▶ mark
+//!   ─▶ sweep old records (delete, or resurrect what is used again)
+//!   ─▶ plan (unused / sparse / small packs) ─▶ repack ─▶ new index files
+//!   ─▶ condemn (one deletion record) ─▶ delete old index files and swept records ─▶ end session
+//! ```
+//! Nothing is deleted that a snapshot, or a writer that may not know yet, could use: packs are
+//! only condemned here, and deleted by a later prune once every live writer has seen the
+//! record. Memory: the per-pack entry lists (~60 bytes a blob), the index (~56 bytes a blob) and
+//! the mark set (~40 bytes a used blob).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::id::{BlobId, ObjectId, PackId};
+use crate::lifecycle::{self, DeletionRecord};
+use crate::pack::{BlobEntry, PackBuilder};
+use crate::repo::Repository;
+use crate::store::Kind;
+
+/// How `prune` decides.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Plan only; store and delete nothing.
+    pub dry_run: bool,
+    /// Condemned packs are deleted only after this long (and once every writer has seen it).
+    pub keep_condemned: Duration,
+    /// A pack whose unused share is at least this is repacked.
+    pub repack_threshold: f64,
+    /// Repacking stops once the unused bytes left are at most this share of the repository.
+    pub max_unused: f64,
+    /// At most this many bytes of packs are repacked in one run.
+    pub max_repack_bytes: Option<u64>,
+    /// Recorded in the session.
+    pub hostname: String,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            dry_run: false,
+            keep_condemned: Duration::from_secs(3600),
+            repack_threshold: 0.10,
+            max_unused: 0.05,
+            max_repack_bytes: None,
+            hostname: String::new(),
+        }
+    }
+}
+
+/// What `prune` found and did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Snapshots marked from.
+    pub snapshots: usize,
+    /// Indexed packs and their bytes before.
+    pub packs: usize,
+    /// Bytes in indexed packs before.
+    pub bytes: u64,
+    /// Blobs in use.
+    pub blobs_used: usize,
+    /// Indexed blobs no snapshot uses.
+    pub blobs_unused: usize,
+    /// Packs deleted now (condemned by an earlier prune, and unused since).
+    pub packs_deleted: usize,
+    /// Their bytes.
+    pub bytes_deleted: u64,
+    /// Condemned packs found in use again and kept.
+    pub packs_resurrected: usize,
+    /// Condemned packs not deleted yet: too recent, or a writer has not seen the record.
+    pub packs_waiting: usize,
+    /// Why some waiting packs wait (sessions that have not seen their record).
+    pub waiting_for: Vec<String>,
+    /// Packs condemned now because nothing in them is used.
+    pub packs_unused: usize,
+    /// Packs repacked (their used blobs copied to new packs, then condemned).
+    pub packs_repacked: usize,
+    /// Bytes of the packs repacked.
+    pub bytes_repacked: u64,
+    /// Bytes written to new packs.
+    pub bytes_written: u64,
+    /// New packs.
+    pub packs_new: usize,
+    /// Bytes condemned now (freed by a later prune).
+    pub bytes_condemned: u64,
+    /// Unused bytes left in live packs afterwards.
+    pub bytes_unused_left: u64,
+    /// Index files written / removed.
+    pub index_written: usize,
+    /// Index files removed.
+    pub index_removed: usize,
+    /// Estimated bytes of memory per indexed blob used by this run's tables.
+    pub bytes_per_blob: u64,
+}
+
+/// One pack as prune sees it.
+struct PackInfo {
+    entries: Vec<BlobEntry>,
+    used: u64,
+    total: u64,
+}
+
+/// Index files per new index file written.
+const PACKS_PER_INDEX: usize = 4096;
+
+/// Runs prune on `repo` (opened, index not necessarily loaded).
+pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    let mut report = PruneReport {
+        dry_run: opts.dry_run,
+        ..PruneReport::default()
+    };
+    if !opts.dry_run {
+        repo.begin_session("prune", &opts.hostname)?;
+    }
+    let result = run(repo, opts, &mut report);
+    if result.is_ok() {
+        repo.end_session()?;
+    }
+    result.map(|()| report)
+}
+
+fn run(repo: &mut Repository, opts: &PruneOptions, report: &mut PruneReport) -> Result<()> {
+    let store = std::sync::Arc::clone(repo.store());
+    let crypto = repo.crypto().clone();
+    let now = Utc::now();
+    let own = repo.session().map(|s| s.info().writer);
+
+    // 1. Sessions, then deletion records, index, snapshots: in that order (§19).
+    let sessions: Vec<lifecycle::SessionInfo> = lifecycle::sessions(&*store, &crypto)?
+        .into_iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.is_live(now) && Some(&s.writer) != own.as_ref())
+        .collect();
+    if let Some(other) = sessions.iter().find(|s| s.command == "prune") {
+        return Err(Error::Invalid(format!(
+            "another prune is running (host {}, pid {}, started {}); wait for it, or, if it died, \
+             for its session to expire 30 minutes after {}",
+            other.host, other.pid, other.started, other.refreshed
+        )));
+    }
+    let records = lifecycle::deletions(&*store, &crypto)?;
+    let mut packs: HashMap<PackId, PackInfo> = HashMap::new();
+    let mut index_files: HashSet<ObjectId> = HashSet::new();
+    repo.load_index_visit(&mut |file, pack, entries| {
+        index_files.insert(*file);
+        packs.entry(pack).or_insert_with(|| PackInfo {
+            entries: entries.to_vec(),
+            used: 0,
+            total: entries.iter().map(|e| u64::from(e.stored_len)).sum(),
+        });
+    })?;
+    let snapshots = repo.snapshots()?;
+    report.snapshots = snapshots.len();
+    report.packs = packs.len();
+    report.bytes = packs.values().map(|p| p.total).sum();
+
+    // 2. Mark.
+    let mut used: HashSet<BlobId> = HashSet::new();
+    let roots: Vec<BlobId> = snapshots.iter().map(|(_, s)| s.tree).collect();
+    repo.walk_trees(&roots, &mut |id, tree| {
+        used.insert(*id);
+        used.extend(tree.pages.iter().map(|p| p.tree));
+        for n in &tree.nodes {
+            used.extend(n.content.iter().copied());
+        }
+        Ok(())
+    })?;
+    for p in packs.values_mut() {
+        p.used = p
+            .entries
+            .iter()
+            .filter(|e| used.contains(&e.id))
+            .map(|e| u64::from(e.stored_len))
+            .sum();
+    }
+    let indexed_blobs: usize = packs.values().map(|p| p.entries.len()).sum();
+    report.blobs_used = used.len();
+    report.blobs_unused = packs
+        .values()
+        .flat_map(|p| p.entries.iter())
+        .filter(|e| !used.contains(&e.id))
+        .count();
+    report.bytes_per_blob = if indexed_blobs == 0 {
+        0
+    } else {
+        let tables = indexed_blobs * (std::mem::size_of::<BlobEntry>() + 56)
+            + used.capacity() * (std::mem::size_of::<BlobId>() + 8);
+        (tables / indexed_blobs) as u64
+    };
+
+    // Blobs with a copy in a pack no record condemns: a condemned copy of them is not needed.
+    let all_condemned: HashSet<PackId> = records
+        .iter()
+        .flat_map(|(_, r)| r.packs.iter().copied())
+        .collect();
+    let mut live_blobs: HashSet<BlobId> = HashSet::new();
+    for (id, p) in &packs {
+        if !all_condemned.contains(id) {
+            live_blobs.extend(
+                p.entries
+                    .iter()
+                    .filter(|e| used.contains(&e.id))
+                    .map(|e| e.id),
+            );
+        }
+    }
+
+    // 3. Sweep records that every live writer has seen and that are old enough.
+    let mut condemned: HashMap<PackId, chrono::DateTime<Utc>> = HashMap::new();
+    let mut swept_records = Vec::new();
+    let mut deleted: HashSet<PackId> = HashSet::new();
+    let mut to_delete: Vec<PackId> = Vec::new();
+    for (rid, r) in &records {
+        let t = r.time_at();
+        let old_enough = now
+            .signed_duration_since(t)
+            .to_std()
+            .is_ok_and(|age| age >= opts.keep_condemned);
+        let blockers: Vec<&lifecycle::SessionInfo> =
+            sessions.iter().filter(|s| s.view_at() < t).collect();
+        if !old_enough || !blockers.is_empty() {
+            for b in blockers {
+                let w = format!(
+                    "{} on {} (pid {}, since {})",
+                    b.command, b.host, b.pid, b.started
+                );
+                if !report.waiting_for.contains(&w) {
+                    report.waiting_for.push(w);
+                }
+            }
+            for p in &r.packs {
+                condemned.entry(*p).or_insert(t);
+            }
+            continue;
+        }
+        swept_records.push(*rid);
+        for p in &r.packs {
+            let needed = packs.get(p).is_some_and(|info| {
+                info.entries
+                    .iter()
+                    .any(|e| used.contains(&e.id) && !live_blobs.contains(&e.id))
+            });
+            if needed {
+                report.packs_resurrected += 1;
+            } else {
+                to_delete.push(*p);
+            }
+        }
+    }
+    // A pack a waiting record condemns is not deleted by an eligible one.
+    to_delete.retain(|p| !condemned.contains_key(p));
+    to_delete.sort_by_key(|p| p.0);
+    to_delete.dedup();
+    report.packs_waiting = condemned.len();
+
+    // 4. Plan. A blob stored twice (two writers raced, or an interrupted repack) counts as used
+    // in one pack only: the fullest, so the others can go.
+    let mut order: Vec<(f64, PackId)> = packs
+        .iter()
+        .filter(|(id, _)| !condemned.contains_key(*id) && !to_delete.contains(id))
+        .map(|(id, p)| (p.used as f64 / p.total.max(1) as f64, *id))
+        .collect();
+    order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1 .0.cmp(&b.1 .0)));
+    let mut owner: HashMap<BlobId, PackId> = HashMap::new();
+    for (_, id) in &order {
+        let p = packs.get_mut(id).expect("listed");
+        p.used = 0;
+        for e in &p.entries {
+            if used.contains(&e.id) && !owner.contains_key(&e.id) {
+                owner.insert(e.id, *id);
+                p.used += u64::from(e.stored_len);
+            }
+        }
+    }
+    let target = u64::from(repo.config().pack_size);
+    let live: Vec<(&PackId, &PackInfo)> = packs
+        .iter()
+        .filter(|(id, _)| !condemned.contains_key(*id) && !to_delete.contains(id))
+        .collect();
+    let total_live: u64 = live.iter().map(|(_, p)| p.total).sum();
+    let unused: Vec<PackId> = live
+        .iter()
+        .filter(|(_, p)| p.used == 0)
+        .map(|(id, _)| **id)
+        .collect();
+    let mut candidates: Vec<(PackId, f64, bool)> = live
+        .iter()
+        .filter(|(_, p)| p.used > 0)
+        .filter_map(|(id, p)| {
+            let share = (p.total - p.used) as f64 / p.total.max(1) as f64;
+            let small = p.total < target / 4;
+            (share >= opts.repack_threshold || small).then_some((**id, share, small))
+        })
+        .collect();
+    // Small packs are only worth merging when there are several.
+    if candidates
+        .iter()
+        .filter(|c| c.2 && c.1 < opts.repack_threshold)
+        .count()
+        < 2
+    {
+        candidates.retain(|c| c.1 >= opts.repack_threshold);
+    }
+    candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0 .0.cmp(&b.0 .0)));
+    let mut unused_left: u64 = live
+        .iter()
+        .filter(|(_, p)| p.used > 0)
+        .map(|(_, p)| p.total - p.used)
+        .sum();
+    let allowed_unused = (opts.max_unused * total_live as f64) as u64;
+    let mut repack: Vec<PackId> = Vec::new();
+    let mut repack_bytes = 0u64;
+    for (id, share, small) in candidates {
+        let p = &packs[&id];
+        if !small && share < 1.0 && unused_left <= allowed_unused {
+            continue;
+        }
+        if opts
+            .max_repack_bytes
+            .is_some_and(|max| repack_bytes + p.total > max)
+        {
+            continue;
+        }
+        repack_bytes += p.total;
+        unused_left -= p.total - p.used;
+        repack.push(id);
+    }
+    report.packs_unused = unused.len();
+    report.packs_repacked = repack.len();
+    report.bytes_repacked = repack_bytes;
+    report.bytes_unused_left = unused_left;
+    report.bytes_condemned = unused.iter().map(|id| packs[id].total).sum::<u64>() + repack_bytes;
+    report.packs_deleted = to_delete.len();
+    report.bytes_deleted = to_delete
+        .iter()
+        .filter_map(|id| packs.get(id))
+        .map(|p| p.total)
+        .sum();
+    if opts.dry_run {
+        return Ok(());
+    }
+
+    // Deletions first: every live writer has seen these records, and nothing uses the packs.
+    for id in &to_delete {
+        store.delete(Kind::Pack, id)?;
+        deleted.insert(*id);
+    }
+
+    // 5. Repack: copy used blobs, envelopes unchanged, into new packs.
+    let mut new_packs: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
+    let mut copied: HashSet<BlobId> = HashSet::new();
+    let mut builder = PackBuilder::new();
+    let mut flush =
+        |builder: &mut PackBuilder, new_packs: &mut Vec<(PackId, Vec<BlobEntry>)>| -> Result<()> {
+            if builder.is_empty() {
+                return Ok(());
+            }
+            let (id, bytes, entries) = std::mem::take(builder).finish(&crypto);
+            store.put(Kind::Pack, &id, &bytes)?;
+            report.bytes_written += bytes.len() as u64;
+            new_packs.push((id, entries));
+            Ok(())
+        };
+    for id in &repack {
+        let bytes = store.get(Kind::Pack, id, None)?;
+        if ObjectId::of(&bytes) != *id {
+            return Err(Error::corrupt(
+                Kind::Pack,
+                id,
+                "content does not match its name (BLAKE3 mismatch); not repacking it. Run \
+                 `tidemark check --read-data`",
+            ));
+        }
+        for e in &packs[id].entries {
+            if owner.get(&e.id) != Some(id) || !copied.insert(e.id) {
+                continue;
+            }
+            let range = e.offset as usize..(e.offset + e.stored_len) as usize;
+            let envelope = bytes.get(range).ok_or_else(|| {
+                Error::corrupt(
+                    Kind::Pack,
+                    id,
+                    format!("blob {} lies past the end", e.id.short()),
+                )
+            })?;
+            if !builder.is_empty() && builder.len() + envelope.len() > target as usize {
+                flush(&mut builder, &mut new_packs)?;
+            }
+            builder.add(e.id, e.kind, e.flags, e.raw_len, envelope);
+        }
+    }
+    flush(&mut builder, &mut new_packs)?;
+    report.packs_new = new_packs.len();
+
+    // 6. New index files: every pack not deleted, condemned ones included, and the new packs.
+    let mut keep: Vec<(PackId, Vec<BlobEntry>)> = packs
+        .into_iter()
+        .filter(|(id, _)| !deleted.contains(id))
+        .map(|(id, p)| (id, p.entries))
+        .collect();
+    keep.sort_by_key(|(id, _)| id.0);
+    keep.extend(new_packs);
+    let mut written = HashSet::new();
+    for part in keep.chunks(PACKS_PER_INDEX) {
+        written.insert(repo.write_index(part)?);
+    }
+    report.index_written = written.len();
+
+    // 7. Condemn what is unused now, and what was repacked.
+    let mut newly: Vec<PackId> = unused.into_iter().chain(repack).collect();
+    newly.sort_by_key(|p| p.0);
+    if !newly.is_empty() {
+        DeletionRecord::now(newly).store(&*store, &crypto)?;
+    }
+
+    // 8. Old index files, then the records that were swept.
+    for f in index_files.difference(&written) {
+        store.delete(Kind::Index, f)?;
+        report.index_removed += 1;
+    }
+    for r in swept_records {
+        store.delete(Kind::Deletion, &r)?;
+    }
+    Ok(())
+}
