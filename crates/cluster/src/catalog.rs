@@ -318,6 +318,45 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Calls `each` with every blob the catalog refers to: file chunks, and the cached tree and
+    /// page ids the next seal may reuse. Reads the whole catalog.
+    pub fn referenced_blobs(&self, each: &mut dyn FnMut(BlobId)) -> Result<()> {
+        #[derive(serde::Deserialize)]
+        struct Content {
+            #[serde(default)]
+            content: Vec<BlobId>,
+        }
+        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        let entries = r.open_table(ENTRIES).map_err(|e| self.err(e))?;
+        for item in entries.iter().map_err(|e| self.err(e))? {
+            let (_, v) = item.map_err(|e| self.err(e))?;
+            let v = v.value();
+            if v.len() > 8 && entry_dir(v) == 0 {
+                let c: Content = serde_json::from_slice(&v[8..])
+                    .map_err(|e| Error::catalog(&self.path, format!("entry node: {e}")))?;
+                c.content.into_iter().for_each(&mut *each);
+            }
+        }
+        let dirs = r.open_table(DIRS).map_err(|e| self.err(e))?;
+        for item in dirs.iter().map_err(|e| self.err(e))? {
+            let (_, v) = item.map_err(|e| self.err(e))?;
+            let row = DirRow::decode(v.value()).map_err(|e| Error::catalog(&self.path, e))?;
+            if let Some(t) = row.tree {
+                each(t);
+            }
+        }
+        if let Ok(pages) = r.open_table(PAGES) {
+            for item in pages.iter().map_err(|e| self.err(e))? {
+                let (_, v) = item.map_err(|e| self.err(e))?;
+                let row = PageRow::decode(v.value()).map_err(|e| Error::catalog(&self.path, e))?;
+                if row.clean {
+                    each(row.tree);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Resolves `path` in a read transaction: `(directory id, node)` of the entry, if present.
     fn lookup(&self, r: &redb::ReadTransaction, path: &[u8]) -> Result<Option<(u64, Node)>> {
         let entries = r.open_table(ENTRIES).map_err(|e| self.err(e))?;

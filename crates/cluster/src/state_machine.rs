@@ -119,6 +119,8 @@ struct Packer {
     data_new: u64,
     data_added: u64,
     data_packed: u64,
+    /// Blobs copied out of condemned packs.
+    copied: u64,
 }
 
 impl Packer {
@@ -144,6 +146,31 @@ impl Packer {
         self.pack.add(id, kind, flags, raw_len, envelope);
         self.in_pack.insert(id);
         Ok(())
+    }
+
+    /// Whether blob `id` is usable: known and live, or copied now out of a pack that prune
+    /// condemned (`docs/format.md` §19), so that nothing this state machine seals depends on a
+    /// condemned pack. `false`: the repository does not have it.
+    fn ensure_live(&mut self, id: &BlobId) -> Result<bool> {
+        if self.known(id) {
+            return Ok(true);
+        }
+        let found = self.repo.read().expect("repo lock").index().get(id);
+        let Some((pack, loc)) = found else {
+            return Ok(false);
+        };
+        let envelope = {
+            let repo = self.repo.read().expect("repo lock");
+            match repo.store().get(Kind::Pack, &pack, Some(loc.range())) {
+                Ok(e) if e.len() == loc.stored_len as usize => e,
+                // Deleted or damaged meanwhile: the blob is gone.
+                Ok(_) | Err(tidemark_core::Error::NotFound { .. }) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.add(*id, loc.kind(), loc.flags(), loc.raw_len, &envelope)?;
+        self.copied += 1;
+        Ok(true)
     }
 
     fn add_blob(&mut self, b: &NewBlob) -> Result<()> {
@@ -248,6 +275,7 @@ impl StateMachine {
                     data_new: 0,
                     data_added: 0,
                     data_packed: 0,
+                    copied: 0,
                 },
                 opts,
                 applied,
@@ -291,6 +319,28 @@ impl StateMachine {
     }
 
     /// Seals now (what openraft's snapshot builder calls): returns the snapshot meta and data.
+    /// Takes in packs that prune newly condemned (`docs/format.md` §19): from now on no blob
+    /// only they hold is reused, and every blob the catalog refers to that only they hold is
+    /// copied into a new pack, which is stored and indexed before this returns. Afterwards this
+    /// writer no longer depends on them. Returns the number of blobs copied.
+    pub fn revalidate(&self, packs: &[(PackId, chrono::DateTime<chrono::Utc>)]) -> Result<u64> {
+        let mut g = self.lock();
+        g.packer
+            .repo
+            .write()
+            .expect("repo lock")
+            .condemn_packs(packs);
+        let mut refs = Vec::new();
+        g.catalog.referenced_blobs(&mut |id| refs.push(id))?;
+        let before = g.packer.copied;
+        for id in refs {
+            g.packer.ensure_live(&id)?;
+        }
+        g.packer.flush()?;
+        g.packer.write_index()?;
+        Ok(g.packer.copied - before)
+    }
+
     pub fn seal(&self) -> Result<RaftSnapshot> {
         self.lock().seal()
     }
@@ -313,9 +363,13 @@ impl SmInner {
         for edit in &batch.edits {
             match edit {
                 Edit::Put { path, node } => {
-                    if node.kind() == NodeType::File
-                        && !node.content.iter().all(|id| self.packer.known(id))
-                    {
+                    let mut have_all = true;
+                    if node.kind() == NodeType::File {
+                        for id in &node.content {
+                            have_all &= self.packer.ensure_live(id)?;
+                        }
+                    }
+                    if !have_all {
                         tracing::warn!(path = %String::from_utf8_lossy(path), "put refers to chunks the repository does not have; rescanning");
                         result.rescan.push(path.clone());
                         continue;

@@ -244,6 +244,13 @@ impl Session {
         self.shared.renew()
     }
 
+    /// Declares that from `view` on this writer knows every deletion record made before (it
+    /// has stopped reusing, and copied what it needs out of, the packs they condemn); renews.
+    pub fn set_view(&self, view: DateTime<Utc>) -> Result<()> {
+        self.shared.current.lock().expect("session lock").1.view = now_text(view);
+        self.shared.renew()
+    }
+
     fn stop_thread(&mut self) {
         let (lock, cv) = &self.shared.stop;
         *lock.lock().expect("session lock") = true;

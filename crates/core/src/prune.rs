@@ -1,7 +1,7 @@
 //! `prune`: frees what no snapshot uses, while other writers keep writing (`docs/format.md` §19).
 //!
 //! ```text
-//! session ─▶ sessions ─▶ deletion records ─▶ index (per pack) ─▶ snapshots ─▶ mark
+//! session ─▶ sessions ─▶ deletion records ─▶ snapshots ─▶ index (per pack) ─▶ mark
 //!   ─▶ sweep old records (delete, or resurrect what is used again)
 //!   ─▶ plan (unused / sparse / small packs) ─▶ repack ─▶ new index files
 //!   ─▶ condemn (one deletion record) ─▶ delete old index files and swept records ─▶ end session
@@ -133,13 +133,22 @@ fn run(repo: &mut Repository, opts: &PruneOptions, report: &mut PruneReport) -> 
     let now = Utc::now();
     let own = repo.session().map(|s| s.info().writer);
 
-    // 1. Sessions, then deletion records, index, snapshots: in that order (§19).
+    // 1. Sessions, then deletion records, snapshots, index: in that order (§19).
     let sessions: Vec<lifecycle::SessionInfo> = lifecycle::sessions(&*store, &crypto)?
         .into_iter()
         .map(|(_, s)| s)
         .filter(|s| s.is_live(now) && Some(&s.writer) != own.as_ref())
         .collect();
-    if let Some(other) = sessions.iter().find(|s| s.command == "prune") {
+    // Two prunes would be safe together, but the second would leave index entries of packs the
+    // first deleted; so one waits. A prune killed on this host is recognised by its pid (only
+    // here: sweeping never trusts pids, host names can repeat across machines).
+    let running = |s: &&lifecycle::SessionInfo| {
+        s.command == "prune"
+            && !(s.host == opts.hostname
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), None)
+                    == Err(nix::errno::Errno::ESRCH))
+    };
+    if let Some(other) = sessions.iter().find(running) {
         return Err(Error::Invalid(format!(
             "another prune is running (host {}, pid {}, started {}); wait for it, or, if it died, \
              for its session to expire 30 minutes after {}",
@@ -147,6 +156,11 @@ fn run(repo: &mut Repository, opts: &PruneOptions, report: &mut PruneReport) -> 
         )));
     }
     let records = lifecycle::deletions(&*store, &crypto)?;
+    // Snapshots before the index: a writer indexes its packs before it stores the snapshot that
+    // uses them, so every snapshot listed here finds its blobs in the index read next. One stored
+    // later may use a pack that looks unused here; it is only condemned, and the sweep of a later
+    // prune (or the writer, copying what it needs) keeps what it uses.
+    let snapshots = repo.snapshots()?;
     let mut packs: HashMap<PackId, PackInfo> = HashMap::new();
     let mut index_files: HashSet<ObjectId> = HashSet::new();
     repo.load_index_visit(&mut |file, pack, entries| {
@@ -157,7 +171,6 @@ fn run(repo: &mut Repository, opts: &PruneOptions, report: &mut PruneReport) -> 
             total: entries.iter().map(|e| u64::from(e.stored_len)).sum(),
         });
     })?;
-    let snapshots = repo.snapshots()?;
     report.snapshots = snapshots.len();
     report.packs = packs.len();
     report.bytes = packs.values().map(|p| p.total).sum();

@@ -261,6 +261,43 @@ impl Sink for EngineSink<'_> {
     }
 }
 
+/// Reads the deletion records; when there are new ones, stops reusing their packs and copies
+/// out what the catalog still needs; then moves the session's view to the time before reading,
+/// which lets prune delete those packs. Returns the blobs copied.
+fn advance_view(engine: &Engine, repo: &RwLock<Repository>) -> Result<u64> {
+    let t = chrono::Utc::now();
+    let (store, crypto, known) = {
+        let r = repo.read().expect("repo lock");
+        (
+            Arc::clone(r.store()),
+            r.crypto().clone(),
+            r.condemned()
+                .keys()
+                .copied()
+                .collect::<std::collections::HashSet<_>>(),
+        )
+    };
+    let mut new = Vec::new();
+    for (_, rec) in tidemark_core::lifecycle::deletions(&*store, &crypto)? {
+        let at = rec.time_at();
+        new.extend(
+            rec.packs
+                .into_iter()
+                .filter(|p| !known.contains(p))
+                .map(|p| (p, at)),
+        );
+    }
+    let copied = if new.is_empty() {
+        0
+    } else {
+        engine.state_machine().revalidate(&new)?
+    };
+    if let Some(s) = repo.read().expect("repo lock").session() {
+        s.set_view(t)?;
+    }
+    Ok(copied)
+}
+
 /// Glob-escapes a literal path for an exclude pattern.
 fn escape_glob(p: &Path) -> String {
     let mut out = String::new();
@@ -427,6 +464,31 @@ pub fn watch(
                     let _ = write_status(&path, &status);
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+
+    // Every few minutes: take in new deletion records, so prune can free space while we run.
+    let view_task = {
+        let (engine, done, repo) = (engine.clone(), done.clone(), repo.clone());
+        let every = std::env::var("TIDEMARK_VIEW_EVERY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(tidemark_core::lifecycle::RENEW_EVERY, Duration::from_millis);
+        rt.spawn(async move {
+            let mut last = Instant::now();
+            while !done.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if last.elapsed() < every {
+                    continue;
+                }
+                last = Instant::now();
+                let (engine, repo) = (engine.clone(), repo.clone());
+                match tokio::task::spawn_blocking(move || advance_view(&engine, &repo)).await {
+                    Ok(Ok(0)) | Err(_) => {}
+                    Ok(Ok(n)) => tracing::info!("copied {n} blobs out of packs condemned by prune"),
+                    Ok(Err(e)) => tracing::warn!("taking in prune's deletion records: {e}"),
+                }
             }
         })
     };
@@ -624,6 +686,7 @@ pub fn watch(
     done.store(true, Ordering::Release);
     let sealer_result = rt.block_on(sealer);
     let _ = rt.block_on(status_task);
+    let _ = rt.block_on(view_task);
     result?;
     if let Ok(Err(e)) = sealer_result {
         return Err(e.into());

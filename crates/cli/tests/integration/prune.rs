@@ -19,6 +19,7 @@ use tidemark_testkit::MemStore;
 
 use super::common::{assert_same_tree, restored, tree_difference_except_atime, Repo};
 use super::crash::{open, run_backup, small_repo_options};
+use super::watch::Daemon;
 
 /// After `budget` mutations (puts and deletes) every mutation fails, as if the process died.
 struct DyingStore {
@@ -142,9 +143,14 @@ fn prune_frees_unused_data_in_two_phases() {
     let r = prune(&mut repo, &now_opts()).unwrap();
     assert!(r.packs_deleted > 0, "{r:?}");
     assert_intact(&mem, &src, &tmp.path().join("t2"), "after deleting");
+    // What the second run repacked (small packs merged) is deleted by a third.
+    let mut repo = open(mem.clone());
+    let r = prune(&mut repo, &now_opts()).unwrap();
     let after = pack_bytes(&mem);
-    // Three of six files changed: about half the data was the forgotten snapshot's alone.
-    assert!(after * 10 < before * 7, "{before} → {after} bytes of packs");
+    // Three of six files changed: a third of the data was the forgotten snapshot's alone (the
+    // ideal is 2/3 left; allow for packs below the repack threshold).
+    eprintln!("{before} → {after} bytes of packs; {r:?}");
+    assert!(after * 4 < before * 3, "{before} → {after} bytes of packs");
     assert!(
         mem.list(Kind::Session).unwrap().is_empty(),
         "sessions are ended"
@@ -263,4 +269,96 @@ fn forget_prune_and_check_from_the_command_line() {
     assert_same_tree(&src, &restored(&target, &src));
     let bad = repo.run(&["prune", "--max-unused", "150%"]);
     assert!(!bad.status.success());
+}
+
+#[test]
+fn prune_runs_while_watch_writes_and_both_are_killed() {
+    use rand::{Rng, SeedableRng};
+    use std::sync::atomic::AtomicBool;
+    let repo = Repo::init();
+    let src = repo.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let state = repo.dir.path().join("state");
+    // The daemon takes in deletion records every 200 ms instead of every 5 minutes.
+    let env = [("TIDEMARK_VIEW_EVERY_MS", "200")];
+    let mut daemon = Daemon::start_with(&repo, &src, &state, None, &env);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (src, stop) = (src.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let name = src.join(format!("f{}", i % 30));
+                if i.is_multiple_of(11) {
+                    let _ = std::fs::remove_file(&name);
+                } else {
+                    let tmp = src.join(format!(".f{}.tmp", i % 30));
+                    std::fs::write(
+                        &tmp,
+                        tidemark_testkit::seeded_bytes(40_000 + (i % 7) as usize * 3000, i),
+                    )
+                    .unwrap();
+                    std::fs::rename(&tmp, &name).unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(15));
+            }
+        })
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut deleted = 0;
+    let mut prunes = 0;
+    for round in 0..12 {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(300..900)));
+        repo.ok(&["forget", "--quiet", "--keep-last", "3"]);
+        let mut p = repo
+            .cmd()
+            .args(["--json", "prune", "--keep-condemned", "0s"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if round % 3 == 1 {
+            std::thread::sleep(Duration::from_millis(rng.gen_range(0..150)));
+            let _ = p.kill();
+        }
+        let out = p.wait_with_output().unwrap();
+        if out.status.success() {
+            prunes += 1;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            deleted += v["packs_deleted"].as_u64().unwrap();
+        } else if round % 3 != 1 {
+            panic!("prune failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if round % 4 == 3 {
+            daemon.kill9();
+            daemon = Daemon::start_with(&repo, &src, &state, None, &env);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.stop();
+    assert!(prunes >= 8, "{prunes} prunes finished");
+    assert!(deleted > 0, "prune deleted nothing while watch ran");
+    repo.ok(&["prune", "--keep-condemned", "0s"]);
+    repo.ok(&["check", "--read-data"]);
+    let snaps: serde_json::Value =
+        serde_json::from_str(&repo.ok(&["snapshots", "--json"])).unwrap();
+    let snaps = snaps.as_array().unwrap();
+    assert!(snaps.len() >= 3);
+    for (k, s) in snaps.iter().enumerate() {
+        let target = repo.dir.path().join(format!("r{k}"));
+        repo.ok(&[
+            "restore",
+            s["id"].as_str().unwrap(),
+            "--target",
+            target.to_str().unwrap(),
+        ]);
+        if k + 1 == snaps.len() {
+            if let Some(d) = tree_difference_except_atime(&src, &restored(&target, &src)) {
+                panic!("the latest snapshot differs from the tree: {d}");
+            }
+        }
+    }
 }

@@ -13,14 +13,26 @@ use rand::{Rng, SeedableRng};
 use super::common::{restored, tree_difference_except_atime, Repo};
 
 /// A running `tidemark watch --json`, with its output lines collected.
-struct Daemon {
+pub struct Daemon {
     child: Child,
     lines: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl Daemon {
-    fn start(repo: &Repo, src: &Path, state: &Path, ack: Option<&Path>) -> Daemon {
+    pub fn start(repo: &Repo, src: &Path, state: &Path, ack: Option<&Path>) -> Daemon {
+        Self::start_with(repo, src, state, ack, &[])
+    }
+
+    /// Like [`Daemon::start`] with extra environment variables.
+    pub fn start_with(
+        repo: &Repo,
+        src: &Path,
+        state: &Path,
+        ack: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut cmd = repo.cmd();
+        cmd.envs(env.iter().copied());
         cmd.args(["watch", "--json", "--seal-interval", "100ms", "--state-dir"])
             .arg(state)
             .arg(src)
@@ -65,7 +77,7 @@ impl Daemon {
         }
     }
 
-    fn stop(mut self) -> serde_json::Value {
+    pub fn stop(mut self) -> serde_json::Value {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -76,7 +88,7 @@ impl Daemon {
         self.wait_for("stopped", Duration::from_secs(5))
     }
 
-    fn kill9(mut self) {
+    pub fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }

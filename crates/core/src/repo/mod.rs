@@ -333,6 +333,16 @@ impl Repository {
         self.session.as_ref().map_or(Ok(()), Session::check)
     }
 
+    /// Takes in packs condemned by a deletion record read after [`Repository::load_index`]: their
+    /// blobs are no longer reused (a long-running writer calls this, then copies what it still
+    /// needs).
+    pub fn condemn_packs(&mut self, packs: &[(PackId, chrono::DateTime<chrono::Utc>)]) {
+        for (p, t) in packs {
+            self.condemned.entry(*p).or_insert(*t);
+        }
+        self.index.condemn(packs.iter().map(|(p, _)| *p));
+    }
+
     /// Packs condemned by prune, with the time of their deletion record.
     pub fn condemned(&self) -> &HashMap<PackId, chrono::DateTime<chrono::Utc>> {
         &self.condemned
