@@ -70,6 +70,11 @@ pub enum Command {
     /// built-in one for half-second snapshots. Snapshots are judged per host and paths.
     /// The data they alone used stays until `prune`.
     Forget(crate::forget::ForgetArgs),
+    /// Copy snapshots from another repository, sending only the data this one lacks.
+    ///
+    /// Between repositories that share keys (made with `init --from-repo`) blobs move as they
+    /// are; otherwise every blob is decrypted, re-keyed and re-encrypted.
+    Copy(crate::copy::CopyArgs),
     /// Free the data no snapshot uses, while backups and watchers keep running (no lock).
     ///
     /// Unused and sparse packs are condemned now and deleted by a later prune, once they are
@@ -115,6 +120,10 @@ pub struct InitArgs {
     /// Argon2id passes for the first key (default 3).
     #[arg(long, help_heading = "Advanced")]
     pub kdf_time: Option<u32>,
+    /// Share the keys and chunker settings of this repository, so `copy` between the two moves
+    /// data as it is and dedups across both.
+    #[command(flatten)]
+    pub from: crate::copy::FromArgs,
 }
 
 #[derive(Debug, Args)]

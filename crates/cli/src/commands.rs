@@ -46,6 +46,7 @@ pub fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
         Command::Forget(a) => crate::forget::forget(g, a),
         Command::Policy(a) => crate::forget::policy(g, a),
         Command::Prune(a) => crate::forget::prune(g, a),
+        Command::Copy(a) => crate::copy::copy(g, a),
         Command::Watch(a) => crate::watch::watch(g, a, cancel),
         Command::Recover(a) => crate::watch::recover(g, a),
         Command::Status(a) => crate::watch::status(g, a),
@@ -54,7 +55,20 @@ pub fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
 
 fn init(g: &Global, a: &InitArgs) -> Result<Outcome> {
     let (store, _) = open::store(g)?;
-    let d = ChunkerParams::default();
+    // With --from-repo: the source's keys and chunker, so the two dedup against each other.
+    let (master, d, pack_size) = if a.from.from_repo.is_some() {
+        if a.insecure_no_encryption {
+            bail!("--from-repo shares the source's encryption key; it cannot be combined with --insecure-no-encryption");
+        }
+        let src = crate::copy::open_from(g, &a.from)?;
+        (
+            Some(crate::copy::master_key(g, &a.from)?),
+            src.config().chunker,
+            Some(src.config().pack_size),
+        )
+    } else {
+        (None, ChunkerParams::default(), None)
+    };
     let chunker = ChunkerParams {
         min_size: a.chunk_min.unwrap_or(d.min_size),
         avg_size: a.chunk_avg.unwrap_or(d.avg_size),
@@ -75,10 +89,11 @@ fn init(g: &Global, a: &InitArgs) -> Result<Outcome> {
             ..k
         },
         chunker,
-        pack_size: a.pack_size.unwrap_or(DEFAULT_PACK_SIZE),
+        pack_size: a.pack_size.or(pack_size).unwrap_or(DEFAULT_PACK_SIZE),
         compression_level: a.compression.unwrap_or(DEFAULT_ZSTD_LEVEL),
         hostname: open::hostname(),
         username: open::username(),
+        master,
     };
     let location = store.location();
     let repo = Repository::init(store, &opts)?;

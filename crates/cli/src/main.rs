@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod copy;
 mod forget;
 mod open;
 mod progress;

@@ -98,6 +98,15 @@ impl MasterKey {
 pub struct Crypto {
     cipher: Option<XChaCha20Poly1305>,
     id_key: [u8; 32],
+    /// A one-way digest of both keys: equal for repositories that share their keys.
+    fingerprint: [u8; 32],
+}
+
+fn fingerprint(encrypt: Option<&[u8; 32]>, id_key: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("tidemark 2026 key fingerprint");
+    h.update(id_key);
+    h.update(encrypt.map_or(&[0u8; 32][..], |k| &k[..]));
+    *h.finalize().as_bytes()
 }
 
 impl Crypto {
@@ -106,6 +115,7 @@ impl Crypto {
         Crypto {
             cipher: Some(XChaCha20Poly1305::new((&key.encrypt).into())),
             id_key: key.id_key,
+            fingerprint: fingerprint(Some(&key.encrypt), &key.id_key),
         }
     }
 
@@ -114,7 +124,14 @@ impl Crypto {
         Crypto {
             cipher: None,
             id_key,
+            fingerprint: fingerprint(None, &id_key),
         }
+    }
+
+    /// Whether `other` has the same keys: blob ids are equal and envelopes can be copied as
+    /// they are (`tidemark copy` between repositories made with `init --from-repo`).
+    pub fn same_keys(&self, other: &Crypto) -> bool {
+        self.fingerprint == other.fingerprint
     }
 
     /// Whether envelopes are encrypted.

@@ -27,6 +27,7 @@ pub mod batch;
 pub mod capture;
 pub mod check;
 pub mod chunk;
+pub mod copy;
 pub mod crypto;
 mod error;
 pub mod forget;

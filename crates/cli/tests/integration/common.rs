@@ -19,10 +19,21 @@ pub struct Repo {
 
 impl Repo {
     pub fn init() -> Self {
+        Self::init_with(&[], &[])
+    }
+
+    /// Like [`Repo::init`] with more `init` flags and environment variables.
+    pub fn init_with(args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("repo");
         let r = Repo { dir, path };
-        let out = r.run(&["init", "--kdf-memory-kib", "1024", "--kdf-time", "1"]);
+        let out = r
+            .cmd()
+            .envs(env.iter().copied())
+            .args(["init", "--kdf-memory-kib", "1024", "--kdf-time", "1"])
+            .args(args)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "init: {}",

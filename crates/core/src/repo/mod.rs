@@ -52,6 +52,9 @@ pub struct InitOptions {
     pub hostname: String,
     /// Recorded in the key file.
     pub username: String,
+    /// Reuse this master key (another repository's, so that `copy` between them moves
+    /// envelopes as they are); `None` generates one.
+    pub master: Option<MasterKey>,
 }
 
 impl Default for InitOptions {
@@ -64,6 +67,7 @@ impl Default for InitOptions {
             compression_level: DEFAULT_ZSTD_LEVEL,
             hostname: String::new(),
             username: String::new(),
+            master: None,
         }
     }
 }
@@ -109,7 +113,7 @@ impl Repository {
             Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
-        let master = MasterKey::generate();
+        let master = opts.master.clone().unwrap_or_else(MasterKey::generate);
         let mut id = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut id);
         let (encryption, plain_keys) = match opts.password {
@@ -200,6 +204,12 @@ impl Repository {
             session: None,
             condemned: HashMap::new(),
         })
+    }
+
+    /// The master key of the repository in `store`, unlocked with `password` (to create
+    /// another repository with the same keys: `init --from-repo`).
+    pub fn master_key(store: &dyn Store, password: &[u8]) -> Result<MasterKey> {
+        Self::unlock(store, password).map(|(_, m)| m)
     }
 
     fn unlock(store: &dyn Store, password: &[u8]) -> Result<(ObjectId, MasterKey)> {
