@@ -89,6 +89,11 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, kind: Kind, id: &ObjectId, range: Option<Range<u64>>) -> Result<Vec<u8>>;
     /// Lists the objects of a kind with their sizes, in no particular order.
     fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>>;
+    /// Lists the ids of a kind's objects; stores where sizes cost extra (a `stat` per file)
+    /// override it.
+    fn list_ids(&self, kind: Kind) -> Result<Vec<ObjectId>> {
+        Ok(self.list(kind)?.into_iter().map(|(id, _)| id).collect())
+    }
     /// Deletes an object; deleting a missing object is not an error.
     fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()>;
     /// A human-readable location for messages (`/srv/repo`, `s3:…`).
@@ -104,6 +109,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
         (**self).list(kind)
+    }
+    fn list_ids(&self, kind: Kind) -> Result<Vec<ObjectId>> {
+        (**self).list_ids(kind)
     }
     fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
         (**self).delete(kind, id)

@@ -117,6 +117,34 @@ impl Store for LocalStore {
     }
 
     fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
+        self.scan(kind, true)
+    }
+
+    fn list_ids(&self, kind: Kind) -> Result<Vec<ObjectId>> {
+        Ok(self
+            .scan(kind, false)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
+        let p = self.path(kind, id);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("deleting", &p, e)),
+        }
+    }
+
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+impl LocalStore {
+    /// The objects of a kind; sizes (one `stat` each) only with `with_len`.
+    fn scan(&self, kind: Kind, with_len: bool) -> Result<Vec<(ObjectId, u64)>> {
         if kind == Kind::Config {
             let p = self.root.join("config");
             return Ok(p
@@ -153,27 +181,17 @@ impl Store for LocalStore {
                 let Some(id) = ObjectId::from_hex(name) else {
                     continue;
                 };
-                let len = e
-                    .metadata()
-                    .map_err(|err| Error::io("stat", e.path(), err))?
-                    .len();
+                let len = if with_len {
+                    e.metadata()
+                        .map_err(|err| Error::io("stat", e.path(), err))?
+                        .len()
+                } else {
+                    0
+                };
                 out.push((id, len));
             }
         }
         Ok(out)
-    }
-
-    fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
-        let p = self.path(kind, id);
-        match fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("deleting", &p, e)),
-        }
-    }
-
-    fn location(&self) -> String {
-        self.root.display().to_string()
     }
 }
 

@@ -601,12 +601,7 @@ impl Repository {
 
     /// The ids of every snapshot: one store listing; nothing is read or opened.
     pub fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
-        Ok(self
-            .store
-            .list(Kind::Snapshot)?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect())
+        self.store.list_ids(Kind::Snapshot)
     }
 
     /// Every snapshot, oldest first, each parsed on demand. With a cache directory set, only
