@@ -92,6 +92,11 @@ pub enum Command {
     Recover(crate::watch::RecoverArgs),
     /// Show a watched directory's engine: revisions, log, last seal, capture lag.
     Status(crate::watch::StatusArgs),
+    /// Mount the repository read-only (FUSE): snapshots/<time>/, ids/<id>/, latest.
+    ///
+    /// Serves until SIGINT or SIGTERM, then unmounts and exits 0; `fusermount3 -u MOUNTPOINT`
+    /// (or `umount` as root) unmounts it from elsewhere. New snapshots appear within --refresh.
+    Mount(crate::mount::MountArgs),
 }
 
 #[derive(Debug, Args)]

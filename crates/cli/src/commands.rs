@@ -50,6 +50,7 @@ pub fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
         Command::Watch(a) => crate::watch::watch(g, a, cancel),
         Command::Recover(a) => crate::watch::recover(g, a),
         Command::Status(a) => crate::watch::status(g, a),
+        Command::Mount(a) => crate::mount::mount(g, a, cancel),
     }
 }
 

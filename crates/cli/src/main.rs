@@ -4,6 +4,7 @@ mod args;
 mod commands;
 mod copy;
 mod forget;
+mod mount;
 mod open;
 mod progress;
 mod watch;
