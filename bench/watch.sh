@@ -21,7 +21,7 @@
 #    appears on the second instance, with default settings and with a 1 s watcher delay.
 #
 # Environment: RUNS [3], DURATION [20], KILLS [50], IDLE [60], WORKDIR [/tmp/tidemark-bench],
-#   TIDEMARK_BIN [target/release/tidemark], SKIP [""] (space-separated subset of 1..6 to skip),
+#   RATES ["10 100 1000"] (section 4), TIDEMARK_BIN [target/release/tidemark], SKIP [""] (space-separated subset of 1..6 to skip),
 #   BENCH_DATA [$WORKDIR/pristine] (built with ../shared/bench/dataset.sh if missing).
 set -euo pipefail
 
@@ -159,7 +159,7 @@ if ! skip 4; then
     echo "| rate | kills | writes lost (total) | window p50 ms | window p99 ms | acknowledged but missing |"
     echo "|---|---|---|---|---|---|"
   } >>"$OUT"
-  for rate in 10 100 1000; do
+  for rate in ${RATES:-10 100 1000}; do
     fresh_repo
     : >"$W/windows-$rate.txt"
     rm -f "$W/ack-$rate.log" "$W/writes-b-$rate.log"
