@@ -556,13 +556,12 @@ fn local_datetime(t: chrono::DateTime<chrono::Utc>) -> String {
         .to_string()
 }
 
-/// The snapshot restore's flags name: an id prefix, or a selection (`latest`, --at,
-/// --revision) among the snapshots --host and --path let through.
-fn pick_snapshot(g: &Global, repo: &Repository, a: &RestoreArgs) -> Result<(SnapshotId, Snapshot)> {
-    let filter = SnapshotFilter {
-        hostname: a.host.clone(),
-        paths: a
-            .path
+/// The filter of `--host H --path P…` as snapshots record them: absolute paths, without a
+/// trailing `/` or `.` parts.
+pub fn snapshot_filter(host: Option<&String>, paths: &[PathBuf]) -> Result<SnapshotFilter> {
+    Ok(SnapshotFilter {
+        hostname: host.cloned(),
+        paths: paths
             .iter()
             .map(|p| {
                 let abs =
@@ -575,7 +574,13 @@ fn pick_snapshot(g: &Global, repo: &Repository, a: &RestoreArgs) -> Result<(Snap
                     .into_owned())
             })
             .collect::<Result<_>>()?,
-    };
+    })
+}
+
+/// The snapshot restore's flags name: an id prefix, or a selection (`latest`, --at,
+/// --revision) among the snapshots --host and --path let through.
+fn pick_snapshot(g: &Global, repo: &Repository, a: &RestoreArgs) -> Result<(SnapshotId, Snapshot)> {
+    let filter = snapshot_filter(a.host.as_ref(), &a.path)?;
     let selector = match (a.snapshot.as_deref(), a.at, a.revision) {
         (Some(spec), _, _) if spec != "latest" => {
             if !filter.is_empty() {

@@ -38,13 +38,7 @@ pub struct CopyArgs {
 
 fn from_password(a: &FromArgs) -> Result<Vec<u8>> {
     if let Some(f) = &a.from_password_file {
-        let s =
-            std::fs::read(f).with_context(|| format!("reading password file {}", f.display()))?;
-        let end = s
-            .iter()
-            .rposition(|&b| b != b'\n' && b != b'\r')
-            .map_or(0, |i| i + 1);
-        return Ok(s[..end].to_vec());
+        return open::read_password_file(f);
     }
     if let Ok(p) = std::env::var("TIDEMARK_FROM_PASSWORD") {
         return Ok(p.into_bytes());
@@ -97,22 +91,10 @@ pub fn copy(g: &Global, a: &CopyArgs) -> Result<Outcome> {
     let mut to = open::open(g)?;
     to.begin_session("copy", &open::hostname())?;
     to.load_index().context("loading the index")?;
-    let paths: Vec<String> = a
-        .path
-        .iter()
-        .map(|p| {
-            std::path::absolute(p)
-                .map_or_else(|_| p.display().to_string(), |p| p.display().to_string())
-        })
-        .collect();
+    let filter = crate::commands::snapshot_filter(a.host.as_ref(), &a.path)?;
     let all = from.snapshots()?;
     let chosen: Vec<_> = if a.snapshots.is_empty() {
-        all.into_iter()
-            .filter(|(_, s)| {
-                a.host.as_ref().is_none_or(|h| *h == s.hostname)
-                    && paths.iter().all(|p| s.paths.contains(p))
-            })
-            .collect()
+        all.into_iter().filter(|(_, s)| filter.matches(s)).collect()
     } else {
         let mut v = Vec::new();
         for spec in &a.snapshots {

@@ -313,21 +313,12 @@ fn when(d: &Decision) -> String {
 
 pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
     let repo = open::open(g)?;
-    let paths: Vec<String> = a
-        .path
-        .iter()
-        .map(|p| {
-            std::path::absolute(p)
-                .map_or_else(|_| p.display().to_string(), |p| p.display().to_string())
-        })
-        .collect();
+    let filter = crate::commands::snapshot_filter(a.host.as_ref(), &a.path)?;
     let all: Vec<(SnapshotId, Snapshot)> = repo
         .snapshots()?
         .into_iter()
         .filter(|(_, s)| {
-            a.host.as_ref().is_none_or(|h| *h == s.hostname)
-                && paths.iter().all(|p| s.paths.contains(p))
-                && (a.tag.is_empty() || s.tags.iter().any(|t| a.tag.contains(t)))
+            filter.matches(s) && (a.tag.is_empty() || s.tags.iter().any(|t| a.tag.contains(t)))
         })
         .collect();
 

@@ -24,7 +24,7 @@ pub fn default_location() -> Result<(PathBuf, PathBuf)> {
     Ok((base.join("repository"), base.join("password")))
 }
 
-fn read_password_file(path: &Path) -> Result<Vec<u8>> {
+pub fn read_password_file(path: &Path) -> Result<Vec<u8>> {
     let s =
         std::fs::read(path).with_context(|| format!("reading password file {}", path.display()))?;
     let end = s

@@ -155,18 +155,14 @@ impl Packer {
         if self.known(id) {
             return Ok(true);
         }
-        let found = self.repo.read().expect("repo lock").index().get(id);
-        let Some((pack, loc)) = found else {
-            return Ok(false);
-        };
-        let envelope = {
-            let repo = self.repo.read().expect("repo lock");
-            match repo.store().get(Kind::Pack, &pack, Some(loc.range())) {
-                Ok(e) if e.len() == loc.stored_len as usize => e,
-                // Deleted or damaged meanwhile: the blob is gone.
-                Ok(_) | Err(tidemark_core::Error::NotFound { .. }) => return Ok(false),
-                Err(e) => return Err(e.into()),
+        let read = self.repo.read().expect("repo lock").read_envelope(id);
+        let (loc, envelope) = match read {
+            Ok((_, loc, envelope)) => (loc, envelope),
+            // Not indexed, or its pack deleted or cut short meanwhile: the blob is gone.
+            Err(tidemark_core::Error::NotFound { .. } | tidemark_core::Error::Corrupt { .. }) => {
+                return Ok(false)
             }
+            Err(e) => return Err(e.into()),
         };
         self.add(*id, loc.kind(), loc.flags(), loc.raw_len, &envelope)?;
         self.copied += 1;

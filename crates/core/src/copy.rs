@@ -153,10 +153,9 @@ fn copy_envelopes(
         })?;
         by_pack.entry(pack).or_default().push(id);
     }
-    for (pack, ids) in by_pack {
+    for ids in by_pack.into_values() {
         for id in ids {
-            let (_, loc) = from.index().get(&id).expect("looked up above");
-            let env = from.store().get(Kind::Pack, &pack, Some(loc.range()))?;
+            let (_, loc, env) = from.read_envelope(&id)?;
             report.blobs_copied += 1;
             report.bytes_copied += env.len() as u64;
             if let Some(p) = writer.add(id, loc.kind(), loc.flags(), loc.raw_len, &env)? {

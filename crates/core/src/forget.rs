@@ -173,35 +173,29 @@ pub struct StoredPolicy {
 impl StoredPolicy {
     /// Encrypts; returns the storage id and bytes.
     pub fn seal(&self, crypto: &Crypto) -> (ObjectId, Vec<u8>) {
-        let bytes = crypto.seal(
-            Domain::Policy,
-            &serde_json::to_vec(self).expect("policies serialize"),
-        );
-        (ObjectId::of(&bytes), bytes)
+        crate::lifecycle::seal_json(crypto, Domain::Policy, self)
     }
 
     /// Checks and decrypts stored bytes.
     pub fn open(crypto: &Crypto, id: &ObjectId, bytes: &[u8]) -> Result<Self> {
-        if ObjectId::of(bytes) != *id {
-            return Err(Error::corrupt(
-                Kind::Policy,
-                id,
-                "content does not match its name (BLAKE3 mismatch)",
-            ));
-        }
-        let plain = crypto.open(Domain::Policy, bytes, Kind::Policy, id)?;
-        let p: StoredPolicy = serde_json::from_slice(&plain)
-            .map_err(|e| Error::corrupt(Kind::Policy, id, format!("not a policy: {e}")))?;
-        if p.version != 1 {
-            return Err(Error::corrupt(
-                Kind::Policy,
-                id,
-                format!("unknown policy version {}", p.version),
-            ));
-        }
-        p.grouping()
-            .map_err(|r| Error::corrupt(Kind::Policy, id, r))?;
+        let p: StoredPolicy =
+            crate::lifecycle::open_json(crypto, Domain::Policy, Kind::Policy, id, bytes)?;
+        p.check(id)?;
         Ok(p)
+    }
+
+    /// Refuses an unknown version or grouping.
+    pub(crate) fn check(&self, id: &ObjectId) -> Result<()> {
+        if self.version != 1 {
+            return Err(Error::corrupt(
+                Kind::Policy,
+                id,
+                format!("unknown policy version {}", self.version),
+            ));
+        }
+        self.grouping()
+            .map(|_| ())
+            .map_err(|r| Error::corrupt(Kind::Policy, id, r))
     }
 
     /// The grouping as flags.

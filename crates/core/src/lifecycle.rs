@@ -31,12 +31,18 @@ fn now_text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-fn seal_json<T: Serialize>(crypto: &Crypto, domain: Domain, v: &T) -> (ObjectId, Vec<u8>) {
+/// Encrypts the JSON of `v` in `domain`; returns the storage id and bytes.
+pub(crate) fn seal_json<T: Serialize>(
+    crypto: &Crypto,
+    domain: Domain,
+    v: &T,
+) -> (ObjectId, Vec<u8>) {
     let bytes = crypto.seal(domain, &serde_json::to_vec(v).expect("records serialize"));
     (ObjectId::of(&bytes), bytes)
 }
 
-fn open_json<T: DeserializeOwned>(
+/// Checks stored bytes against their id, decrypts them and parses the JSON.
+pub(crate) fn open_json<T: DeserializeOwned>(
     crypto: &Crypto,
     domain: Domain,
     kind: Kind,
@@ -56,7 +62,7 @@ fn open_json<T: DeserializeOwned>(
 }
 
 /// Lists and opens every object of `kind`; objects deleted between list and get are skipped.
-fn load_all<T: DeserializeOwned>(
+pub(crate) fn load_all<T: DeserializeOwned>(
     store: &dyn Store,
     crypto: &Crypto,
     kind: Kind,

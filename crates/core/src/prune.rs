@@ -230,7 +230,7 @@ fn run(repo: &mut Repository, opts: &PruneOptions, report: &mut PruneReport) -> 
     let mut condemned: HashMap<PackId, chrono::DateTime<Utc>> = HashMap::new();
     let mut swept_records = Vec::new();
     let mut deleted: HashSet<PackId> = HashSet::new();
-    let mut to_delete: Vec<PackId> = Vec::new();
+    let mut to_delete: HashSet<PackId> = HashSet::new();
     for (rid, r) in &records {
         let t = r.time_at();
         let old_enough = now
@@ -264,22 +264,24 @@ fn run(repo: &mut Repository, opts: &PruneOptions, report: &mut PruneReport) -> 
             if needed {
                 report.packs_resurrected += 1;
             } else {
-                to_delete.push(*p);
+                to_delete.insert(*p);
             }
         }
     }
     // A pack a waiting record condemns is not deleted by an eligible one.
     to_delete.retain(|p| !condemned.contains_key(p));
-    to_delete.sort_by_key(|p| p.0);
-    to_delete.dedup();
     report.packs_waiting = condemned.len();
 
     // 4. Plan. A blob stored twice (two writers raced, or an interrupted repack) counts as used
     // in one pack only: the fullest, so the others can go.
-    let mut order: Vec<(f64, PackId)> = packs
+    let live_ids: Vec<PackId> = packs
+        .keys()
+        .filter(|id| !condemned.contains_key(*id) && !to_delete.contains(*id))
+        .copied()
+        .collect();
+    let mut order: Vec<(f64, PackId)> = live_ids
         .iter()
-        .filter(|(id, _)| !condemned.contains_key(*id) && !to_delete.contains(id))
-        .map(|(id, p)| (p.used as f64 / p.total.max(1) as f64, *id))
+        .map(|id| (packs[id].used as f64 / packs[id].total.max(1) as f64, *id))
         .collect();
     order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1 .0.cmp(&b.1 .0)));
     let mut owner: HashMap<BlobId, PackId> = HashMap::new();
@@ -294,10 +296,7 @@ fn run(repo: &mut Repository, opts: &PruneOptions, report: &mut PruneReport) -> 
         }
     }
     let target = u64::from(repo.config().pack_size);
-    let live: Vec<(&PackId, &PackInfo)> = packs
-        .iter()
-        .filter(|(id, _)| !condemned.contains_key(*id) && !to_delete.contains(id))
-        .collect();
+    let live: Vec<(&PackId, &PackInfo)> = live_ids.iter().map(|id| (id, &packs[id])).collect();
     let total_live: u64 = live.iter().map(|(_, p)| p.total).sum();
     let unused: Vec<PackId> = live
         .iter()

@@ -457,6 +457,16 @@ impl Repository {
 
     /// Reads one blob, located through `index` (`check` builds its own, tolerating damage).
     pub fn read_blob_in(&self, index: &Index, id: &BlobId) -> Result<Vec<u8>> {
+        let (_, loc, env) = self.read_envelope_in(index, id)?;
+        self.decode_blob(id, &loc, &env)
+    }
+
+    /// A blob's envelope as stored, with where it is (copying it elsewhere needs no key).
+    pub fn read_envelope(&self, id: &BlobId) -> Result<(PackId, Location, Vec<u8>)> {
+        self.read_envelope_in(&self.index, id)
+    }
+
+    fn read_envelope_in(&self, index: &Index, id: &BlobId) -> Result<(PackId, Location, Vec<u8>)> {
         let (pack, loc) = index.get(id).ok_or_else(|| Error::NotFound {
             kind: Kind::Blob,
             id: id.to_hex(),
@@ -469,7 +479,7 @@ impl Repository {
                 format!("blob {} is cut short (pack truncated?)", id.short()),
             ));
         }
-        self.decode_blob(id, &loc, &env)
+        Ok((pack, loc, env))
     }
 
     /// Reads and parses a tree.
@@ -541,13 +551,10 @@ impl Repository {
     /// §18).
     pub fn load_policy(&self) -> Result<Option<StoredPolicy>> {
         let mut best: Option<StoredPolicy> = None;
-        for (id, _) in self.store.list(Kind::Policy)? {
-            let bytes = match self.store.get(Kind::Policy, &id, None) {
-                Ok(b) => b,
-                Err(Error::NotFound { .. }) => continue, // replaced meanwhile
-                Err(e) => return Err(e),
-            };
-            let p = StoredPolicy::open(&self.crypto, &id, &bytes)?;
+        let all: Vec<(ObjectId, StoredPolicy)> =
+            lifecycle::load_all(&*self.store, &self.crypto, Kind::Policy, Domain::Policy)?;
+        for (id, p) in all {
+            p.check(&id)?;
             if best.as_ref().is_none_or(|b| b.time < p.time) {
                 best = Some(p);
             }
