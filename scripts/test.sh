@@ -9,6 +9,13 @@ if ! command -v setpriv >/dev/null; then
   apt-get update -qq && apt-get install -y -qq util-linux
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# The S3 tests run against a real server, s3s-fs (objects as files in a temp directory). cargo
+# install caches it in ~/.cargo/bin; the first install takes 2-14 minutes.
+if ! command -v s3s-fs >/dev/null && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
+  echo "== installing s3s-fs 0.14.1 (once)"
+  cargo install s3s-fs --version 0.14.1 --features binary --locked
+fi
+export TIDEMARK_REQUIRE_S3=1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -22,7 +22,9 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Repository: a directory. Default: the embedded repository in the user's data directory.
+    /// Repository: a directory, or s3:[http[s]://]HOST[:PORT]/BUCKET[/PREFIX] (credentials from
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Default: the embedded repository in the user's
+    /// data directory.
     #[arg(short = 'r', long, env = "TIDEMARK_REPOSITORY", global = true)]
     pub repo: Option<PathBuf>,
     /// Read the repository password from this file (TIDEMARK_PASSWORD holds it directly).

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use rand::RngCore;
 use tidemark_core::repo::{InitOptions, Repository};
 use tidemark_core::store::Store;
-use tidemark_store::LocalStore;
+use tidemark_store::{LocalStore, S3Location, S3Store};
 
 use crate::args::Global;
 
@@ -83,9 +83,20 @@ pub fn new_password_or_given(g: &Global) -> Result<Vec<u8>> {
 /// The store named by the flags, or the default one.
 pub fn store(g: &Global) -> Result<(Arc<dyn Store>, bool)> {
     match &g.repo {
-        Some(p) => Ok((Arc::new(LocalStore::new(p)), false)),
+        Some(p) => Ok((store_at(p)?, false)),
         None => Ok((Arc::new(LocalStore::new(default_location()?.0)), true)),
     }
+}
+
+/// The store at a repository location: `s3:[http[s]://]HOST[:PORT]/BUCKET[/PREFIX]` is an S3
+/// bucket (credentials from the AWS environment variables), anything else a directory.
+pub fn store_at(location: &Path) -> Result<Arc<dyn Store>> {
+    if let Some(s) = location.to_str() {
+        if let Some(parsed) = S3Location::parse(s) {
+            return Ok(Arc::new(S3Store::open(parsed?)?));
+        }
+    }
+    Ok(Arc::new(LocalStore::new(location)))
 }
 
 /// The base directory of the local snapshot cache: --cache-dir / TIDEMARK_CACHE_DIR, else

@@ -85,6 +85,16 @@ pub trait Store: Send + Sync + 'static {
     /// Stores `bytes` atomically: afterwards the object is wholly there or not at all, and it is
     /// durable when this returns. Same id, same bytes: a second put of an existing id may be a no-op.
     fn put(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<()>;
+    /// Stores `bytes` only if no object of that id exists: `Ok(false)` when one did (and is left
+    /// as it was). Stores that can do this atomically (a link on a filesystem, a conditional PUT on
+    /// S3) override it; this default checks first, so two racing callers may both succeed.
+    fn put_new(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<bool> {
+        match self.get(kind, id, Some(0..0)) {
+            Ok(_) => Ok(false),
+            Err(crate::Error::NotFound { .. }) => self.put(kind, id, bytes).map(|()| true),
+            Err(e) => Err(e),
+        }
+    }
     /// Reads an object, or the byte `range` of it. A missing object is `Error::NotFound`.
     fn get(&self, kind: Kind, id: &ObjectId, range: Option<Range<u64>>) -> Result<Vec<u8>>;
     /// Lists the objects of a kind with their sizes, in no particular order.
@@ -103,6 +113,9 @@ pub trait Store: Send + Sync + 'static {
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn put(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<()> {
         (**self).put(kind, id, bytes)
+    }
+    fn put_new(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<bool> {
+        (**self).put_new(kind, id, bytes)
     }
     fn get(&self, kind: Kind, id: &ObjectId, range: Option<Range<u64>>) -> Result<Vec<u8>> {
         (**self).get(kind, id, range)

@@ -1,5 +1,6 @@
 //! `Store` adapters for tidemark repositories. [`LocalStore`]: a directory on a local or mounted
 //! filesystem, with atomic, durable puts (write temp, fsync, rename, fsync directory).
+//! [`S3Store`]: a prefix of an S3-compatible bucket.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
@@ -10,6 +11,9 @@ use rand::RngCore;
 use tidemark_core::id::ObjectId;
 use tidemark_core::store::{Kind, Store, CONFIG_ID};
 use tidemark_core::{Error, Result};
+
+mod s3;
+pub use s3::{S3Location, S3Store, MULTIPART_OVER};
 
 /// A repository in a local directory (layout in `docs/format.md` §1).
 #[derive(Debug, Clone)]
@@ -70,6 +74,31 @@ impl Store for LocalStore {
             f.sync_all()?;
             fs::rename(&tmp, &final_path)?;
             sync_dir(&dir)
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io("writing", &final_path, e)
+        })
+    }
+
+    fn put_new(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<bool> {
+        let dir = self.dir(kind, id);
+        let final_path = self.path(kind, id);
+        fs::create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
+        let tmp = dir.join(format!(".tmp-{:016x}", rand::thread_rng().next_u64()));
+        // link(2) fails if the name exists, so of two racing creators exactly one wins.
+        let write = || -> std::io::Result<bool> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            let created = match fs::hard_link(&tmp, &final_path) {
+                Ok(()) => true,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e),
+            };
+            fs::remove_file(&tmp)?;
+            sync_dir(&dir)?;
+            Ok(created)
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
@@ -203,6 +232,7 @@ mod tests {
     fn local_store_conformance() {
         let dir = tempfile::tempdir().unwrap();
         tidemark_testkit::store_suite(&LocalStore::new(dir.path().join("repo")));
+        tidemark_testkit::store_create_race(&LocalStore::new(dir.path().join("race")));
     }
 
     #[test]

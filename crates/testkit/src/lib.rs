@@ -1,7 +1,8 @@
 //! Test doubles and conformance suites for tidemark: an in-memory [`MemStore`], a
 //! [`CrashStore`] that stops accepting writes after a countdown (a simulated crash at each write
 //! point), a [`CountingStore`], the [`store_suite`] every `Store` must pass, seeded data, and the log
-//! devices: [`MemLogDir`], [`CrashLogDir`] (power cut at a chosen sync) and [`log_device_suite`].
+//! devices: [`MemLogDir`], [`CrashLogDir`] (power cut at a chosen sync) and [`log_device_suite`];
+//! [`S3Server`] runs a real S3 server (`s3s-fs`) for tests.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -14,7 +15,9 @@ use tidemark_core::store::{Kind, Store, CONFIG_ID};
 use tidemark_core::{Error, Result};
 
 mod log;
+pub mod s3;
 pub use log::{log_device_suite, CrashLogDir, MemDevice, MemLogDir, Unsynced};
+pub use s3::S3Server;
 
 /// The methods of a wrapper that only changes `put`: everything else goes to `self.inner`.
 macro_rules! forward_to_inner {
@@ -73,6 +76,16 @@ impl Store for MemStore {
             .unwrap()
             .insert((kind, *id), bytes.to_vec());
         Ok(())
+    }
+    fn put_new(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<bool> {
+        let mut o = self.objects.lock().unwrap();
+        match o.entry((kind, *id)) {
+            std::collections::btree_map::Entry::Occupied(_) => Ok(false),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(bytes.to_vec());
+                Ok(true)
+            }
+        }
     }
     fn get(&self, kind: Kind, id: &ObjectId, range: Option<Range<u64>>) -> Result<Vec<u8>> {
         let o = self.objects.lock().unwrap();
@@ -207,6 +220,80 @@ pub fn store_suite(store: &dyn Store) {
     // The config has a fixed id and can be replaced.
     store.put(Kind::Config, &CONFIG_ID, b"{}").unwrap();
     assert_eq!(store.get(Kind::Config, &CONFIG_ID, None).unwrap(), b"{}");
+    assert_eq!(store.list(Kind::Config).unwrap(), vec![(CONFIG_ID, 2)]);
+    store.delete(Kind::Config, &CONFIG_ID).unwrap();
+    assert!(store.list(Kind::Config).unwrap().is_empty());
+
+    // Every stored kind round-trips; a range past the end is cut at the end.
+    for kind in Kind::STORED {
+        let id = if kind == Kind::Config { CONFIG_ID } else { a };
+        store.put(kind, &id, b"0123456789").unwrap();
+        assert_eq!(store.get(kind, &id, Some(8..20)).unwrap(), b"89", "{kind}");
+        assert_eq!(store.get(kind, &id, Some(12..20)).unwrap(), b"", "{kind}");
+        assert_eq!(store.list(kind).unwrap(), vec![(id, 10)], "{kind}");
+        store.delete(kind, &id).unwrap();
+        assert!(store.list(kind).unwrap().is_empty(), "{kind}");
+    }
+
+    // Create-if-absent: the first creator wins, the object keeps its bytes.
+    let c = ObjectId([0xcc; 32]);
+    assert!(store.put_new(Kind::Config, &CONFIG_ID, b"first").unwrap());
+    assert!(!store.put_new(Kind::Config, &CONFIG_ID, b"other").unwrap());
+    assert_eq!(store.get(Kind::Config, &CONFIG_ID, None).unwrap(), b"first");
+    store.delete(Kind::Config, &CONFIG_ID).unwrap();
+    assert!(store.put_new(Kind::Key, &c, b"k").unwrap());
+    assert_eq!(store.get(Kind::Key, &c, None).unwrap(), b"k");
+    store.delete(Kind::Key, &c).unwrap();
+
+    // A large object (multipart on object stores) comes back whole and by range.
+    let big = seeded_bytes(20 << 20, 7);
+    store.put(Kind::Pack, &c, &big).unwrap();
+    assert_eq!(store.list(Kind::Pack).unwrap(), vec![(c, big.len() as u64)]);
+    assert!(
+        store.get(Kind::Pack, &c, None).unwrap() == big,
+        "large object round-trips"
+    );
+    let r = (9 << 20) - 5..(9 << 20) + 5;
+    assert_eq!(
+        store.get(Kind::Pack, &c, Some(r.clone())).unwrap(),
+        &big[r.start as usize..r.end as usize]
+    );
+    store.delete(Kind::Pack, &c).unwrap();
+
+    // Listings are complete past one page of an object store's answer (S3 pages by 1000).
+    let many: Vec<ObjectId> = (0..1005u32)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            ObjectId(id)
+        })
+        .collect();
+    for id in &many {
+        store.put(Kind::Snapshot, id, b"s").unwrap();
+    }
+    let mut listed = store.list_ids(Kind::Snapshot).unwrap();
+    listed.sort();
+    assert_eq!(listed, many, "a listing of 1005 objects is complete");
+    for id in &many {
+        store.delete(Kind::Snapshot, id).unwrap();
+    }
+}
+
+/// The part of the conformance suite only stores with an atomic create-if-absent pass: of eight
+/// threads racing to create the config, exactly one wins. (`s3s-fs` checks, then writes, so two
+/// can win there; S3 itself decides `If-None-Match: *` atomically.)
+pub fn store_create_race(store: &dyn Store) {
+    let wins: usize = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..8u8)
+            .map(|i| s.spawn(move || store.put_new(Kind::Config, &CONFIG_ID, &[i]).unwrap()))
+            .collect();
+        racers
+            .into_iter()
+            .map(|r| usize::from(r.join().unwrap()))
+            .sum()
+    });
+    assert_eq!(wins, 1, "exactly one put_new of the config wins");
+    store.delete(Kind::Config, &CONFIG_ID).unwrap();
 }
 
 /// Deterministic pseudo-random bytes.
@@ -223,6 +310,7 @@ mod tests {
     #[test]
     fn mem_store_conformance() {
         store_suite(&MemStore::new());
+        store_create_race(&MemStore::new());
     }
 
     #[test]

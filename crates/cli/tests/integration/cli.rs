@@ -138,6 +138,7 @@ fn wrong_password_and_missing_repository_are_one_line_errors() {
     let missing = Repo {
         dir: tempfile::tempdir().unwrap(),
         path: repo.dir.path().join("nope"),
+        env: Vec::new(),
     };
     let out = missing.run(&["snapshots"]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -293,6 +294,7 @@ fn unencrypted_repository_round_trips() {
     let repo = Repo {
         path: dir.path().join("plain"),
         dir,
+        env: Vec::new(),
     };
     let out = repo
         .cmd()

@@ -14,7 +14,10 @@ pub fn bin() -> PathBuf {
 /// A repository in a temp dir with a cheap KDF, and helpers to run commands on it.
 pub struct Repo {
     pub dir: tempfile::TempDir,
+    /// A directory, or an `s3:` location.
     pub path: PathBuf,
+    /// Environment every command gets (S3 credentials).
+    pub env: Vec<(&'static str, &'static str)>,
 }
 
 impl Repo {
@@ -26,7 +29,28 @@ impl Repo {
     pub fn init_with(args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("repo");
-        let r = Repo { dir, path };
+        let r = Repo {
+            dir,
+            path,
+            env: Vec::new(),
+        };
+        r.init_here(args, env);
+        r
+    }
+
+    /// A repository under `prefix` of a bucket of a running S3 server, with more `init` flags.
+    pub fn init_s3(server: &tidemark_testkit::S3Server, prefix: &str, args: &[&str]) -> Self {
+        let r = Repo {
+            dir: tempfile::tempdir().unwrap(),
+            path: PathBuf::from(server.repo("tidemark", prefix)),
+            env: server.env().to_vec(),
+        };
+        r.init_here(args, &[]);
+        r
+    }
+
+    fn init_here(&self, args: &[&str], env: &[(&str, &str)]) {
+        let r = self;
         let out = r
             .cmd()
             .envs(env.iter().copied())
@@ -39,7 +63,6 @@ impl Repo {
             "init: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        r
     }
 
     pub fn cmd(&self) -> Command {
@@ -48,6 +71,7 @@ impl Repo {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
             .env("TIDEMARK_PASSWORD", "test password")
+            .envs(self.env.iter().copied())
             .arg("--repo")
             .arg(&self.path);
         c

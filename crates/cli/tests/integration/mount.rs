@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use super::common::{every_kind_tree, is_root, restored, Repo};
 
 /// Why FUSE cannot be used here, if it cannot.
-fn fuse_unusable() -> Option<String> {
+pub fn fuse_unusable() -> Option<String> {
     if !is_root() {
         return Some("not running as root".into());
     }
@@ -35,7 +35,7 @@ fn is_mounted(mountpoint: &Path) -> bool {
 
 /// A `tidemark mount` process; dropping it (on a failed assertion) kills it and detaches the
 /// mount so the temp directory can go.
-struct Mounted {
+pub struct Mounted {
     child: Option<Child>,
     mountpoint: PathBuf,
     stderr: PathBuf,
@@ -44,7 +44,7 @@ struct Mounted {
 impl Mounted {
     /// Starts the mount and waits until it serves; `Err` carries the process's stderr if it
     /// exited first.
-    fn start(repo: &Repo, mountpoint: &Path) -> Result<Mounted, String> {
+    pub fn start(repo: &Repo, mountpoint: &Path) -> Result<Mounted, String> {
         let stderr = repo.dir.path().join("mount.stderr");
         let child = repo
             .cmd()
@@ -82,7 +82,7 @@ impl Mounted {
     }
 
     /// Sends `signal` and waits for the process to exit.
-    fn stop(mut self, signal: nix::sys::signal::Signal) -> ExitStatus {
+    pub fn stop(mut self, signal: nix::sys::signal::Signal) -> ExitStatus {
         let mut child = self.child.take().unwrap();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);

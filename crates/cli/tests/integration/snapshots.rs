@@ -276,6 +276,7 @@ fn listing_100k_snapshots_is_fast_with_a_warm_cache() {
     let repo = Repo {
         path: dir.path().join("repo"),
         dir,
+        env: Vec::new(),
     };
     repo.ok(&["init", "--insecure-no-encryption"]);
     let src = repo.dir.path().join("src");

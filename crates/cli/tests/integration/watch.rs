@@ -103,7 +103,7 @@ fn restore_latest(repo: &Repo, src: &Path, n: &mut u32) -> PathBuf {
 }
 
 /// Waits until the latest snapshot equals `src` (the daemon captures, then seals).
-fn converge(repo: &Repo, src: &Path, n: &mut u32, what: &str) {
+pub fn converge(repo: &Repo, src: &Path, n: &mut u32, what: &str) {
     let t = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(250));

@@ -147,8 +147,14 @@ impl Repository {
             key_id = Some(kid);
         }
         // The config goes last: a repository without one is not a repository, so a crash during
-        // init leaves nothing that `open` would accept.
-        store.put(Kind::Config, &CONFIG_ID, &config.encode())?;
+        // init leaves nothing that `open` would accept. Created only if absent, so of two racing
+        // inits one fails instead of replacing the other's config.
+        if !store.put_new(Kind::Config, &CONFIG_ID, &config.encode())? {
+            return Err(Error::Invalid(format!(
+                "a repository already exists at {}",
+                store.location()
+            )));
+        }
         let crypto = if opts.password.is_some() {
             Crypto::encrypted(&master)
         } else {
