@@ -60,6 +60,8 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Verify the repository's structure, and with --read-data every byte.
     Check(CheckArgs),
+    /// Repair a damaged repository: `repair index` rebuilds the index from the packs.
+    Repair(RepairArgs),
     /// Print a repository object: config, key ID, snapshot ID, index ID, pack ID, tree ID, blob ID.
     Cat(CatArgs),
     /// Repository statistics, or the size of one snapshot.
@@ -228,6 +230,60 @@ pub struct CheckArgs {
     /// Also read, decrypt and authenticate every blob.
     #[arg(long)]
     pub read_data: bool,
+    /// Read only a part of the packs: N/M (part N of M, by pack id; runs 1/M … M/M together read
+    /// everything once), P% (a random P percent of the packs) or SIZE (random packs up to e.g.
+    /// 500MiB). Implies --read-data.
+    #[arg(long, value_name = "N/M|P%|SIZE", value_parser = parse_subset)]
+    pub read_data_subset: Option<tidemark_core::check::DataSubset>,
+}
+
+fn parse_subset(s: &str) -> std::result::Result<tidemark_core::check::DataSubset, String> {
+    use tidemark_core::check::DataSubset;
+    let s = s.trim();
+    if let Some((n, m)) = s.split_once('/') {
+        let bad = || format!("{s:?}: expected N/M with 1 <= N <= M, like 2/5");
+        let n: u32 = n.trim().parse().map_err(|_| bad())?;
+        let of: u32 = m.trim().parse().map_err(|_| bad())?;
+        if n == 0 || of == 0 || n > of {
+            return Err(bad());
+        }
+        return Ok(DataSubset::Part { n, of });
+    }
+    if s.ends_with('%') {
+        let v: f64 = s
+            .trim_end_matches('%')
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a percentage like 10%"))?;
+        if !(v > 0.0 && v <= 100.0) {
+            return Err(format!(
+                "{s:?}: the percentage must be above 0 and at most 100"
+            ));
+        }
+        return Ok(DataSubset::Fraction(v / 100.0));
+    }
+    match crate::watch::parse_size(s) {
+        Ok(0) => Err(format!("{s:?}: the size must be above 0")),
+        Ok(n) => Ok(DataSubset::Bytes(n)),
+        Err(e) => Err(format!("{e}; or N/M, or P%")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    #[command(subcommand)]
+    pub what: RepairCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepairCommand {
+    /// Rebuild the index from the pack headers, replacing every index file (for lost or damaged
+    /// index files). Safe while backups and watchers run.
+    Index {
+        /// Read the headers and report, but write and delete nothing.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use tidemark_core::backup::{self, BackupOptions, BackupProgress};
-use tidemark_core::check::{self, CheckOptions};
+use tidemark_core::check::{self, CheckOptions, DataSubset};
 use tidemark_core::chunk::ChunkerParams;
 use tidemark_core::crypto::KdfParams;
 use tidemark_core::id::{BlobId, ObjectId, SnapshotId};
@@ -22,8 +22,8 @@ use tidemark_core::snapshot::{
 use tidemark_core::store::{Kind, CONFIG_ID};
 
 use crate::args::{
-    BackupArgs, CatArgs, Cli, Command, DiffArgs, Global, InitArgs, KeyCommand, LsArgs, RestoreArgs,
-    SnapshotsArgs, TimeSpec,
+    BackupArgs, CatArgs, CheckArgs, Cli, Command, DiffArgs, Global, InitArgs, KeyCommand, LsArgs,
+    RepairArgs, RepairCommand, RestoreArgs, SnapshotsArgs, TimeSpec,
 };
 use crate::open;
 use crate::progress::{self, Display, Mode, Tick};
@@ -39,7 +39,8 @@ pub fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
         Command::Ls(a) => ls(g, a),
         Command::Diff(a) => diff(g, a),
         Command::Restore(a) => restore(g, a),
-        Command::Check(a) => check(g, a.read_data),
+        Command::Check(a) => check(g, a),
+        Command::Repair(a) => repair(g, a),
         Command::Cat(a) => cat(g, a),
         Command::Stats(a) => stats(g, a.snapshot.as_deref()),
         Command::Key(a) => key(g, &a.command),
@@ -677,16 +678,21 @@ fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
     ))
 }
 
-fn check(g: &Global, read_data: bool) -> Result<Outcome> {
+fn check(g: &Global, a: &CheckArgs) -> Result<Outcome> {
     let repo = open::open(g)?;
+    let subset = a.read_data_subset.unwrap_or_default();
+    let read_data = a.read_data || a.read_data_subset.is_some();
     if !g.quiet && !g.json {
-        println!(
-            "checking repository {}{}",
-            repo.store().location(),
-            if read_data { " (reading all data)" } else { "" }
-        );
+        let what = match subset {
+            _ if !read_data => String::new(),
+            DataSubset::All => " (reading all data)".into(),
+            DataSubset::Part { n, of } => format!(" (reading data of pack part {n}/{of})"),
+            DataSubset::Fraction(f) => format!(" (reading data of {}% of the packs)", f * 100.0),
+            DataSubset::Bytes(b) => format!(" (reading {} of data)", progress::bytes(b)),
+        };
+        println!("checking repository {}{what}", repo.store().location());
     }
-    let r = check::check(&repo, CheckOptions { read_data })?;
+    let r = check::check(&repo, CheckOptions { read_data, subset })?;
     if g.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -706,8 +712,10 @@ fn check(g: &Global, read_data: bool) -> Result<Outcome> {
             );
             if read_data {
                 println!(
-                    "{} blobs read and authenticated ({})",
+                    "{} blobs in {} of {} packs read and authenticated ({})",
                     r.blobs_read,
+                    r.packs_read,
+                    r.packs,
                     progress::bytes(r.bytes_read)
                 );
             }
@@ -725,6 +733,49 @@ fn check(g: &Global, read_data: bool) -> Result<Outcome> {
     } else {
         Outcome::Damaged
     })
+}
+
+fn repair(g: &Global, a: &RepairArgs) -> Result<Outcome> {
+    match a.what {
+        RepairCommand::Index { dry_run } => {
+            let mut repo = open::open(g)?;
+            let r = tidemark_core::repair::repair_index(&mut repo, &open::hostname(), dry_run)?;
+            if g.json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(Outcome::Ok);
+            }
+            for f in &r.index_files_damaged {
+                println!("damaged: {f}");
+            }
+            for (p, e) in &r.packs_damaged {
+                println!("damaged: pack {}: {e}", &p[..16]);
+            }
+            if !g.quiet {
+                println!(
+                    "{} packs read ({} not in any index before, {} damaged of which {} kept from \
+                     the old index), {} blobs; old index: {} files ({} damaged), {} packs it \
+                     listed are gone",
+                    r.packs_indexed,
+                    r.packs_added,
+                    r.packs_damaged.len(),
+                    r.packs_carried_over,
+                    r.blobs,
+                    r.index_files_before,
+                    r.index_files_damaged.len(),
+                    r.packs_missing
+                );
+                if dry_run {
+                    println!("dry run: nothing written");
+                } else {
+                    println!(
+                        "wrote {} index files, deleted {} old ones",
+                        r.index_files_written, r.index_files_deleted
+                    );
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+    }
 }
 
 fn parse_object_id(kind: &str, id: Option<&String>) -> Result<ObjectId> {

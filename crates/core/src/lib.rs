@@ -35,6 +35,7 @@ pub mod id;
 pub mod lifecycle;
 pub mod pack;
 pub mod prune;
+pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod snapshot;

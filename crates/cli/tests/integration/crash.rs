@@ -111,7 +111,14 @@ fn crash_at_every_write_point_of_a_backup() {
         crashes += 1;
         // What the crash left behind passes check, and no snapshot references missing data.
         let repo = open(mem.clone());
-        let report = check(&repo, CheckOptions { read_data: true }).unwrap();
+        let report = check(
+            &repo,
+            CheckOptions {
+                read_data: true,
+                ..CheckOptions::default()
+            },
+        )
+        .unwrap();
         assert!(
             report.errors.is_empty(),
             "budget {budget}: {:?}",
@@ -137,7 +144,14 @@ fn crash_at_every_write_point_of_a_backup() {
         )
         .unwrap();
         assert_same_tree(&src, &restored(&target, &src));
-        let report = check(&repo, CheckOptions { read_data: true }).unwrap();
+        let report = check(
+            &repo,
+            CheckOptions {
+                read_data: true,
+                ..CheckOptions::default()
+            },
+        )
+        .unwrap();
         assert!(
             report.errors.is_empty(),
             "budget {budget} after re-run: {:?}",

@@ -22,9 +22,9 @@ use super::crash::{open, run_backup, small_repo_options};
 use super::watch::Daemon;
 
 /// After `budget` mutations (puts and deletes) every mutation fails, as if the process died.
-struct DyingStore {
-    inner: Arc<MemStore>,
-    budget: AtomicUsize,
+pub struct DyingStore {
+    pub inner: Arc<MemStore>,
+    pub budget: AtomicUsize,
 }
 
 impl DyingStore {
@@ -86,7 +86,7 @@ fn now_opts() -> PruneOptions {
 }
 
 /// Two snapshots, the first forgotten: returns the store and the kept snapshot's tree.
-fn repository_with_garbage(src: &Path) -> Arc<MemStore> {
+pub fn repository_with_garbage(src: &Path) -> Arc<MemStore> {
     let mem = Arc::new(MemStore::new());
     Repository::init(mem.clone(), &small_repo_options()).unwrap();
     write_version(src, 1);
@@ -105,9 +105,16 @@ fn repository_with_garbage(src: &Path) -> Arc<MemStore> {
     mem
 }
 
-fn assert_intact(mem: &Arc<MemStore>, src: &Path, target: &Path, what: &str) {
+pub fn assert_intact(mem: &Arc<MemStore>, src: &Path, target: &Path, what: &str) {
     let repo = open(mem.clone());
-    let report = check(&repo, CheckOptions { read_data: true }).unwrap();
+    let report = check(
+        &repo,
+        CheckOptions {
+            read_data: true,
+            ..CheckOptions::default()
+        },
+    )
+    .unwrap();
     assert!(report.errors.is_empty(), "{what}: {:?}", report.errors);
     let snaps = repo.snapshots().unwrap();
     assert_eq!(snaps.len(), 1, "{what}");

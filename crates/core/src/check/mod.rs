@@ -3,7 +3,8 @@
 //! Structure (always): key files parse; every index file opens; every indexed pack exists, its
 //! header matches the index; every snapshot opens; every tree reachable from a snapshot decodes
 //! and every blob it references is indexed. `read_data` additionally reads every pack, checks its
-//! BLAKE3 name and opens every blob (decrypt, decompress, id check).
+//! BLAKE3 name and opens every blob (decrypt, decompress, id check); with a [`DataSubset`] it does
+//! so for a part of the packs, so that a large repository can be read through over several runs.
 //!
 //! Each problem names the damaged object and, when blobs or trees are affected, the snapshots
 //! and paths that use them.
@@ -23,8 +24,67 @@ use crate::store::Kind;
 /// What to verify.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CheckOptions {
-    /// Read and authenticate every blob.
+    /// Read and authenticate every blob (of the packs `subset` picks).
     pub read_data: bool,
+    /// Which packs `read_data` reads.
+    pub subset: DataSubset,
+}
+
+/// Which packs `check --read-data` reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum DataSubset {
+    /// Every pack.
+    #[default]
+    All,
+    /// Part `n` of `of` (1-based), by pack id: deterministic, so the runs `1/of` … `of/of`
+    /// together read every pack once.
+    Part { n: u32, of: u32 },
+    /// A random fraction of the packs (at least one when there are any).
+    Fraction(f64),
+    /// Random packs until at least this many bytes are chosen.
+    Bytes(u64),
+}
+
+impl DataSubset {
+    /// The packs to read, from `(pack, size)`.
+    pub fn select(&self, mut packs: Vec<(PackId, u64)>) -> HashSet<PackId> {
+        use rand::seq::SliceRandom;
+        match *self {
+            DataSubset::All => packs.into_iter().map(|(p, _)| p).collect(),
+            DataSubset::Part { n, of } => packs
+                .into_iter()
+                .filter(|(p, _)| {
+                    let head = u32::from_be_bytes([p.0[0], p.0[1], p.0[2], p.0[3]]);
+                    head % of.max(1) == n.saturating_sub(1)
+                })
+                .map(|(p, _)| p)
+                .collect(),
+            DataSubset::Fraction(f) => {
+                packs.shuffle(&mut rand::thread_rng());
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    clippy::cast_precision_loss
+                )]
+                let want = ((packs.len() as f64) * f.clamp(0.0, 1.0)).ceil() as usize;
+                let want = if packs.is_empty() { 0 } else { want.max(1) };
+                packs.into_iter().take(want).map(|(p, _)| p).collect()
+            }
+            DataSubset::Bytes(limit) => {
+                packs.shuffle(&mut rand::thread_rng());
+                let mut total = 0u64;
+                packs
+                    .into_iter()
+                    .take_while(|(_, len)| {
+                        let take = total < limit;
+                        total += len;
+                        take
+                    })
+                    .map(|(p, _)| p)
+                    .collect()
+            }
+        }
+    }
 }
 
 /// One problem found.
@@ -57,6 +117,8 @@ pub struct CheckReport {
     pub blobs_read: usize,
     /// Bytes read from packs (with `read_data`).
     pub bytes_read: u64,
+    /// Packs read (with `read_data`; fewer than `packs` with a subset).
+    pub packs_read: usize,
 }
 
 enum Bad {
@@ -99,8 +161,12 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
         {
             Ok(packs) => {
                 for (p, entries) in packs {
-                    idx.add_pack(p, &entries);
-                    indexed.entry(p).or_default().extend(entries);
+                    // A pack listed by two index files (after an interrupted `repair index`)
+                    // has the same entries in both.
+                    if let std::collections::hash_map::Entry::Vacant(v) = indexed.entry(p) {
+                        idx.add_pack(p, &entries);
+                        v.insert(entries);
+                    }
                 }
             }
             Err(e) => report
@@ -239,10 +305,17 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
     }
 
     if opts.read_data {
+        let chosen = opts.subset.select(
+            indexed
+                .keys()
+                .filter_map(|p| stored.get(p).map(|len| (*p, *len)))
+                .collect(),
+        );
+        report.packs_read = chosen.len();
         let by_pack: Mutex<Vec<(&PackId, &Vec<crate::pack::BlobEntry>)>> = Mutex::new(
             indexed
                 .iter()
-                .filter(|(p, _)| stored.contains_key(p))
+                .filter(|(p, _)| chosen.contains(*p))
                 .collect(),
         );
         let found: Mutex<(Vec<Problem>, Vec<Bad>, usize, u64)> =
@@ -391,4 +464,37 @@ fn affected_paths(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod subset_tests {
+    use super::*;
+
+    fn packs(n: u8) -> Vec<(PackId, u64)> {
+        (0..n)
+            .map(|i| (ObjectId([i.wrapping_mul(37); 32]), 100))
+            .collect()
+    }
+
+    #[test]
+    fn parts_cover_every_pack_once() {
+        let all = packs(200);
+        let mut seen = HashSet::new();
+        for n in 1..=7 {
+            for p in (DataSubset::Part { n, of: 7 }).select(all.clone()) {
+                assert!(seen.insert(p), "pack in two parts");
+            }
+        }
+        assert_eq!(seen.len(), all.len());
+    }
+
+    #[test]
+    fn fractions_and_bytes_pick_enough() {
+        assert_eq!(DataSubset::Fraction(0.1).select(packs(200)).len(), 20);
+        assert_eq!(DataSubset::Fraction(0.001).select(packs(200)).len(), 1);
+        assert_eq!(DataSubset::Fraction(1.0).select(packs(200)).len(), 200);
+        assert_eq!(DataSubset::Bytes(1000).select(packs(200)).len(), 10);
+        assert_eq!(DataSubset::Bytes(1001).select(packs(200)).len(), 11);
+        assert!(DataSubset::Fraction(0.5).select(Vec::new()).is_empty());
+    }
 }

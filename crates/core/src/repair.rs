@@ -1,0 +1,169 @@
+//! `repair index`: rebuild the index from the pack headers, after index files were lost or
+//! damaged (`docs/format.md` §7.1).
+//!
+//! Index files are listed first, then packs: a writer stores a pack before the index file that
+//! lists it, so every pack an old index file names is in the pack listing (unless prune deleted
+//! it). New index files are stored before the old ones are deleted, so a crash leaves at worst
+//! entries listed twice, which readers accept. The command runs as a writer session, so a
+//! concurrent prune treats it like a backup.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::id::{ObjectId, PackId};
+use crate::pack::BlobEntry;
+use crate::repo::{index, Repository};
+use crate::store::Kind;
+
+/// Packs per rebuilt index file.
+const PACKS_PER_INDEX_FILE: usize = 256;
+/// Pack headers read at once (each is two ranged reads; on object stores latency dominates).
+const READERS: usize = 8;
+
+/// What `repair index` found and did.
+#[derive(Debug, Default, Serialize)]
+pub struct RepairIndexReport {
+    /// Index files before the repair.
+    pub index_files_before: usize,
+    /// Of those, files that could not be read or opened (now replaced).
+    pub index_files_damaged: Vec<String>,
+    /// Packs in the store.
+    pub packs: usize,
+    /// Packs indexed from their headers.
+    pub packs_indexed: usize,
+    /// Packs whose header could not be read: `(pack, why)`. Their entries are carried over from a
+    /// readable old index file when there is one.
+    pub packs_damaged: Vec<(String, String)>,
+    /// Of the damaged packs, those whose old index entries were kept.
+    pub packs_carried_over: usize,
+    /// Packs that were in the store but in no index file (now indexed).
+    pub packs_added: usize,
+    /// Packs an old index file listed that are not in the store (their entries are dropped).
+    pub packs_missing: usize,
+    /// Blobs in the new index.
+    pub blobs: usize,
+    /// Index files written.
+    pub index_files_written: usize,
+    /// Old index files deleted.
+    pub index_files_deleted: usize,
+    /// Nothing was written (`--dry-run`).
+    pub dry_run: bool,
+}
+
+/// Rebuilds the index from every pack's header and replaces the old index files.
+pub fn repair_index(
+    repo: &mut Repository,
+    hostname: &str,
+    dry_run: bool,
+) -> Result<RepairIndexReport> {
+    if !dry_run {
+        repo.begin_session("repair-index", hostname)?;
+    }
+    let result = run(repo, dry_run);
+    if result.is_ok() {
+        repo.end_session()?;
+    }
+    result
+}
+
+fn run(repo: &Repository, dry_run: bool) -> Result<RepairIndexReport> {
+    let store = repo.store();
+    let mut report = RepairIndexReport {
+        dry_run,
+        ..RepairIndexReport::default()
+    };
+
+    // 1. The old index files, as far as they open.
+    let old_files: Vec<ObjectId> = store.list_ids(Kind::Index)?;
+    report.index_files_before = old_files.len();
+    let mut old: HashMap<PackId, Vec<BlobEntry>> = HashMap::new();
+    for id in &old_files {
+        match store
+            .get(Kind::Index, id, None)
+            .and_then(|b| index::open(repo.crypto(), id, &b))
+        {
+            Ok(packs) => {
+                for (p, entries) in packs {
+                    old.entry(p).or_insert(entries);
+                }
+            }
+            Err(
+                e @ (Error::Corrupt { .. }
+                | Error::UnsupportedVersion { .. }
+                | Error::NotFound { .. }),
+            ) => {
+                report
+                    .index_files_damaged
+                    .push(format!("index {}: {e}", id.short()));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    // 2. Every pack's header.
+    let packs = store.list(Kind::Pack)?;
+    report.packs = packs.len();
+    let queue = Mutex::new(packs);
+    let results: Mutex<Vec<(PackId, Result<Vec<BlobEntry>>)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..READERS {
+            s.spawn(|| loop {
+                let Some((id, len)) = queue.lock().expect("queue lock").pop() else {
+                    return;
+                };
+                let r = repo.read_pack_header(&id, len);
+                results.lock().expect("results lock").push((id, r));
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("results lock");
+    results.sort_by_key(|(id, _)| *id);
+    let mut new: Vec<(PackId, Vec<BlobEntry>)> = Vec::with_capacity(results.len());
+    for (id, r) in results {
+        match r {
+            Ok(entries) => {
+                if !old.contains_key(&id) {
+                    report.packs_added += 1;
+                }
+                report.packs_indexed += 1;
+                new.push((id, entries));
+            }
+            Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. })) => {
+                // NotFound: deleted by a concurrent prune between listing and reading.
+                if matches!(e, Error::NotFound { .. }) {
+                    continue;
+                }
+                report.packs_damaged.push((id.to_hex(), e.to_string()));
+                if let Some(entries) = old.get(&id) {
+                    report.packs_carried_over += 1;
+                    new.push((id, entries.clone()));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let in_store: std::collections::HashSet<PackId> = new.iter().map(|(p, _)| *p).collect();
+    report.packs_missing = old.keys().filter(|p| !in_store.contains(*p)).count();
+    report.blobs = new.iter().map(|(_, e)| e.len()).sum();
+    if dry_run {
+        return Ok(report);
+    }
+
+    // 3. New index files, then the old ones go.
+    let mut written = std::collections::HashSet::new();
+    for group in new.chunks(PACKS_PER_INDEX_FILE) {
+        written.insert(repo.write_index(group)?);
+        report.index_files_written += 1;
+    }
+    for id in &old_files {
+        // Without encryption a rebuilt file can have an old one's bytes, hence its name.
+        if !written.contains(id) {
+            store.delete(Kind::Index, id)?;
+            report.index_files_deleted += 1;
+        }
+    }
+    Ok(report)
+}
