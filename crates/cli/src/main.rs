@@ -48,8 +48,30 @@ fn limit_malloc_arenas() {
     let _ = cmd.args(args).env("MALLOC_ARENA_MAX", "2").exec();
 }
 
+/// `tidemark ls latest | head`: once the reader is gone, stop as the coreutils do when SIGPIPE
+/// kills them (status 141 = 128 + SIGPIPE), without a panic message. Rust ignores SIGPIPE, so a
+/// write to the closed pipe fails and `println!` panics; restoring the signal's default would need
+/// `unsafe`, which the workspace forbids.
+fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied());
+        if let Some(msg) = msg {
+            if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+                std::process::exit(141);
+            }
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    exit_quietly_on_broken_pipe();
     let cli = args::Cli::parse();
     let cancel = Arc::new(AtomicBool::new(false));
     let c = Arc::clone(&cancel);
@@ -65,6 +87,13 @@ fn main() -> ExitCode {
         Ok(Outcome::Partial) => ExitCode::from(3),
         Ok(Outcome::Damaged) => ExitCode::from(1),
         Err(e) => {
+            let broken_pipe = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if broken_pipe {
+                return ExitCode::from(141);
+            }
             if matches!(
                 e.downcast_ref::<tidemark_core::Error>(),
                 Some(tidemark_core::Error::Interrupted)

@@ -121,6 +121,40 @@ fn restore_include_only_restores_that_subtree() {
 }
 
 #[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::BufRead;
+    let repo = Repo::init();
+    let src = repo.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..3000 {
+        std::fs::write(src.join(format!("a-rather-long-file-name-{i:05}")), "x").unwrap();
+    }
+    repo.ok(&["backup", "--quiet", src.to_str().unwrap()]);
+    // `tidemark ls latest | head -1`: ~200 KiB of names, more than a pipe holds.
+    let mut child = repo
+        .cmd()
+        .args(["ls", "latest"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(!first.is_empty());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(141),
+        "exits as a process killed by SIGPIPE shows"
+    );
+}
+
+#[test]
 fn wrong_password_and_missing_repository_are_one_line_errors() {
     let repo = Repo::init();
     let out = repo
