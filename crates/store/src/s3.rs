@@ -316,16 +316,16 @@ impl Store for S3Store {
                     // Still report a missing object as missing.
                     s3.head(&key).await.map(|_| bytes::Bytes::new())
                 }
-                Some(r) => {
-                    // A range past the end is cut at the end, as a file read is.
-                    let size = s3.head(&key).await?.size;
-                    let end = r.end.min(size);
-                    if r.start >= end {
-                        Ok(bytes::Bytes::new())
-                    } else {
-                        s3.get_range(&key, r.start..end).await
-                    }
-                }
+                Some(r) => match s3.get_range(&key, r.clone()).await {
+                    // A range reaching past the end comes back cut at the end, as a file read.
+                    Ok(b) => Ok(b),
+                    Err(e @ object_store::Error::NotFound { .. }) => Err(e),
+                    // Starting at or past the end is refused (416); that reads nothing.
+                    Err(e) => match s3.head(&key).await {
+                        Ok(meta) if r.start >= meta.size => Ok(bytes::Bytes::new()),
+                        _ => Err(e),
+                    },
+                },
             }
         });
         res.map(|b| b.to_vec())
