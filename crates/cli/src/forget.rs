@@ -140,7 +140,7 @@ pub struct PruneArgs {
     /// Repack a pack when at least this share of it is unused.
     #[arg(long, value_name = "PERCENT", default_value = "10%", value_parser = parse_percent)]
     pub repack_threshold: f64,
-    /// Stop repacking once unused data is at most this share of the repository.
+    /// Stop repacking once unused data is at most this share of the repository after the prune.
     #[arg(long, value_name = "PERCENT", default_value = "5%", value_parser = parse_percent)]
     pub max_unused: f64,
     /// Repack at most this much per run (e.g. 10GiB).

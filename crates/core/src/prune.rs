@@ -33,7 +33,8 @@ pub struct PruneOptions {
     pub keep_condemned: Duration,
     /// A pack whose unused share is at least this is repacked.
     pub repack_threshold: f64,
-    /// Repacking stops once the unused bytes left are at most this share of the repository.
+    /// Repacking stops once the unused bytes left are at most this share of the repository as it
+    /// will be after the prune.
     pub max_unused: f64,
     /// At most this many bytes of packs are repacked in one run.
     pub max_repack_bytes: Option<u64>,
@@ -297,7 +298,6 @@ fn run(repo: &mut Repository, opts: &PruneOptions, report: &mut PruneReport) -> 
     }
     let target = u64::from(repo.config().pack_size);
     let live: Vec<(&PackId, &PackInfo)> = live_ids.iter().map(|id| (id, &packs[id])).collect();
-    let total_live: u64 = live.iter().map(|(_, p)| p.total).sum();
     let unused: Vec<PackId> = live
         .iter()
         .filter(|(_, p)| p.used == 0)
@@ -327,7 +327,16 @@ fn run(repo: &mut Repository, opts: &PruneOptions, report: &mut PruneReport) -> 
         .filter(|(_, p)| p.used > 0)
         .map(|(_, p)| p.total - p.used)
         .sum();
-    let allowed_unused = (opts.max_unused * total_live as f64) as u64;
+    // At most `max_unused` of the repository *after* this prune may be unused (as restic counts
+    // it): unused <= f * (used + unused), i.e. unused <= f / (1 - f) * used. Measured against the
+    // size before, the unused packs about to go would inflate the allowance and leave the work to
+    // the next prune.
+    let used_live: u64 = live.iter().map(|(_, p)| p.used).sum();
+    let allowed_unused = if opts.max_unused >= 1.0 {
+        u64::MAX
+    } else {
+        (opts.max_unused / (1.0 - opts.max_unused) * used_live as f64) as u64
+    };
     let mut repack: Vec<PackId> = Vec::new();
     let mut repack_bytes = 0u64;
     for (id, share, small) in candidates {
