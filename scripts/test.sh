@@ -23,5 +23,8 @@ echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== stress: prune while watch seals, both killed, 200 rounds"
+TIDEMARK_STRESS_ROUNDS=${STRESS_ROUNDS:-200} cargo test -q -p tidemark --test integration \
+  integration::prune::prune_runs_while_watch_writes_and_both_are_killed -- --exact --nocapture
 echo "== fuzz (${FUZZ_SECONDS:-10}s per target)"
 FUZZ_SECONDS=${FUZZ_SECONDS:-10} scripts/fuzz.sh

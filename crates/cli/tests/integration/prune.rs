@@ -292,6 +292,9 @@ fn forget_prune_and_check_from_the_command_line() {
     assert!(!bad.status.success());
 }
 
+/// Rounds of forget + prune (every third one killed) while `watch` seals every 100 ms (killed
+/// every fourth round). `TIDEMARK_STRESS_ROUNDS` raises it: scripts/test.sh runs 200 rounds,
+/// well over a thousand seals.
 #[test]
 fn prune_runs_while_watch_writes_and_both_are_killed() {
     use rand::{Rng, SeedableRng};
@@ -329,7 +332,12 @@ fn prune_runs_while_watch_writes_and_both_are_killed() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let mut deleted = 0;
     let mut prunes = 0;
-    for round in 0..12 {
+    let mut seals = 0;
+    let rounds: usize = std::env::var("TIDEMARK_STRESS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(12);
+    for round in 0..rounds {
         std::thread::sleep(Duration::from_millis(rng.gen_range(300..900)));
         repo.ok(&["forget", "--quiet", "--keep-last", "3"]);
         let mut p = repo
@@ -352,6 +360,7 @@ fn prune_runs_while_watch_writes_and_both_are_killed() {
             panic!("prune failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         if round % 4 == 3 {
+            seals += daemon.seals();
             daemon.kill9();
             daemon = Daemon::start_with(&repo, &src, &state, None, &env);
         }
@@ -359,8 +368,11 @@ fn prune_runs_while_watch_writes_and_both_are_killed() {
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     std::thread::sleep(Duration::from_millis(500));
+    seals += daemon.seals();
     daemon.stop();
-    assert!(prunes >= 8, "{prunes} prunes finished");
+    eprintln!("{rounds} rounds: {prunes} prunes finished, {deleted} packs deleted, {seals} seals");
+    assert!(seals >= rounds * 2, "only {seals} seals in {rounds} rounds");
+    assert!(prunes >= rounds * 2 / 3, "{prunes} prunes finished");
     assert!(deleted > 0, "prune deleted nothing while watch ran");
     repo.ok(&["prune", "--keep-condemned", "0s"]);
     repo.ok(&["check", "--read-data"]);

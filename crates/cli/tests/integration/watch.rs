@@ -88,6 +88,16 @@ impl Daemon {
         self.wait_for("stopped", Duration::from_secs(5))
     }
 
+    /// Seals reported so far.
+    pub fn seals(&self) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["message_type"] == "sealed")
+            .count()
+    }
+
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();

@@ -783,6 +783,54 @@ impl Repository {
         Ok(id)
     }
 
+    /// Reads every tree reachable from `roots` with `threads` reads in flight, for a walk that
+    /// needs them all (restore's plan). One read at a time is latency-bound on an object store
+    /// (a round trip per directory); this is not. Trees that fail to load are left out, so that
+    /// the walk's own `load_tree` reports them where it meets them. Holds every tree in memory,
+    /// as the walk's plan does its files.
+    pub fn prefetch_trees(&self, roots: &[BlobId], threads: usize) -> HashMap<BlobId, Tree> {
+        // (to read, reads in flight)
+        let queue = std::sync::Mutex::new((roots.to_vec(), 0usize));
+        let wake = std::sync::Condvar::new();
+        let seen: std::sync::Mutex<HashSet<BlobId>> =
+            std::sync::Mutex::new(roots.iter().copied().collect());
+        let out = std::sync::Mutex::new(HashMap::new());
+        std::thread::scope(|s| {
+            for _ in 0..threads.max(1) {
+                s.spawn(|| loop {
+                    let id = {
+                        let mut q = queue.lock().expect("queue lock");
+                        loop {
+                            if let Some(id) = q.0.pop() {
+                                q.1 += 1;
+                                break id;
+                            }
+                            if q.1 == 0 {
+                                wake.notify_all();
+                                return;
+                            }
+                            q = wake.wait(q).expect("queue lock");
+                        }
+                    };
+                    let loaded = self.load_tree(&id).ok();
+                    let mut q = queue.lock().expect("queue lock");
+                    if let Some(tree) = loaded {
+                        let mut seen = seen.lock().expect("seen lock");
+                        for sub in tree.nodes.iter().filter_map(|n| n.subtree) {
+                            if seen.insert(sub) {
+                                q.0.push(sub);
+                            }
+                        }
+                        out.lock().expect("out lock").insert(id, tree);
+                    }
+                    q.1 -= 1;
+                    wake.notify_all();
+                });
+            }
+        });
+        out.into_inner().expect("out lock")
+    }
+
     /// Every tree reachable from `roots`, each visited once: calls `each(tree_id, tree)`.
     pub fn walk_trees(
         &self,

@@ -73,6 +73,9 @@ pub struct RestoreProgress {
     pub files: AtomicU64,
 }
 
+/// Tree reads in flight while planning.
+const PREFETCH_READS: usize = 16;
+
 /// Blobs needed from one pack: id → (location, [(file index, offset in file)]).
 type PackNeeds = HashMap<BlobId, (Location, Vec<(usize, u64)>)>;
 
@@ -93,6 +96,8 @@ struct Plan {
     errors: Vec<RestoreError>,
     other: u64,
     bytes: u64,
+    /// Trees read ahead, taken out as the walk meets them.
+    trees: HashMap<BlobId, crate::snapshot::Tree>,
 }
 
 /// Restores the tree `root` of a snapshot (the repository's index must be loaded).
@@ -117,6 +122,11 @@ pub fn restore(
         .canonicalize()
         .map_err(|e| Error::io("resolving target", &opts.target, e))?;
     let mut plan = Plan::default();
+    // The walk reads one directory after another; read them all ahead with many reads in flight
+    // (on S3 a round trip each). With --include only the included part is walked, so not then.
+    if opts.include.is_empty() {
+        plan.trees = repo.prefetch_trees(&[*root], PREFETCH_READS);
+    }
     let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
     plan_tree(
         repo,
@@ -211,7 +221,11 @@ fn plan_tree(
     inodes: &mut HashMap<(u64, u64), usize>,
 ) -> Result<()> {
     let is_root = nix::unistd::geteuid().is_root();
-    let tree = match repo.load_tree(tree_id) {
+    let tree = match plan
+        .trees
+        .remove(tree_id)
+        .map_or_else(|| repo.load_tree(tree_id), Ok)
+    {
         Ok(t) => t,
         Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. })) => {
             plan.errors.push(RestoreError {
