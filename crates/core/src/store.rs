@@ -108,6 +108,11 @@ pub trait Store: Send + Sync + 'static {
     fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()>;
     /// A human-readable location for messages (`/srv/repo`, `s3:…`).
     fn location(&self) -> String;
+    /// Whether each request costs a network round trip (an object store): walks that read one
+    /// object after another then read ahead, trading memory for latency.
+    fn is_remote(&self) -> bool {
+        false
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -131,6 +136,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn location(&self) -> String {
         (**self).location()
+    }
+    fn is_remote(&self) -> bool {
+        (**self).is_remote()
     }
 }
 

@@ -384,6 +384,10 @@ impl Store for S3Store {
     fn location(&self) -> String {
         display(&self.location)
     }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

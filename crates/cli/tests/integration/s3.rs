@@ -68,6 +68,13 @@ fn every_command_works_on_an_s3_repository() {
     repo.ok(&["key", "list"]);
     assert_restores(&repo, &src, "r1");
     repo.ok(&["check", "--read-data"]);
+    repo.ok(&["check", "--read-data-subset", "1/2"]);
+    let repaired = json(&repo, &["repair", "index"]);
+    assert!(
+        repaired["packs_indexed"].as_u64().unwrap() > 0,
+        "{repaired}"
+    );
+    repo.ok(&["check"]);
 
     // Lifecycle: forget the first, prune, and everything kept still restores.
     repo.ok(&["policy", "show"]);

@@ -122,9 +122,10 @@ pub fn restore(
         .canonicalize()
         .map_err(|e| Error::io("resolving target", &opts.target, e))?;
     let mut plan = Plan::default();
-    // The walk reads one directory after another; read them all ahead with many reads in flight
-    // (on S3 a round trip each). With --include only the included part is walked, so not then.
-    if opts.include.is_empty() {
+    // The walk reads one directory after another; on an object store, where each read is a round
+    // trip, read them all ahead with many reads in flight. Locally a read is cheap and holding
+    // every tree would only cost memory; with --include only the included part is walked.
+    if opts.include.is_empty() && repo.store().is_remote() {
         plan.trees = repo.prefetch_trees(&[*root], PREFETCH_READS);
     }
     let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
