@@ -784,59 +784,32 @@ impl Repository {
     }
 
     /// Reads every tree reachable from `roots` with `threads` reads in flight, for a walk that
-    /// needs them all (restore's plan). One read at a time is latency-bound on an object store
-    /// (a round trip per directory); this is not. Trees that fail to load are left out, so that
-    /// the walk's own `load_tree` reports them where it meets them. Holds every tree in memory,
-    /// as the walk's plan does its files.
+    /// needs them all (restore's plan on an object store, where one read at a time pays a round
+    /// trip per directory). Trees that fail to load are left out, so that the walk's own
+    /// `load_tree` reports them where it meets them. Holds every tree in memory.
     pub fn prefetch_trees(&self, roots: &[BlobId], threads: usize) -> HashMap<BlobId, Tree> {
-        // (to read, reads in flight)
-        let queue = std::sync::Mutex::new((roots.to_vec(), 0usize));
-        let wake = std::sync::Condvar::new();
-        let seen: std::sync::Mutex<HashSet<BlobId>> =
-            std::sync::Mutex::new(roots.iter().copied().collect());
         let out = std::sync::Mutex::new(HashMap::new());
-        std::thread::scope(|s| {
-            for _ in 0..threads.max(1) {
-                s.spawn(|| loop {
-                    let id = {
-                        let mut q = queue.lock().expect("queue lock");
-                        loop {
-                            if let Some(id) = q.0.pop() {
-                                q.1 += 1;
-                                break id;
-                            }
-                            if q.1 == 0 {
-                                wake.notify_all();
-                                return;
-                            }
-                            q = wake.wait(q).expect("queue lock");
-                        }
-                    };
-                    let loaded = self.load_tree(&id).ok();
-                    let mut q = queue.lock().expect("queue lock");
-                    if let Some(tree) = loaded {
-                        let mut seen = seen.lock().expect("seen lock");
-                        for sub in tree.nodes.iter().filter_map(|n| n.subtree) {
-                            if seen.insert(sub) {
-                                q.0.push(sub);
-                            }
-                        }
-                        out.lock().expect("out lock").insert(id, tree);
-                    }
-                    q.1 -= 1;
-                    wake.notify_all();
-                });
-            }
+        let _ = self.parallel_walk(roots, threads, false, &|id, tree| {
+            out.lock().expect("out lock").insert(id, tree);
+            Ok(())
         });
         out.into_inner().expect("out lock")
     }
 
-    /// Every tree reachable from `roots`, each visited once: calls `each(tree_id, tree)`.
+    /// Every tree reachable from `roots`, each visited once: calls `each(tree_id, tree)`, in no
+    /// particular order. On an object store the trees are read 16 at a time (`each` still runs
+    /// one call at a time), so only the trees in flight are in memory.
     pub fn walk_trees(
         &self,
         roots: &[BlobId],
-        each: &mut dyn FnMut(&BlobId, &Tree) -> Result<()>,
+        each: &mut (dyn FnMut(&BlobId, &Tree) -> Result<()> + Send),
     ) -> Result<()> {
+        if self.store.is_remote() {
+            let each = std::sync::Mutex::new(each);
+            return self.parallel_walk(roots, 16, true, &|id, tree| {
+                (each.lock().expect("walk lock"))(&id, &tree)
+            });
+        }
         let mut seen = HashSet::new();
         let mut stack: Vec<BlobId> = roots.to_vec();
         while let Some(id) = stack.pop() {
@@ -848,5 +821,82 @@ impl Repository {
             stack.extend(tree.nodes.iter().filter_map(|n| n.subtree));
         }
         Ok(())
+    }
+
+    /// Reads the trees reachable from `roots` on `threads` threads, each once, and hands each to
+    /// `visit`. With `strict`, the first failure (a read or `visit`) stops the walk and is
+    /// returned; without, trees that fail to load are skipped.
+    fn parallel_walk(
+        &self,
+        roots: &[BlobId],
+        threads: usize,
+        strict: bool,
+        visit: &(dyn Fn(BlobId, Tree) -> Result<()> + Sync),
+    ) -> Result<()> {
+        struct Work {
+            todo: Vec<BlobId>,
+            in_flight: usize,
+            failed: Option<Error>,
+        }
+        let work = std::sync::Mutex::new(Work {
+            todo: Vec::new(),
+            in_flight: 0,
+            failed: None,
+        });
+        let wake = std::sync::Condvar::new();
+        let seen: std::sync::Mutex<HashSet<BlobId>> = std::sync::Mutex::new(HashSet::new());
+        {
+            let mut seen = seen.lock().expect("seen lock");
+            let mut w = work.lock().expect("work lock");
+            w.todo = roots.iter().copied().filter(|r| seen.insert(*r)).collect();
+        }
+        std::thread::scope(|s| {
+            for _ in 0..threads.max(1) {
+                s.spawn(|| loop {
+                    let id = {
+                        let mut w = work.lock().expect("work lock");
+                        loop {
+                            if w.failed.is_some() {
+                                wake.notify_all();
+                                return;
+                            }
+                            if let Some(id) = w.todo.pop() {
+                                w.in_flight += 1;
+                                break id;
+                            }
+                            if w.in_flight == 0 {
+                                wake.notify_all();
+                                return;
+                            }
+                            w = wake.wait(w).expect("work lock");
+                        }
+                    };
+                    let result = self.load_tree(&id).and_then(|tree| {
+                        let subs: Vec<BlobId> =
+                            tree.nodes.iter().filter_map(|n| n.subtree).collect();
+                        visit(id, tree).map(|()| subs)
+                    });
+                    let mut w = work.lock().expect("work lock");
+                    match result {
+                        Ok(subs) => {
+                            let mut seen = seen.lock().expect("seen lock");
+                            w.todo.extend(subs.into_iter().filter(|s| seen.insert(*s)));
+                        }
+                        Err(e) if strict => {
+                            if w.failed.is_none() {
+                                w.failed = Some(e);
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                    w.in_flight -= 1;
+                    wake.notify_all();
+                });
+            }
+        });
+        match work.into_inner().expect("work lock").failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
