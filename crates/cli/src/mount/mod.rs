@@ -24,10 +24,8 @@
 //! files not seen yet are read too (a snapshot is stored after its index). A blob whose pack has
 //! gone (prune) makes the whole index be read again, at most once per `--refresh`.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::hash::Hasher;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,6 +47,14 @@ use tidemark_core::store::Kind;
 use crate::args::Global;
 use crate::open;
 use crate::Outcome;
+
+mod cache;
+mod inodes;
+mod view;
+
+use cache::{Blobs, Lru};
+use inodes::{hashed, Entry, Inodes, TreeEntry, IDS, LATEST, SNAPSHOTS};
+use view::View;
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
@@ -152,13 +158,6 @@ fn lazy_unmount(mountpoint: &Path) -> Result<()> {
     )
 }
 
-/// Root, `snapshots/`, `ids/` and `latest` have fixed numbers; hashed ones start above.
-const ROOT: u64 = 1;
-const SNAPSHOTS: u64 = 2;
-const IDS: u64 = 3;
-const LATEST: u64 = 4;
-const FIRST_HASHED: u64 = 16;
-
 /// How long the kernel may keep entries and attributes: inside a snapshot nothing changes.
 const STABLE_TTL: Duration = Duration::from_secs(600);
 /// For the top level and the snapshot directories, which come and go.
@@ -179,244 +178,6 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The inode number of `key` (a name, or for a snapshot directory its name, NUL and id) in
-/// `parent`, before collision probing.
-fn hashed(parent: u64, key: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    h.write_u64(parent);
-    h.write(key);
-    let v = h.finish();
-    if v < FIRST_HASHED {
-        v + FIRST_HASHED
-    } else {
-        v
-    }
-}
-
-/// What an inode is.
-#[derive(Clone)]
-enum Entry {
-    Root,
-    Snapshots,
-    Ids,
-    Latest,
-    /// A snapshot's directory: its root tree.
-    Snapshot {
-        tree: BlobId,
-        time_ns: i64,
-    },
-    /// An entry of a tree.
-    Node(Arc<TreeEntry>),
-}
-
-struct TreeEntry {
-    node: Node,
-    /// Where each chunk starts, and the end of the last (files; set by the first `open`).
-    offsets: OnceLock<Arc<[u64]>>,
-}
-
-struct Inode {
-    parent: u64,
-    key: Vec<u8>,
-    /// Lookups the kernel has not forgotten yet.
-    lookups: u64,
-    entry: Entry,
-}
-
-/// The inodes the kernel holds references to (plus the fixed ones).
-#[derive(Default)]
-struct Inodes {
-    map: HashMap<u64, Inode>,
-}
-
-impl Inodes {
-    fn get(&self, ino: u64) -> Option<(Entry, u64)> {
-        match ino {
-            ROOT => Some((Entry::Root, ROOT)),
-            SNAPSHOTS => Some((Entry::Snapshots, ROOT)),
-            IDS => Some((Entry::Ids, ROOT)),
-            LATEST => Some((Entry::Latest, ROOT)),
-            _ => self.map.get(&ino).map(|i| (i.entry.clone(), i.parent)),
-        }
-    }
-
-    /// The inode of `key` in `parent`, counting one lookup.
-    fn remember(&mut self, parent: u64, key: Vec<u8>, entry: Entry) -> u64 {
-        let mut ino = hashed(parent, &key);
-        loop {
-            match self.map.get_mut(&ino) {
-                None => {
-                    self.map.insert(
-                        ino,
-                        Inode {
-                            parent,
-                            key,
-                            lookups: 1,
-                            entry,
-                        },
-                    );
-                    return ino;
-                }
-                Some(i) if i.parent == parent && i.key == key => {
-                    i.lookups += 1;
-                    return ino;
-                }
-                // A hash collision: probe on (readdir's number for this name is then stale,
-                // which only `ls -i` could notice).
-                Some(_) => ino = ino.checked_add(1).unwrap_or(FIRST_HASHED),
-            }
-        }
-    }
-
-    fn forget(&mut self, ino: u64, lookups: u64) {
-        if let Some(i) = self.map.get_mut(&ino) {
-            i.lookups = i.lookups.saturating_sub(lookups);
-            if i.lookups == 0 {
-                self.map.remove(&ino);
-            }
-        }
-    }
-}
-
-/// A least-recently-used map bounded by the sum of its values' weights (at least one value
-/// stays, however heavy).
-struct Lru<V> {
-    map: HashMap<BlobId, (V, u64, usize)>,
-    order: BTreeMap<u64, BlobId>,
-    tick: u64,
-    used: usize,
-    capacity: usize,
-}
-
-impl<V: Clone> Lru<V> {
-    fn new(capacity: usize) -> Self {
-        Lru {
-            map: HashMap::new(),
-            order: BTreeMap::new(),
-            tick: 0,
-            used: 0,
-            capacity,
-        }
-    }
-
-    fn get(&mut self, id: &BlobId) -> Option<V> {
-        let (value, tick, _) = self.map.get_mut(id)?;
-        self.order.remove(tick);
-        self.tick += 1;
-        *tick = self.tick;
-        self.order.insert(self.tick, *id);
-        Some(value.clone())
-    }
-
-    fn insert(&mut self, id: BlobId, value: V, weight: usize) {
-        if let Some((_, tick, w)) = self.map.remove(&id) {
-            self.order.remove(&tick);
-            self.used -= w;
-        }
-        self.tick += 1;
-        self.map.insert(id, (value, self.tick, weight));
-        self.order.insert(self.tick, id);
-        self.used += weight;
-        while self.used > self.capacity && self.order.len() > 1 {
-            let (_, old) = self.order.pop_first().expect("more than one entry");
-            if let Some((_, _, w)) = self.map.remove(&old) {
-                self.used -= w;
-            }
-        }
-    }
-}
-
-type Loading = Arc<OnceLock<Result<Arc<Vec<u8>>, Errno>>>;
-
-/// Decrypted chunks: an LRU bounded in bytes, and the loads in flight (so that readahead
-/// requests for one chunk on several threads read it once).
-struct Blobs {
-    cached: Lru<Arc<Vec<u8>>>,
-    loading: HashMap<BlobId, Loading>,
-}
-
-/// The snapshots as of the last listing, with their names.
-struct View {
-    list: SnapshotList,
-    /// `snapshots/` names, oldest first.
-    names: Vec<String>,
-    /// `ids/` names.
-    shorts: Vec<String>,
-    by_name: HashMap<String, usize>,
-    by_short: HashMap<String, usize>,
-}
-
-impl View {
-    fn new(list: SnapshotList) -> View {
-        let mut names = Vec::with_capacity(list.len());
-        let mut by_name = HashMap::with_capacity(list.len());
-        for i in 0..list.len() {
-            let name = unique_name(&by_name, list.time_ns(i));
-            by_name.insert(name.clone(), i);
-            names.push(name);
-        }
-        let mut count: HashMap<String, usize> = HashMap::new();
-        for id in list.ids() {
-            *count.entry(id.short()).or_default() += 1;
-        }
-        // Short ids that collide (likely among ~100k snapshots) are given in full.
-        let shorts: Vec<String> = list
-            .ids()
-            .map(|id| {
-                let short = id.short();
-                if count[&short] > 1 {
-                    id.to_hex()
-                } else {
-                    short
-                }
-            })
-            .collect();
-        let by_short = shorts
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.clone(), i))
-            .collect();
-        View {
-            list,
-            names,
-            shorts,
-            by_name,
-            by_short,
-        }
-    }
-
-    fn newest_time(&self) -> Option<i64> {
-        self.list.len().checked_sub(1).map(|i| self.list.time_ns(i))
-    }
-
-    fn latest_target(&self) -> Option<String> {
-        self.names.last().map(|n| format!("snapshots/{n}"))
-    }
-}
-
-/// A snapshot's directory name: its local time to the second; the first snapshot of a second
-/// keeps the plain name, later ones add milliseconds, then `-N` (so names already shown do not
-/// change as newer snapshots arrive).
-fn unique_name(taken: &HashMap<String, usize>, time_ns: i64) -> String {
-    let t = chrono::DateTime::from_timestamp_nanos(time_ns).with_timezone(&chrono::Local);
-    let base = t.format("%Y-%m-%dT%H:%M:%S").to_string();
-    if !taken.contains_key(&base) {
-        return base;
-    }
-    let ms = format!("{base}{}", t.format("%.3f"));
-    if !taken.contains_key(&ms) {
-        return ms;
-    }
-    let mut n = 1u64;
-    loop {
-        let name = format!("{ms}-{n}");
-        if !taken.contains_key(&name) {
-            return name;
-        }
-        n += 1;
-    }
 }
 
 struct RefreshState {
@@ -1098,66 +859,6 @@ impl Filesystem for SnapshotFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(n: u8) -> BlobId {
-        BlobId([n; 32])
-    }
-
-    #[test]
-    fn lru_evicts_least_recently_used_by_weight() {
-        let mut lru = Lru::new(10);
-        lru.insert(id(1), 1, 4);
-        lru.insert(id(2), 2, 4);
-        assert_eq!(lru.get(&id(1)), Some(1)); // 2 is now the oldest
-        lru.insert(id(3), 3, 4);
-        assert_eq!(lru.get(&id(2)), None);
-        assert_eq!(lru.get(&id(1)), Some(1));
-        assert_eq!(lru.get(&id(3)), Some(3));
-        assert_eq!(lru.used, 8);
-        // One value heavier than the whole cache still stays (alone).
-        lru.insert(id(4), 4, 100);
-        assert_eq!(lru.get(&id(4)), Some(4));
-        assert_eq!(lru.map.len(), 1);
-    }
-
-    #[test]
-    fn inodes_count_lookups_and_probe_past_collisions() {
-        let mut inodes = Inodes::default();
-        let entry = || Entry::Snapshot {
-            tree: id(0),
-            time_ns: 0,
-        };
-        let a = inodes.remember(ROOT, b"a".to_vec(), entry());
-        assert_eq!(a, hashed(ROOT, b"a"));
-        assert!(a >= FIRST_HASHED);
-        assert_eq!(inodes.remember(ROOT, b"a".to_vec(), entry()), a);
-        // Another key that lands on the same number is moved along.
-        inodes.map.get_mut(&a).unwrap().key = b"other".to_vec();
-        let b = inodes.remember(ROOT, b"a".to_vec(), entry());
-        assert_eq!(b, a + 1);
-        inodes.map.get_mut(&a).unwrap().key = b"a".to_vec();
-        inodes.forget(a, 1);
-        assert!(inodes.get(a).is_some());
-        inodes.forget(a, 1);
-        assert!(inodes.get(a).is_none());
-        assert!(inodes.get(ROOT).is_some());
-    }
-
-    #[test]
-    fn snapshot_names_stay_unique() {
-        let mut taken = HashMap::new();
-        let t = 1_700_000_000_000_000_000i64;
-        let mut names = Vec::new();
-        for ns in [t, t + 250_000_000, t + 250_000_000, t + 1_000_000_000] {
-            let n = unique_name(&taken, ns);
-            taken.insert(n.clone(), 0);
-            names.push(n);
-        }
-        assert_eq!(names[1], format!("{}.250", names[0]));
-        assert_eq!(names[2], format!("{}.250-1", names[0]));
-        assert_eq!(names[0].len(), "2023-11-14T22:13:20".len());
-        assert_ne!(names[3], names[0]);
-    }
 
     #[test]
     fn device_numbers_use_the_kernel_encoding() {
