@@ -1,11 +1,11 @@
 //! The state machine: applies committed batches to the catalog and the blob store, and seals.
 //!
 //! Applying a batch packs its new blobs (already compressed and encrypted at capture) and edits
-//! the catalog in one non-durable redb commit. A seal — openraft's `build_snapshot` — writes the
-//! changed trees bottom-up, stores the open pack and an index file, then the snapshot object with
-//! its revision, and commits the catalog durably: the repository snapshot is the Raft snapshot,
-//! and after a crash the catalog is back at the last seal while the log, purged only up to it,
-//! replays the rest.
+//! the catalog in one non-durable redb commit. A seal — openraft's `build_snapshot` — first stores
+//! the open pack of file data without the lock, then writes the changed trees bottom-up, stores
+//! their pack and an index file, then the snapshot object with its revision, and commits the
+//! catalog durably: the repository snapshot is the Raft snapshot, and after a crash the catalog is
+//! back at the last seal while the log, purged only up to it, replays the rest.
 
 use std::collections::HashSet;
 use std::io;
@@ -112,6 +112,8 @@ struct Packer {
     repo: Arc<RwLock<Repository>>,
     pack: PackBuilder,
     in_pack: HashSet<BlobId>,
+    /// Blobs of the pack a seal is storing outside the lock ([`StateMachine::seal`]).
+    storing: HashSet<BlobId>,
     unindexed: Vec<(PackId, Vec<BlobEntry>)>,
     compressor: Option<zstd::bulk::Compressor<'static>>,
     packs: u64,
@@ -125,7 +127,9 @@ struct Packer {
 
 impl Packer {
     fn known(&self, id: &BlobId) -> bool {
-        self.in_pack.contains(id) || self.repo.read().expect("repo lock").index().contains(id)
+        self.in_pack.contains(id)
+            || self.storing.contains(id)
+            || self.repo.read().expect("repo lock").index().contains(id)
     }
 
     fn add(
@@ -228,12 +232,17 @@ struct SmInner {
     sealed: Option<SealedMeta>,
     stats: SmStats,
     seal_start: Option<chrono::DateTime<chrono::Utc>>,
+    /// Set when storing a pack failed: the catalog may refer to blobs that were lost, so no
+    /// snapshot may be sealed from it (a restart goes back to the last seal and replays the log).
+    poisoned: Option<String>,
 }
 
 /// The state machine. Clones share it; every method locks it, so a seal and an apply never overlap.
 #[derive(Clone)]
 pub struct StateMachine {
     inner: Arc<Mutex<SmInner>>,
+    /// One seal at a time (its first step runs without `inner`'s lock).
+    sealing: Arc<Mutex<()>>,
 }
 
 impl StateMachine {
@@ -264,6 +273,7 @@ impl StateMachine {
                     repo,
                     pack: PackBuilder::new(),
                     in_pack: HashSet::new(),
+                    storing: HashSet::new(),
                     unindexed: Vec::new(),
                     compressor,
                     packs: 0,
@@ -279,7 +289,9 @@ impl StateMachine {
                 sealed,
                 stats,
                 seal_start: None,
+                poisoned: None,
             })),
+            sealing: Arc::new(Mutex::new(())),
         })
     }
 
@@ -314,7 +326,6 @@ impl StateMachine {
             .and_then(|s| SnapshotId::from_hex(&s.snapshot))
     }
 
-    /// Seals now (what openraft's snapshot builder calls): returns the snapshot meta and data.
     /// Takes in packs that prune newly condemned (`docs/format.md` §19): from now on no blob
     /// only they hold is reused, and every blob the catalog refers to that only they hold is
     /// copied into a new pack, which is stored and indexed before this returns. Afterwards this
@@ -337,8 +348,56 @@ impl StateMachine {
         Ok(g.packer.copied - before)
     }
 
+    /// Seals now (what openraft's snapshot builder calls): returns the snapshot meta and data.
+    ///
+    /// The open pack (the file data applied since the last seal) is stored first, without the
+    /// lock: its fsync is the slow part of a seal (58 ms measured under a 100/s writer, while the
+    /// log's own syncs took 0.3 ms), and holding the lock through it stalled capture, which waits
+    /// for apply. This is what an apply does when a pack fills, minus the lock: the catalog is
+    /// not touched, the pack's blobs count as known meanwhile, and its index file is written by
+    /// the seal proper, which then only stores the trees' small pack, the index and the snapshot.
     pub fn seal(&self) -> Result<RaftSnapshot> {
+        let _one = self.sealing.lock().expect("seal lock");
+        self.store_open_pack()?;
         self.lock().seal()
+    }
+
+    /// Stores the open pack without holding the state machine's lock.
+    fn store_open_pack(&self) -> Result<()> {
+        let (pack, repo) = {
+            let mut g = self.lock();
+            if let Some(why) = &g.poisoned {
+                return Err(Error::Invalid(format!(
+                    "no more seals after a failed store: {why}"
+                )));
+            }
+            if g.packer.pack.is_empty() {
+                return Ok(());
+            }
+            let pack = std::mem::take(&mut g.packer.pack);
+            g.packer.storing = std::mem::take(&mut g.packer.in_pack);
+            (pack, Arc::clone(&g.packer.repo))
+        };
+        let (store, crypto) = {
+            let r = repo.read().expect("repo lock");
+            (Arc::clone(r.store()), r.crypto().clone())
+        };
+        let (id, bytes, entries) = pack.finish(&crypto);
+        let put = store.put(Kind::Pack, &id, &bytes);
+        let mut g = self.lock();
+        match put {
+            Ok(()) => {
+                repo.write().expect("repo lock").index_add(id, &entries);
+                g.packer.unindexed.push((id, entries));
+                g.packer.storing.clear();
+                g.packer.packs += 1;
+                Ok(())
+            }
+            Err(e) => {
+                g.poisoned = Some(e.to_string());
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -415,6 +474,11 @@ impl SmInner {
 
     fn seal(&mut self) -> Result<RaftSnapshot> {
         let started = Instant::now();
+        if let Some(why) = &self.poisoned {
+            return Err(Error::Invalid(format!(
+                "no more seals after a failed store: {why}"
+            )));
+        }
         if self.catalog.is_sealed()?
             && self.sealed.as_ref().map(|s| s.log)
                 == Some(self.applied.as_ref().map(LogIdJson::from))
@@ -614,7 +678,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SealedSnapshot;
 
     async fn build_snapshot(&mut self) -> std::result::Result<RaftSnapshot, io::Error> {
-        self.seal().map_err(io_err)
+        // A seal blocks for its fsyncs; on a runtime worker that would also hold up whatever task
+        // was queued behind it on that worker (its LIFO slot cannot be stolen): measured as 60 to
+        // 120 ms of stalled capture. On the blocking pool it holds up nothing.
+        let sm = self.clone();
+        tokio::task::spawn_blocking(move || sm.seal())
+            .await
+            .map_err(|e| io::Error::other(format!("the seal task failed: {e}")))?
+            .map_err(io_err)
     }
 }
 
