@@ -358,8 +358,9 @@ impl StateMachine {
     /// the seal proper, which then only stores the trees' small pack, the index and the snapshot.
     pub fn seal(&self) -> Result<RaftSnapshot> {
         let _one = self.sealing.lock().expect("seal lock");
+        let started = Instant::now();
         self.store_open_pack()?;
-        self.lock().seal()
+        self.lock().seal(started)
     }
 
     /// Stores the open pack without holding the state machine's lock.
@@ -472,8 +473,9 @@ impl SmInner {
         })
     }
 
-    fn seal(&mut self) -> Result<RaftSnapshot> {
-        let started = Instant::now();
+    /// The seal proper, under the lock; `started` is when [`StateMachine::seal`] began, so the
+    /// reported seal time includes storing the data pack.
+    fn seal(&mut self, started: Instant) -> Result<RaftSnapshot> {
         if let Some(why) = &self.poisoned {
             return Err(Error::Invalid(format!(
                 "no more seals after a failed store: {why}"
