@@ -237,7 +237,8 @@ struct SmInner {
     poisoned: Option<String>,
 }
 
-/// The state machine. Clones share it; every method locks it, so a seal and an apply never overlap.
+/// The state machine. Clones share it; every method locks it, so applies never overlap each other
+/// or the seal proper (only a seal's first step, storing the data pack, runs beside applies).
 #[derive(Clone)]
 pub struct StateMachine {
     inner: Arc<Mutex<SmInner>>,
