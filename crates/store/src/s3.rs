@@ -334,17 +334,12 @@ impl Store for S3Store {
 
     fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
         if kind == Kind::Config {
-            return match self.get(Kind::Config, &CONFIG_ID, Some(0..0)) {
-                Ok(_) => {
-                    let key = self.key(Kind::Config, &CONFIG_ID);
-                    let s3 = self.s3.clone();
-                    let meta = self
-                        .run(async move { s3.head(&key).await })
-                        .map_err(|e| self.error("listing", kind, &CONFIG_ID, e))?;
-                    Ok(vec![(CONFIG_ID, meta.size)])
-                }
-                Err(Error::NotFound { .. }) => Ok(Vec::new()),
-                Err(e) => Err(e),
+            let key = self.key(Kind::Config, &CONFIG_ID);
+            let s3 = self.s3.clone();
+            return match self.run(async move { s3.head(&key).await }) {
+                Ok(meta) => Ok(vec![(CONFIG_ID, meta.size)]),
+                Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+                Err(e) => Err(self.error("listing", kind, &CONFIG_ID, e)),
             };
         }
         let dir = self.dir(kind);

@@ -3,9 +3,10 @@
 
 use super::common::{every_kind_tree, restored, tree_difference_except_atime, Repo};
 
-fn copy_json(to: &Repo, from: &Repo, extra: &[&str]) -> serde_json::Value {
+pub fn copy_json(to: &Repo, from: &Repo, extra: &[&str]) -> serde_json::Value {
     let mut cmd = to.cmd();
-    cmd.env("TIDEMARK_FROM_PASSWORD", "test password")
+    cmd.envs(from.env.iter().copied())
+        .env("TIDEMARK_FROM_PASSWORD", "test password")
         .args(["--json", "copy", "--from-repo"])
         .arg(&from.path)
         .args(extra);

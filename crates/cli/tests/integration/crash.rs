@@ -35,6 +35,18 @@ pub fn small_repo_options() -> InitOptions {
     }
 }
 
+/// `check --read-data` on `repo`.
+pub fn check_all(repo: &Repository) -> tidemark_core::check::CheckReport {
+    check(
+        repo,
+        CheckOptions {
+            read_data: true,
+            ..CheckOptions::default()
+        },
+    )
+    .unwrap()
+}
+
 pub fn open(store: Arc<dyn Store>) -> Repository {
     let mut r = Repository::open(store, &mut || Ok(b"pw".to_vec())).unwrap();
     r.load_index().unwrap();
@@ -111,14 +123,7 @@ fn crash_at_every_write_point_of_a_backup() {
         crashes += 1;
         // What the crash left behind passes check, and no snapshot references missing data.
         let repo = open(mem.clone());
-        let report = check(
-            &repo,
-            CheckOptions {
-                read_data: true,
-                ..CheckOptions::default()
-            },
-        )
-        .unwrap();
+        let report = check_all(&repo);
         assert!(
             report.errors.is_empty(),
             "budget {budget}: {:?}",
@@ -144,14 +149,7 @@ fn crash_at_every_write_point_of_a_backup() {
         )
         .unwrap();
         assert_same_tree(&src, &restored(&target, &src));
-        let report = check(
-            &repo,
-            CheckOptions {
-                read_data: true,
-                ..CheckOptions::default()
-            },
-        )
-        .unwrap();
+        let report = check_all(&repo);
         assert!(
             report.errors.is_empty(),
             "budget {budget} after re-run: {:?}",

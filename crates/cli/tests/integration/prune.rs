@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidemark_core::check::{check, CheckOptions};
 use tidemark_core::id::ObjectId;
 use tidemark_core::lifecycle::Session;
 use tidemark_core::prune::{prune, PruneOptions};
@@ -18,7 +17,7 @@ use tidemark_core::{Error, Result};
 use tidemark_testkit::MemStore;
 
 use super::common::{assert_same_tree, restored, tree_difference_except_atime, Repo};
-use super::crash::{open, run_backup, small_repo_options};
+use super::crash::{check_all, open, run_backup, small_repo_options};
 use super::watch::Daemon;
 
 /// After `budget` mutations (puts and deletes) every mutation fails, as if the process died.
@@ -107,14 +106,7 @@ pub fn repository_with_garbage(src: &Path) -> Arc<MemStore> {
 
 pub fn assert_intact(mem: &Arc<MemStore>, src: &Path, target: &Path, what: &str) {
     let repo = open(mem.clone());
-    let report = check(
-        &repo,
-        CheckOptions {
-            read_data: true,
-            ..CheckOptions::default()
-        },
-    )
-    .unwrap();
+    let report = check_all(&repo);
     assert!(report.errors.is_empty(), "{what}: {:?}", report.errors);
     let snaps = repo.snapshots().unwrap();
     assert_eq!(snaps.len(), 1, "{what}");

@@ -99,6 +99,9 @@ pub struct IndexStats {
     pub blobs: usize,
 }
 
+/// Tree reads in flight when a walk over an object store reads ahead.
+pub const REMOTE_TREE_READS: usize = 16;
+
 impl Repository {
     /// Creates a repository in an empty store.
     pub fn init(store: Arc<dyn Store>, opts: &InitOptions) -> Result<Self> {
@@ -806,7 +809,7 @@ impl Repository {
     ) -> Result<()> {
         if self.store.is_remote() {
             let each = std::sync::Mutex::new(each);
-            return self.parallel_walk(roots, 16, true, &|id, tree| {
+            return self.parallel_walk(roots, REMOTE_TREE_READS, true, &|id, tree| {
                 (each.lock().expect("walk lock"))(&id, &tree)
             });
         }

@@ -73,9 +73,6 @@ pub struct RestoreProgress {
     pub files: AtomicU64,
 }
 
-/// Tree reads in flight while planning.
-const PREFETCH_READS: usize = 16;
-
 /// Blobs needed from one pack: id → (location, [(file index, offset in file)]).
 type PackNeeds = HashMap<BlobId, (Location, Vec<(usize, u64)>)>;
 
@@ -126,7 +123,7 @@ pub fn restore(
     // trip, read them all ahead with many reads in flight. Locally a read is cheap and holding
     // every tree would only cost memory; with --include only the included part is walked.
     if opts.include.is_empty() && repo.store().is_remote() {
-        plan.trees = repo.prefetch_trees(&[*root], PREFETCH_READS);
+        plan.trees = repo.prefetch_trees(&[*root], crate::repo::REMOTE_TREE_READS);
     }
     let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
     plan_tree(
