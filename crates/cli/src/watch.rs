@@ -291,6 +291,29 @@ pub fn watch(g: &Global, a: &WatchArgs, cancel: &AtomicBool) -> Result<Outcome> 
             }
         }
         Notice::Warning(w) => eprintln!("tidemark: warning: {w}"),
+        Notice::StoreFailed(why) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"message_type": "store_failed", "reason": why})
+                );
+            }
+            eprintln!(
+                "tidemark: error: {why}; capture goes on into the log and the seal is retried until the repository works again"
+            );
+        }
+        Notice::StoreRecovered { after_ms } => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"message_type": "store_recovered", "after_ms": after_ms})
+                );
+            }
+            eprintln!(
+                "tidemark: the repository works again after {:.1} s; caught up with the log",
+                after_ms as f64 / 1e3
+            );
+        }
     })?;
     if json {
         println!(

@@ -4,12 +4,19 @@
 //! directory id to its parent, name and the tree id written by the last seal. Edits mark the
 //! directories they touch, and their ancestors, dirty; a seal writes the trees of exactly those,
 //! deepest first, so its cost follows the changed paths, not the size of the tree.
+//!
+//! Durability: the catalog keeps one redb write transaction open from one durable commit (a seal)
+//! to the next. Applies edit it and readers read through it, but nothing in it reaches the file
+//! until the next seal commits it with `Durability::Immediate`. So on every exit path (an error, a
+//! signal, a panic unwinding, `kill -9`) the file holds exactly the last seal: the open
+//! transaction is aborted when dropped. (redb 4 makes pending `Durability::None` commits durable
+//! when the database closes, so non-durable commits would move the durable catalog past what the
+//! repository stores: issue 9.) [`Catalog::rewind`] discards the open transaction on purpose.
 
 use std::path::{Path, PathBuf};
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
+    Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -39,6 +46,10 @@ pub struct CatalogStats {
 
 /// The catalog database.
 pub struct Catalog {
+    /// Everything since the last durable commit. `None` only after a [`Txn`] was dropped without
+    /// commit or a durable commit failed; [`Catalog::begin`] and [`Catalog::rewind`] open a new
+    /// one. Declared before `db`, so it is dropped (aborted) first.
+    live: Option<WriteTransaction>,
     db: Database,
     path: PathBuf,
 }
@@ -173,20 +184,22 @@ impl Catalog {
     /// Opens the catalog at `path`, creating it (with an empty watched directory) if missing.
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::create(path).map_err(|e| Error::catalog(path, e))?;
-        let cat = Catalog {
+        let mut cat = Catalog {
+            live: None,
             db,
             path: path.to_path_buf(),
         };
+        cat.rewind()?;
         match cat.meta::<u32>("version")? {
             Some(CATALOG_VERSION) => {}
             Some(1) => {
                 // Version 1 had no `dirty` table: list every directory without a cached tree.
                 let mut t = cat.begin()?;
                 let cleared: Vec<u64> = {
-                    let dirs = t.inner.open_table(DIRS).map_err(|e| cat.err(e))?;
+                    let dirs = t.inner.open_table(DIRS).map_err(|e| t.err(e))?;
                     let mut v = Vec::new();
-                    for item in dirs.iter().map_err(|e| cat.err(e))? {
-                        let (k, row) = item.map_err(|e| cat.err(e))?;
+                    for item in dirs.iter().map_err(|e| t.err(e))? {
+                        let (k, row) = item.map_err(|e| t.err(e))?;
                         let row =
                             DirRow::decode(row.value()).map_err(|r| Error::catalog(path, r))?;
                         if row.tree.is_none() {
@@ -199,10 +212,10 @@ impl Catalog {
                     t.note_dirty(d)?;
                 }
                 let values: Vec<Vec<u8>> = {
-                    let e = t.inner.open_table(ENTRIES).map_err(|e| cat.err(e))?;
+                    let e = t.inner.open_table(ENTRIES).map_err(|e| t.err(e))?;
                     let mut v = Vec::new();
-                    for item in e.iter().map_err(|e| cat.err(e))? {
-                        let (k, val) = item.map_err(|e| cat.err(e))?;
+                    for item in e.iter().map_err(|e| t.err(e))? {
+                        let (k, val) = item.map_err(|e| t.err(e))?;
                         if k.value().len() > 8 {
                             v.push(val.value().to_vec());
                         }
@@ -239,7 +252,7 @@ impl Catalog {
 
     /// A meta value.
     pub fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        let r = self.live()?;
         let t = match r.open_table(META) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -253,19 +266,42 @@ impl Catalog {
             .map_err(|e| Error::catalog(&self.path, format!("meta {key}: {e}")))
     }
 
-    /// Starts a write transaction.
-    pub fn begin(&self) -> Result<Txn<'_>> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+    /// Starts a batch of edits on the open transaction. Its [`Txn::commit`] either keeps the
+    /// edits in the open transaction (visible to reads, not durable) or commits everything since
+    /// the last durable commit. Dropping it without commit discards everything since the last
+    /// durable commit, not only its own edits.
+    pub fn begin(&mut self) -> Result<Txn<'_>> {
+        let inner = match self.live.take() {
+            Some(t) => t,
+            None => self.db.begin_write().map_err(|e| self.err(e))?,
+        };
         Ok(Txn {
-            inner: txn,
+            inner,
             cat: self,
             bytes_delta: 0,
         })
     }
 
+    /// Discards everything since the last durable commit: the catalog is back at the last seal.
+    pub fn rewind(&mut self) -> Result<()> {
+        drop(self.live.take()); // aborts
+        self.live = Some(self.db.begin_write().map_err(|e| self.err(e))?);
+        Ok(())
+    }
+
+    /// The open transaction, which readers read through.
+    fn live(&self) -> Result<&WriteTransaction> {
+        self.live.as_ref().ok_or_else(|| {
+            Error::catalog(
+                &self.path,
+                "no open transaction: a write failed and the catalog was not rewound",
+            )
+        })
+    }
+
     /// Whether nothing changed since the last seal (the watched directory's tree is cached).
     pub fn is_sealed(&self) -> Result<bool> {
-        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        let r = self.live()?;
         let dirs = r.open_table(DIRS).map_err(|e| self.err(e))?;
         let Some(v) = dirs.get(ROOT_DIR).map_err(|e| self.err(e))? else {
             return Ok(false);
@@ -278,7 +314,7 @@ impl Catalog {
 
     /// Counts.
     pub fn stats(&self) -> Result<CatalogStats> {
-        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        let r = self.live()?;
         let entries = r
             .open_table(ENTRIES)
             .map_err(|e| self.err(e))?
@@ -295,7 +331,7 @@ impl Catalog {
     /// Every entry below the watched directory as `(path, node)`, in path order (for tests and
     /// `status --verbose`; reads the whole catalog).
     pub fn walk(&self) -> Result<Vec<(Vec<u8>, Node)>> {
-        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        let r = self.live()?;
         let entries = r.open_table(ENTRIES).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         let mut stack = vec![(ROOT_DIR, Vec::new())];
@@ -326,7 +362,7 @@ impl Catalog {
             #[serde(default)]
             content: Vec<BlobId>,
         }
-        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        let r = self.live()?;
         let entries = r.open_table(ENTRIES).map_err(|e| self.err(e))?;
         for item in entries.iter().map_err(|e| self.err(e))? {
             let (_, v) = item.map_err(|e| self.err(e))?;
@@ -358,7 +394,7 @@ impl Catalog {
     }
 
     /// Resolves `path` in a read transaction: `(directory id, node)` of the entry, if present.
-    fn lookup(&self, r: &redb::ReadTransaction, path: &[u8]) -> Result<Option<(u64, Node)>> {
+    fn lookup(&self, r: &WriteTransaction, path: &[u8]) -> Result<Option<(u64, Node)>> {
         let entries = r.open_table(ENTRIES).map_err(|e| self.err(e))?;
         if path.is_empty() {
             let v = entries
@@ -387,17 +423,17 @@ impl Catalog {
 
     /// The node at `path` (`""` is the watched directory).
     pub fn node(&self, path: &[u8]) -> Result<Option<Node>> {
-        let r = self.db.begin_read().map_err(|e| self.err(e))?;
-        Ok(self.lookup(&r, path)?.map(|(_, n)| n))
+        let r = self.live()?;
+        Ok(self.lookup(r, path)?.map(|(_, n)| n))
     }
 
     /// The children of the directory at `path`, in name order (empty if it is not a directory).
     pub fn children(&self, path: &[u8]) -> Result<Vec<Node>> {
-        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        let r = self.live()?;
         let dir = if path.is_empty() {
             ROOT_DIR
         } else {
-            match self.lookup(&r, path)? {
+            match self.lookup(r, path)? {
                 Some((d, _)) if d != 0 => d,
                 _ => return Ok(Vec::new()),
             }
@@ -435,10 +471,10 @@ impl tidemark_core::capture::LiveTree for Catalog {
     }
 }
 
-/// A write transaction over the catalog. Dropping it without [`Txn::commit`] discards it.
+/// A batch of edits on the catalog's open transaction (see [`Catalog::begin`]).
 pub struct Txn<'c> {
     inner: WriteTransaction,
-    cat: &'c Catalog,
+    cat: &'c mut Catalog,
     /// Change of the files' total size in this transaction, added to `meta.bytes_total` at commit.
     bytes_delta: i128,
 }
@@ -448,23 +484,25 @@ impl Txn<'_> {
         self.cat.err(e)
     }
 
-    /// Commits; `durable` fsyncs (a seal), otherwise the commit survives only this process.
+    /// Ends the batch. `durable` commits everything since the last durable commit and fsyncs (a
+    /// seal); otherwise the edits stay in the open transaction, visible to reads and written by
+    /// the next durable commit, and lost on any exit before it.
     pub fn commit(mut self, durable: bool) -> Result<()> {
         if self.bytes_delta != 0 {
             let total = self.bytes_total()?;
             self.set_meta("bytes_total", &total)?;
             self.bytes_delta = 0;
         }
-        let d = if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        self.inner
-            .set_durability(d)
-            .map_err(|e| Error::catalog(&self.cat.path, e))?;
+        if !durable {
+            self.cat.live = Some(self.inner);
+            return Ok(());
+        }
         let path = self.cat.path.clone();
-        self.inner.commit().map_err(|e| Error::catalog(&path, e))
+        self.inner
+            .set_durability(Durability::Immediate)
+            .map_err(|e| Error::catalog(&path, e))?;
+        self.inner.commit().map_err(|e| Error::catalog(&path, e))?;
+        self.cat.rewind()
     }
 
     /// Sets a meta value.
@@ -472,6 +510,13 @@ impl Txn<'_> {
         let v = serde_json::to_vec(value).expect("meta values serialize");
         let mut t = self.inner.open_table(META).map_err(|e| self.cat.err(e))?;
         t.insert(key, v.as_slice()).map_err(|e| self.cat.err(e))?;
+        Ok(())
+    }
+
+    /// Removes a meta value.
+    pub fn remove_meta(&mut self, key: &str) -> Result<()> {
+        let mut t = self.inner.open_table(META).map_err(|e| self.cat.err(e))?;
+        t.remove(key).map_err(|e| self.cat.err(e))?;
         Ok(())
     }
 
@@ -1216,7 +1261,7 @@ mod tests {
     #[test]
     fn put_delete_rename_and_seal() {
         let tmp = tempfile::tempdir().unwrap();
-        let c = Catalog::open(&tmp.path().join("c.redb")).unwrap();
+        let mut c = Catalog::open(&tmp.path().join("c.redb")).unwrap();
         let mut t = c.begin().unwrap();
         t.put(b"a/b/f", &file(1)).unwrap();
         t.put(b"a/g", &file(2)).unwrap();
@@ -1279,7 +1324,7 @@ mod tests {
     }
 
     /// Seals `c` and returns the root tree id and every tree written, by id.
-    fn seal_all(c: &Catalog) -> (BlobId, std::collections::HashMap<BlobId, Tree>) {
+    fn seal_all(c: &mut Catalog) -> (BlobId, std::collections::HashMap<BlobId, Tree>) {
         let mut trees = std::collections::HashMap::new();
         let mut t = c.begin().unwrap();
         let (root, _) = t
@@ -1297,22 +1342,22 @@ mod tests {
     }
 
     /// Paging from scratch: a new catalog holding the same entries.
-    fn fresh_root(c: &Catalog) -> BlobId {
+    fn fresh_root(c: &mut Catalog) -> BlobId {
         let tmp = tempfile::tempdir().unwrap();
-        let f = Catalog::open(&tmp.path().join("f.redb")).unwrap();
+        let mut f = Catalog::open(&tmp.path().join("f.redb")).unwrap();
         let mut t = f.begin().unwrap();
         for (path, node) in c.walk().unwrap() {
             t.put(&path, &node).unwrap();
         }
         t.commit(false).unwrap();
-        seal_all(&f).0
+        seal_all(&mut f).0
     }
 
     #[test]
     fn huge_directories_are_paged_and_sealed_page_by_page() {
         use rand::{Rng, SeedableRng};
         let tmp = tempfile::tempdir().unwrap();
-        let c = Catalog::open(&tmp.path().join("c.redb")).unwrap();
+        let mut c = Catalog::open(&tmp.path().join("c.redb")).unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut t = c.begin().unwrap();
         for i in 0..1500 {
@@ -1320,8 +1365,8 @@ mod tests {
         }
         t.put(b"big/sub/x", &file(1)).unwrap();
         t.commit(false).unwrap();
-        let (root, trees) = seal_all(&c);
-        assert_eq!(root, fresh_root(&c));
+        let (root, trees) = seal_all(&mut c);
+        assert_eq!(root, fresh_root(&mut c));
         let paged = trees.values().filter(|t| t.is_paged()).count();
         assert_eq!(paged, 1, "big/ is paged");
         let pages = trees.values().find(|t| t.is_paged()).unwrap().pages.len();
@@ -1331,9 +1376,9 @@ mod tests {
         let mut t = c.begin().unwrap();
         t.put(b"big/f00700", &file(99)).unwrap();
         t.commit(false).unwrap();
-        let (root, trees) = seal_all(&c);
+        let (root, trees) = seal_all(&mut c);
         assert!(trees.len() <= 4, "{} trees written", trees.len());
-        assert_eq!(root, fresh_root(&c));
+        assert_eq!(root, fresh_root(&mut c));
 
         // Random churn, across the paging threshold and back, and through the subdirectory.
         for round in 0..60 {
@@ -1372,8 +1417,8 @@ mod tests {
                 }
             }
             t.commit(false).unwrap();
-            let (root, _) = seal_all(&c);
-            assert_eq!(root, fresh_root(&c), "round {round}");
+            let (root, _) = seal_all(&mut c);
+            assert_eq!(root, fresh_root(&mut c), "round {round}");
             let sizes: u64 = c
                 .walk()
                 .unwrap()

@@ -112,9 +112,10 @@ impl Engine {
             tidemark_core::Error::io("creating log directory", opts.state_dir.join("wal"), e)
         })?;
         let (wal, recovery) = Wal::open(Arc::new(dir), opts.wal)?;
+        let log = LogStore::new(Arc::new(wal));
         let catalog = Catalog::open(&opts.state_dir.join("catalog.redb"))?;
         let sm = StateMachine::open(catalog, repo, opts.sm.clone())?;
-        let log = LogStore::new(Arc::new(wal));
+        sm.attach_log(log.clone());
         let config = Config {
             cluster_name: "tidemark".into(),
             heartbeat_interval: 250,
@@ -167,14 +168,26 @@ impl Engine {
         Ok((engine, recovery))
     }
 
-    /// Appends a batch to the log and applies it; returns once it is durable and applied.
+    /// Appends a batch to the log and applies it; returns once it is durable and applied. A
+    /// repository failure does not fail it (the state machine falls behind); a failure of the
+    /// log itself is [`Error::Log`], after which nothing more is acknowledged.
     pub async fn write(&self, batch: Batch) -> Result<ApplyResult> {
         let resp = self
             .raft
             .client_write(Arc::new(batch))
             .await
-            .map_err(|e| Error::Raft(e.to_string()))?;
+            .map_err(|e| self.raft_error(&e))?;
         Ok(resp.data)
+    }
+
+    /// An openraft error in the user's words: the log's own failure when there was one.
+    fn raft_error(&self, e: &impl std::fmt::Display) -> Error {
+        match self.log.failure() {
+            Some(why) => Error::Log(format!(
+                "{why}: capture stopped; every change acknowledged before is in the log"
+            )),
+            None => Error::Raft(e.to_string()),
+        }
     }
 
     /// Why a seal is due now, if it is.
@@ -194,21 +207,34 @@ impl Engine {
 
     /// Seals what was applied so far (no-op when nothing changed) and purges the log up to it.
     /// Returns the repository snapshot, if there is one.
+    ///
+    /// The seal runs here, on the blocking pool, before openraft is asked for a snapshot: a
+    /// store failure comes back as [`Error::Store`] and leaves the engine running (behind, and
+    /// retried by the next call), whereas a failed snapshot build would stop openraft. openraft's
+    /// build then finds the seal done and only purges the log.
     pub async fn seal(&self) -> Result<Option<SealedSnapshot>> {
-        let Some(target) = self.sm.stats().applied else {
+        if self.sm.stats().applied.is_none() {
             return Ok(None);
-        };
-        if self.sm.changed_since_seal() {
+        }
+        if self.sm.changed_since_seal() || self.sm.store_error().is_some() {
+            let sm = self.sm.clone();
+            let sealed = tokio::task::spawn_blocking(move || sm.seal())
+                .await
+                .map_err(|e| Error::Invalid(format!("the seal task failed: {e}")))??;
+            let target = sealed.meta.last_log_id.map(|l| l.index);
             self.raft
                 .trigger()
                 .snapshot()
                 .await
-                .map_err(|e| Error::Raft(e.to_string()))?;
+                .map_err(|e| self.raft_error(&e))?;
             self.raft
                 .wait(Some(Duration::from_secs(600)))
-                .metrics(|m| m.snapshot.is_some_and(|s| s.index >= target), "sealing")
+                .metrics(
+                    |m| m.snapshot.map(|s| s.index) >= target,
+                    "purging the log after a seal",
+                )
                 .await
-                .map_err(|e| Error::Raft(e.to_string()))?;
+                .map_err(|e| self.raft_error(&e))?;
         }
         Ok(self.sm.seal_snapshot_id().map(|id| SealedSnapshot { id }))
     }

@@ -64,6 +64,15 @@ pub enum Error {
     /// openraft stopped or refused (its errors are fatal to the engine).
     #[error("raft: {0}")]
     Raft(String),
+    /// The repository failed (a full disk, an I/O error, an object store outage). Not fatal:
+    /// the state machine went back to its last seal and follows the log without storing, capture
+    /// goes on into the log, and the next seal retries (`StateMachine::seal`).
+    #[error("{0}; capture goes on into the log and the seal is retried")]
+    Store(String),
+    /// The log's own storage failed (its disk is full, say): capture stops, and nothing after
+    /// the last acknowledged change was acknowledged.
+    #[error("{0}")]
+    Log(String),
     /// A request that cannot be satisfied.
     #[error("{0}")]
     Invalid(String),

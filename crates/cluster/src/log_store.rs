@@ -9,7 +9,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
@@ -27,6 +27,23 @@ struct Flush {
 pub struct LogStore {
     wal: Arc<Wal>,
     flushes: mpsc::Sender<Flush>,
+    /// The first write or sync of the log that failed, in one line for the user: openraft stops
+    /// on it, and its own message names the entry, not the cause.
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+/// One line for a failed write or sync of the log.
+fn describe_log_error(e: &tidemark_core::Error) -> String {
+    let what = match e {
+        tidemark_core::Error::Io { source, .. } => match source.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => "the log's disk is full",
+            Some(libc::EIO) => "the log's disk failed",
+            Some(libc::EROFS | libc::EACCES | libc::EPERM) => "the log is not writable",
+            _ => "writing the log failed",
+        },
+        _ => "writing the log failed",
+    };
+    format!("{what}: {e}")
 }
 
 impl LogStore {
@@ -34,6 +51,8 @@ impl LogStore {
     pub fn new(wal: Arc<Wal>) -> Self {
         let (tx, rx) = mpsc::channel::<Flush>();
         let syncer = wal.clone();
+        let failure = Arc::new(Mutex::new(None));
+        let failed = Arc::clone(&failure);
         std::thread::Builder::new()
             .name("wal-sync".into())
             .spawn(move || {
@@ -42,6 +61,9 @@ impl LogStore {
                     batch.extend(rx.try_iter());
                     let upto = batch.iter().map(|f| f.upto).max().expect("non-empty");
                     let result = syncer.sync(upto);
+                    if let Err(e) = &result {
+                        note_failure(&failed, e);
+                    }
                     for f in batch {
                         f.callback.io_completed(match &result {
                             Ok(()) => Ok(()),
@@ -51,7 +73,16 @@ impl LogStore {
                 }
             })
             .expect("spawning the log sync thread");
-        LogStore { wal, flushes: tx }
+        LogStore {
+            wal,
+            flushes: tx,
+            failure,
+        }
+    }
+
+    /// Why the log stopped taking entries, if a write or sync of it failed.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().expect("log failure").clone()
     }
 
     /// The log underneath.
@@ -59,7 +90,7 @@ impl LogStore {
         &self.wal
     }
 
-    fn read_entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+    pub(crate) fn read_entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
         if start >= end {
             return Ok(Vec::new());
         }
@@ -178,7 +209,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|e| (e.log_id.index, codec::encode_entry(&e)))
             .collect();
-        let upto = self.wal.append(encoded).map_err(io_err)?;
+        let upto = self.wal.append(encoded).map_err(|e| {
+            note_failure(&self.failure, &e);
+            io_err(e)
+        })?;
         self.flushes
             .send(Flush { upto, callback })
             .map_err(|_| io_err("the log sync thread has stopped"))
@@ -196,5 +230,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut id = Vec::with_capacity(16);
         codec::leader_bytes(&log_id, &mut id);
         self.wal.purge(log_id.index, &id).map_err(io_err)
+    }
+}
+
+fn note_failure(slot: &Mutex<Option<String>>, e: &tidemark_core::Error) {
+    let mut slot = slot.lock().expect("log failure");
+    if slot.is_none() {
+        let msg = describe_log_error(e);
+        tracing::error!("{msg}");
+        *slot = Some(msg);
     }
 }

@@ -6,6 +6,22 @@
 //! their pack and an index file, then the snapshot object with its revision, and commits the
 //! catalog durably: the repository snapshot is the Raft snapshot, and after a crash the catalog is
 //! back at the last seal while the log, purged only up to it, replays the rest.
+//!
+//! Store failures (a full disk, EIO, an object store outage, a permission change) are not fatal.
+//! The state machine *falls behind*: it rewinds the catalog to the last seal (nothing since is
+//! durable, `catalog.rs`), forgets the open pack, and replays the log since the seal without
+//! storing anything, keeping only the ids of the blobs the log holds. Capture goes on into the
+//! log, and reads an up-to-date live tree. Each later seal first *catches up*: it rewinds again
+//! and replays the log since the seal, this time packing and storing, and only then seals. The
+//! log is purged only up to a seal, so everything since is always there to replay.
+//!
+//! ```text
+//!            store call fails (apply, pack flush, seal, revalidate)
+//!   Normal ────────────────────────────────────────────────▶ Behind { reason, deferred blob ids }
+//!     ▲        rewind to the seal, replay the log without storing      │
+//!     └────────────────────────────────────────────────────────────────┘
+//!            seal: rewind, replay the log storing packs; then seal as usual
+//! ```
 
 use std::collections::HashSet;
 use std::io;
@@ -26,10 +42,12 @@ use tidemark_core::store::Kind;
 
 use crate::catalog::Catalog;
 use crate::codec::{LogIdJson, MembershipJson, StoredMembershipJson};
+use crate::log_store::LogStore;
 use crate::{io_err, Error, LogId, Result, StoredMembership, TypeConfig};
 
 type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 type RaftSnapshot = openraft::alias::SnapshotOf<TypeConfig, SealedSnapshot>;
+type Payload = EntryPayload<crate::Payload, u64, openraft::impls::BasicNode>;
 
 /// What a seal produced: the Raft snapshot's data is the id of a repository snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +106,13 @@ pub struct SmStats {
     pub packs: u64,
     /// Edits skipped (see [`ApplyResult::rescan`]).
     pub skipped: u64,
+    /// Why the repository cannot be written now (the state machine is behind the log), in one
+    /// line: "repository full: No space left on device writing PATH". `None` while it works.
+    pub store_error: Option<String>,
+    /// How long the state machine has been behind, ms.
+    pub behind_ms: Option<u64>,
+    /// Store failures met by this process.
+    pub store_failures: u64,
     #[serde(skip)]
     last_seal_at: Option<Instant>,
 }
@@ -108,6 +133,9 @@ struct SealedMeta {
 }
 
 /// Packs blobs for the state machine: one open pack, flushed when full and at each seal.
+///
+/// A failed flush loses the open pack: [`SmInner::fall_behind`] then forgets its blobs (and those
+/// of a pack a seal was storing), so no later batch or tree dedups against blobs that are gone.
 struct Packer {
     repo: Arc<RwLock<Repository>>,
     pack: PackBuilder,
@@ -203,6 +231,8 @@ impl Packer {
         let pack = std::mem::take(&mut self.pack);
         let mut repo = self.repo.write().expect("repo lock");
         let (id, bytes, entries) = pack.finish(repo.crypto());
+        // On failure the pack is gone and `in_pack` still names its blobs: the caller falls
+        // behind, which clears it.
         repo.store().put(Kind::Pack, &id, &bytes)?;
         repo.index_add(id, &entries);
         self.unindexed.push((id, entries));
@@ -232,9 +262,48 @@ struct SmInner {
     sealed: Option<SealedMeta>,
     stats: SmStats,
     seal_start: Option<chrono::DateTime<chrono::Utc>>,
-    /// Set when storing a pack failed: the catalog may refer to blobs that were lost, so no
-    /// snapshot may be sealed from it (a restart goes back to the last seal and replays the log).
-    poisoned: Option<String>,
+    /// Set while the repository cannot be written (see the module doc).
+    behind: Option<Behind>,
+    /// The log, to replay what was applied since the last seal ([`StateMachine::attach_log`]).
+    log: Option<LogStore>,
+    /// Paths whose edit a replay could not apply: capture rescans them ([`StateMachine::take_rescans`]).
+    rescans: Vec<Vec<u8>>,
+}
+
+/// Why, and since when, the state machine follows the log without storing.
+struct Behind {
+    /// One line for the user (see [`describe_store_error`]).
+    reason: String,
+    since: Instant,
+    /// Ids of the blobs in the entries applied since the last seal: their bytes are in the log,
+    /// and a catch-up stores them.
+    deferred: HashSet<BlobId>,
+}
+
+/// What a store failure means to the user, in one line: the kind of trouble first, then what
+/// the store said ("repository full: No space left on device (os error 28) writing PATH").
+pub fn describe_store_error(e: &Error) -> String {
+    let core = match e {
+        Error::Core(c) => c,
+        other => return format!("repository unavailable: {other}"),
+    };
+    let io = match core {
+        tidemark_core::Error::Io { source, .. } => Some(source),
+        _ => None,
+    };
+    let what = match io.and_then(std::io::Error::raw_os_error) {
+        Some(libc::ENOSPC | libc::EDQUOT) => "repository full",
+        Some(libc::EACCES | libc::EPERM) => "repository not writable",
+        Some(libc::EROFS) => "repository on a read-only file system",
+        Some(libc::EIO) => "repository I/O error",
+        _ => "repository unavailable",
+    };
+    match core {
+        tidemark_core::Error::Io { op, path, source } => {
+            format!("{what}: {source} {op} {}", path.display())
+        }
+        other => format!("{what}: {other}"),
+    }
 }
 
 /// The state machine. Clones share it; every method locks it, so applies never overlap each other
@@ -267,33 +336,79 @@ impl StateMachine {
             sealed_snapshot: sealed.as_ref().map(|s| s.snapshot.clone()),
             ..SmStats::default()
         };
+        let mut inner = SmInner {
+            catalog,
+            packer: Packer {
+                repo,
+                pack: PackBuilder::new(),
+                in_pack: HashSet::new(),
+                storing: HashSet::new(),
+                unindexed: Vec::new(),
+                compressor,
+                packs: 0,
+                trees_new: 0,
+                data_new: 0,
+                data_added: 0,
+                data_packed: 0,
+                copied: 0,
+            },
+            opts,
+            applied,
+            membership,
+            sealed,
+            stats,
+            seal_start: None,
+            behind: None,
+            log: None,
+            rescans: Vec::new(),
+        };
+        let sealed_at = inner
+            .sealed
+            .as_ref()
+            .and_then(|s| s.log)
+            .map(LogIdJson::to_log_id);
+        if inner.applied != sealed_at {
+            // Only a catalog written before issue 9 can be durably past its seal (redb made
+            // pending non-durable commits durable on close). The blobs of those entries may never
+            // have been stored: go back to the seal; openraft then replays the log after it.
+            tracing::warn!(
+                "catalog {}: applied index {:?} is past the last seal {:?}; going back to the seal and replaying the log",
+                inner.catalog.path().display(),
+                inner.applied.map(|a| a.index),
+                sealed_at.map(|a| a.index)
+            );
+            if let Some(cur) = inner.current() {
+                inner.install(&cur.meta, &cur.snapshot)?;
+            } else {
+                let mut txn = inner.catalog.begin()?;
+                txn.reset_root()?;
+                txn.remove_meta("applied")?;
+                txn.commit(true)?;
+                inner.applied = None;
+                inner.stats.applied = None;
+            }
+        }
         Ok(StateMachine {
-            inner: Arc::new(Mutex::new(SmInner {
-                catalog,
-                packer: Packer {
-                    repo,
-                    pack: PackBuilder::new(),
-                    in_pack: HashSet::new(),
-                    storing: HashSet::new(),
-                    unindexed: Vec::new(),
-                    compressor,
-                    packs: 0,
-                    trees_new: 0,
-                    data_new: 0,
-                    data_added: 0,
-                    data_packed: 0,
-                    copied: 0,
-                },
-                opts,
-                applied,
-                membership,
-                sealed,
-                stats,
-                seal_start: None,
-                poisoned: None,
-            })),
+            inner: Arc::new(Mutex::new(inner)),
             sealing: Arc::new(Mutex::new(())),
         })
+    }
+
+    /// Gives the state machine the log it applies, so that it can replay what it applied since
+    /// the last seal after a store failure. Without it, a store failure is fatal.
+    pub fn attach_log(&self, log: LogStore) {
+        self.lock().log = Some(log);
+    }
+
+    /// Paths whose edit a replay could not apply (its chunks are gone): capture must read them
+    /// again. Drains the list.
+    pub fn take_rescans(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.lock().rescans)
+    }
+
+    /// Why the repository cannot be written now, if it cannot.
+    pub fn store_error(&self) -> Option<String> {
+        self.lock().behind.as_ref().map(|b| b.reason.clone())
     }
 
     fn lock(&self) -> MutexGuard<'_, SmInner> {
@@ -305,6 +420,11 @@ impl StateMachine {
         let g = self.lock();
         let mut s = g.stats.clone();
         s.packs = g.packer.packs;
+        s.store_error = g.behind.as_ref().map(|b| b.reason.clone());
+        s.behind_ms = g
+            .behind
+            .as_ref()
+            .map(|b| b.since.elapsed().as_millis() as u64);
         s
     }
 
@@ -338,15 +458,24 @@ impl StateMachine {
             .write()
             .expect("repo lock")
             .condemn_packs(packs);
+        if let Some(b) = &g.behind {
+            // The catch-up replay copies what is needed, as apply does.
+            return Err(Error::Store(b.reason.clone()));
+        }
         let mut refs = Vec::new();
         g.catalog.referenced_blobs(&mut |id| refs.push(id))?;
         let before = g.packer.copied;
-        for id in refs {
-            g.packer.ensure_live(&id)?;
+        let copied = (|| {
+            for id in refs {
+                g.packer.ensure_live(&id)?;
+            }
+            g.packer.flush()?;
+            g.packer.write_index()
+        })();
+        match copied {
+            Ok(()) => Ok(g.packer.copied - before),
+            Err(e) => Err(g.store_failed(e)),
         }
-        g.packer.flush()?;
-        g.packer.write_index()?;
-        Ok(g.packer.copied - before)
     }
 
     /// Seals now (what openraft's snapshot builder calls): returns the snapshot meta and data.
@@ -357,22 +486,35 @@ impl StateMachine {
     /// for apply. This is what an apply does when a pack fills, minus the lock: the catalog is
     /// not touched, the pack's blobs count as known meanwhile, and its index file is written by
     /// the seal proper, which then only stores the trees' small pack, the index and the snapshot.
+    ///
+    /// While the state machine is behind (a store failure), the seal first catches up: it
+    /// replays the log since the last seal into packs. A store failure returns [`Error::Store`]
+    /// and leaves the state machine behind and working; other errors are fatal.
     pub fn seal(&self) -> Result<RaftSnapshot> {
         let _one = self.sealing.lock().expect("seal lock");
         let started = Instant::now();
+        {
+            let mut g = self.lock();
+            if g.behind.is_some() {
+                g.catch_up()?;
+            }
+        }
         self.store_open_pack()?;
-        self.lock().seal(started)
+        let mut g = self.lock();
+        if let Some(b) = &g.behind {
+            // An apply failed while the data pack was being stored.
+            return Err(Error::Store(b.reason.clone()));
+        }
+        match g.seal(started) {
+            Ok(s) => Ok(s),
+            Err(e) => Err(g.store_failed(e)),
+        }
     }
 
     /// Stores the open pack without holding the state machine's lock.
     fn store_open_pack(&self) -> Result<()> {
         let (pack, repo) = {
             let mut g = self.lock();
-            if let Some(why) = &g.poisoned {
-                return Err(Error::Invalid(format!(
-                    "no more seals after a failed store: {why}"
-                )));
-            }
             if g.packer.pack.is_empty() {
                 return Ok(());
             }
@@ -395,15 +537,224 @@ impl StateMachine {
                 g.packer.packs += 1;
                 Ok(())
             }
-            Err(e) => {
-                g.poisoned = Some(e.to_string());
-                Err(e.into())
-            }
+            Err(e) => Err(g.store_failed(e.into())),
         }
     }
 }
 
 impl SmInner {
+    /// Applies one entry. A store failure is not an error here: the state machine falls behind
+    /// (which covers this entry too, from the log) and the entry counts as applied.
+    fn apply_entry(&mut self, log_id: &LogId, payload: &Payload) -> Result<ApplyResult> {
+        match self.apply_payload(log_id, payload) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.applied = Some(*log_id);
+                let e = self.store_failed(e);
+                if matches!(e, Error::Store(_)) {
+                    Ok(ApplyResult {
+                        index: log_id.index,
+                        rescan: Vec::new(),
+                    })
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    fn apply_payload(&mut self, log_id: &LogId, payload: &Payload) -> Result<ApplyResult> {
+        match payload {
+            EntryPayload::Blank => {
+                self.set_applied(log_id, None)?;
+                Ok(ApplyResult {
+                    index: log_id.index,
+                    rescan: Vec::new(),
+                })
+            }
+            EntryPayload::Membership(m) => {
+                self.set_applied(
+                    log_id,
+                    Some(StoredMembership::new(Some(*log_id), m.clone())),
+                )?;
+                Ok(ApplyResult {
+                    index: log_id.index,
+                    rescan: Vec::new(),
+                })
+            }
+            EntryPayload::Normal(batch) if self.behind.is_some() => {
+                self.apply_deferred(log_id, batch)
+            }
+            EntryPayload::Normal(batch) => self.apply_batch(log_id, batch),
+        }
+    }
+
+    /// Handles a failed operation: a catalog failure (the state directory) is returned as it is
+    /// (fatal); anything else was the store, and the state machine falls behind. Returns the
+    /// error to report: [`Error::Store`] with the cause in one line, or a fatal one.
+    fn store_failed(&mut self, e: Error) -> Error {
+        if matches!(e, Error::Catalog { .. } | Error::Store(_) | Error::Log(_)) {
+            return e;
+        }
+        let reason = describe_store_error(&e);
+        match self.fall_behind(reason.clone()) {
+            Ok(()) => Error::Store(reason),
+            Err(fatal) => fatal,
+        }
+    }
+
+    /// Goes back to the last seal and replays the log since without storing (module doc).
+    fn fall_behind(&mut self, reason: String) -> Result<()> {
+        if self.log.is_none() {
+            return Err(Error::Invalid(format!(
+                "{reason} (and no log to replay from)"
+            )));
+        }
+        tracing::error!(
+            "{reason}: following the log without storing until the repository works again"
+        );
+        self.stats.store_failures += 1;
+        let since = self.behind.as_ref().map_or_else(Instant::now, |b| b.since);
+        self.behind = Some(Behind {
+            reason,
+            since,
+            deferred: HashSet::new(),
+        });
+        self.rewind()?;
+        self.replay()
+    }
+
+    /// Rewinds and replays the log since the last seal, storing; then the state machine is
+    /// normal again. On a store failure it falls behind again and returns [`Error::Store`].
+    fn catch_up(&mut self) -> Result<()> {
+        let Some(behind) = self.behind.take() else {
+            return Ok(());
+        };
+        let replayed = self.rewind().and_then(|()| self.replay());
+        match replayed {
+            Ok(()) => {
+                tracing::warn!(
+                    "the repository works again after {:.1} s: caught up with the log",
+                    behind.since.elapsed().as_secs_f64()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.behind = Some(behind);
+                Err(self.store_failed(e))
+            }
+        }
+    }
+
+    /// Back to the last seal: the catalog's open transaction is discarded, and the open pack
+    /// with every blob known only from it (or from a pack being stored) is forgotten. Packs
+    /// that were stored stay indexed in memory; the next seal writes their index file.
+    fn rewind(&mut self) -> Result<()> {
+        self.catalog.rewind()?;
+        let p = &mut self.packer;
+        p.pack = PackBuilder::new();
+        p.in_pack.clear();
+        p.storing.clear();
+        (p.trees_new, p.data_new, p.data_added, p.data_packed) = (0, 0, 0, 0);
+        self.stats.edits_since_seal = 0;
+        self.stats.bytes_since_seal = 0;
+        self.membership = match self.catalog.meta::<StoredMembershipJson>("membership")? {
+            Some(m) => m
+                .into_stored()
+                .map_err(|r| Error::catalog(self.catalog.path(), r))?,
+            None => StoredMembership::default(),
+        };
+        if let Some(b) = &mut self.behind {
+            b.deferred.clear();
+        }
+        Ok(())
+    }
+
+    /// Applies the log's entries after the last seal up to `applied` again (after [`Self::rewind`]).
+    fn replay(&mut self) -> Result<()> {
+        let Some(log) = self.log.clone() else {
+            return Err(Error::Invalid("no log to replay from".into()));
+        };
+        let Some(last) = self.applied.map(|a| a.index) else {
+            return Ok(());
+        };
+        let from = match self.sealed.as_ref().and_then(|s| s.log) {
+            Some(l) => l.index + 1,
+            None => log.wal().bounds()?.map_or(last + 1, |(first, _)| first),
+        };
+        let mut next = from;
+        while next <= last {
+            let end = (next + 64).min(last + 1);
+            let entries = log
+                .read_entries(next, end)
+                .map_err(|e| Error::Invalid(format!("replaying log entries {next}..{end}: {e}")))?;
+            if entries.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "replaying the log: entries {next}..{end} are missing"
+                )));
+            }
+            for entry in entries {
+                next = entry.log_id.index + 1;
+                let r = self.apply_payload(&entry.log_id, &entry.payload)?;
+                self.rescans.extend(r.rescan);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a batch while behind: catalog edits only; its blobs stay in the log.
+    fn apply_deferred(&mut self, log_id: &LogId, batch: &Batch) -> Result<ApplyResult> {
+        let mut result = ApplyResult {
+            index: log_id.index,
+            rescan: Vec::new(),
+        };
+        let behind = self
+            .behind
+            .as_mut()
+            .expect("apply_deferred is called while behind");
+        for b in &batch.blobs {
+            behind.deferred.insert(b.id);
+            self.stats.bytes_since_seal += b.envelope.len() as u64;
+        }
+        if self.seal_start.is_none() {
+            self.seal_start = Some(chrono::Utc::now());
+        }
+        let repo = self.packer.repo.read().expect("repo lock");
+        let mut txn = self.catalog.begin()?;
+        for edit in &batch.edits {
+            match edit {
+                Edit::Put { path, node } => {
+                    // Present: stored, or in the log since the seal, or in a condemned pack (the
+                    // catch-up copies it out, or finds it gone and has the path rescanned).
+                    let have_all = node.kind() != NodeType::File
+                        || node.content.iter().all(|id| {
+                            behind.deferred.contains(id) || repo.index().get(id).is_some()
+                        });
+                    if !have_all {
+                        result.rescan.push(path.clone());
+                        continue;
+                    }
+                    txn.put(path, node)?;
+                }
+                Edit::Delete { path } => {
+                    txn.delete(path)?;
+                }
+                Edit::Move { from, to } => {
+                    if !txn.rename(from, to)? {
+                        result.rescan.push(to.clone());
+                    }
+                }
+            }
+        }
+        txn.set_meta("applied", &LogIdJson::from(log_id))?;
+        txn.commit(false)?;
+        drop(repo);
+        self.stats.edits_since_seal += batch.edits.len() as u64;
+        self.stats.skipped += result.rescan.len() as u64;
+        self.stats.last_captured_ns = batch.captured_ns;
+        Ok(result)
+    }
+
     fn apply_batch(&mut self, log_id: &LogId, batch: &Batch) -> Result<ApplyResult> {
         let mut result = ApplyResult {
             index: log_id.index,
@@ -477,11 +828,6 @@ impl SmInner {
     /// The seal proper, under the lock; `started` is when [`StateMachine::seal`] began, so the
     /// reported seal time includes storing the data pack.
     fn seal(&mut self, started: Instant) -> Result<RaftSnapshot> {
-        if let Some(why) = &self.poisoned {
-            return Err(Error::Invalid(format!(
-                "no more seals after a failed store: {why}"
-            )));
-        }
         if self.catalog.is_sealed()?
             && self.sealed.as_ref().map(|s| s.log)
                 == Some(self.applied.as_ref().map(LogIdJson::from))
@@ -684,11 +1030,16 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // A seal blocks for its fsyncs; on a runtime worker that would also hold up whatever task
         // was queued behind it on that worker (its LIFO slot cannot be stolen): measured as 60 to
         // 120 ms of stalled capture. On the blocking pool it holds up nothing.
+        // A store failure leaves the state machine behind, not broken: hand openraft the last
+        // seal (it ignores a snapshot no newer than the one it has), and the engine retries.
         let sm = self.clone();
-        tokio::task::spawn_blocking(move || sm.seal())
-            .await
-            .map_err(|e| io::Error::other(format!("the seal task failed: {e}")))?
-            .map_err(io_err)
+        tokio::task::spawn_blocking(move || match sm.seal() {
+            Err(Error::Store(why)) => sm.lock().current().ok_or(Error::Store(why)),
+            other => other,
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("the seal task failed: {e}")))?
+        .map_err(io_err)
     }
 }
 
@@ -712,27 +1063,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         while let Some((entry, responder)) = entries.try_next().await? {
             let mut g = self.lock();
             let log_id = entry.log_id;
-            let result = match &entry.payload {
-                EntryPayload::Blank => {
-                    g.set_applied(&log_id, None).map_err(io_err)?;
-                    ApplyResult {
-                        index: log_id.index,
-                        rescan: Vec::new(),
-                    }
-                }
-                EntryPayload::Membership(m) => {
-                    g.set_applied(
-                        &log_id,
-                        Some(StoredMembership::new(Some(log_id), m.clone())),
-                    )
-                    .map_err(io_err)?;
-                    ApplyResult {
-                        index: log_id.index,
-                        rescan: Vec::new(),
-                    }
-                }
-                EntryPayload::Normal(batch) => g.apply_batch(&log_id, batch).map_err(io_err)?,
-            };
+            let result = g.apply_entry(&log_id, &entry.payload).map_err(io_err)?;
             g.applied = Some(log_id);
             g.stats.applied = Some(log_id.index);
             drop(g);

@@ -124,6 +124,14 @@ pub enum Notice {
     },
     /// A problem that did not stop the engine.
     Warning(String),
+    /// The repository cannot be written (full, failing, unreachable): capture goes on into the
+    /// log and the seal is retried with backoff. The reason is one line.
+    StoreFailed(String),
+    /// The repository works again and the engine caught up with the log.
+    StoreRecovered {
+        /// How long it was unavailable, ms.
+        after_ms: u64,
+    },
 }
 
 /// What a run did.
@@ -237,12 +245,12 @@ impl Status {
                 .state_machine
                 .since_seal()
                 .map(|d| d.as_millis() as u64),
-            engine,
             pending_changes: f.pending,
             capture_lag_ms: f.lag_ms,
             capture: f.capture,
             rpo_ms: f.rpo,
-            last_error: f.last_error,
+            last_error: engine.state_machine.store_error.clone().or(f.last_error),
+            engine,
         }
     }
 }
@@ -297,6 +305,11 @@ fn advance_view(engine: &Engine, repo: &RwLock<Repository>) -> Result<u64> {
     }
     Ok(copied)
 }
+
+/// First wait before retrying a seal after a store failure; it doubles up to [`STORE_RETRY_MAX`].
+const STORE_RETRY_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait between seal retries while the repository fails.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Glob-escapes a literal path for an exclude pattern.
 fn escape_glob(p: &Path) -> String {
@@ -413,9 +426,14 @@ pub fn watch(
     engine_opts.seal_bytes = opts.seal_bytes;
     let (engine, recovery) = rt.block_on(Engine::open(repo.clone(), engine_opts))?;
     let engine = Arc::new(engine);
-    // After a crash, what reached the log is sealed before anything new is captured.
+    // After a crash, what reached the log is sealed before anything new is captured (unless the
+    // repository cannot be written: then the seal schedule retries it).
     let recovered = if engine.state_machine().changed_since_seal() && recovery.records > 0 {
-        rt.block_on(engine.seal())?.map(|s| s.id)
+        match rt.block_on(engine.seal()) {
+            Ok(s) => s.map(|s| s.id),
+            Err(tidemark_cluster::Error::Store(_)) => None,
+            Err(e) => return Err(e.into()),
+        }
     } else {
         None
     };
@@ -429,20 +447,38 @@ pub fn watch(
     let capture_stats = Arc::new(Mutex::new(CaptureFigures::default()));
     let done = Arc::new(AtomicBool::new(false));
     let sealed_tx = Arc::new(Mutex::new(Vec::<SealedSnapshot>::new()));
-    // The seal schedule, independent of capture so a long file read cannot hold it up.
+    // The seal schedule, independent of capture so a long file read cannot hold it up. While
+    // the repository fails, seals are retried with exponential backoff (250 ms to 30 s); each
+    // retry first replays the log since the last seal into the repository.
     let sealer = {
         let (engine, done, sealed_tx) = (engine.clone(), done.clone(), sealed_tx.clone());
         rt.spawn(async move {
+            let mut retry: Option<(Instant, Duration)> = None;
             while !done.load(Ordering::Acquire) {
                 tokio::time::sleep(Duration::from_millis(25)).await;
-                if engine.seal_due().is_some() {
-                    match engine.seal().await {
-                        Ok(Some(s)) => sealed_tx.lock().expect("seal list").push(s),
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::error!("seal failed: {e}");
-                            return Err(e);
+                let due = match retry {
+                    Some((at, _)) => Instant::now() >= at,
+                    None => engine.seal_due().is_some(),
+                };
+                if !due {
+                    continue;
+                }
+                match engine.seal().await {
+                    Ok(s) => {
+                        retry = None;
+                        if let Some(s) = s {
+                            sealed_tx.lock().expect("seal list").push(s);
                         }
+                    }
+                    Err(tidemark_cluster::Error::Store(why)) => {
+                        let wait =
+                            retry.map_or(STORE_RETRY_FIRST, |(_, d)| (d * 2).min(STORE_RETRY_MAX));
+                        tracing::warn!("seal failed: {why}; retrying in {wait:?}");
+                        retry = Some((Instant::now() + wait, wait));
+                    }
+                    Err(e) => {
+                        tracing::error!("seal failed: {e}");
+                        return Err(e);
                     }
                 }
             }
@@ -525,6 +561,7 @@ pub fn watch(
     let mut reconciling = true;
     let mut last_reconcile = Instant::now();
     let mut last_stats = Instant::now();
+    let mut store_down: Option<Instant> = None;
     let tree: &dyn LiveTree = engine.state_machine();
     let result: Result<()> = (|| {
         loop {
@@ -653,6 +690,26 @@ pub fn watch(
             for p in deferred {
                 coalescer.push(Event::Changed(p), t);
             }
+            // Paths a replay after a store failure could not apply: read them again.
+            for p in engine.state_machine().take_rescans() {
+                coalescer.push(
+                    Event::Rescan(PathBuf::from(std::ffi::OsStr::from_bytes(&p))),
+                    t,
+                );
+            }
+            match (engine.state_machine().store_error(), store_down) {
+                (Some(why), None) => {
+                    store_down = Some(Instant::now());
+                    notify(Notice::StoreFailed(why));
+                }
+                (None, Some(since)) => {
+                    store_down = None;
+                    notify(Notice::StoreRecovered {
+                        after_ms: since.elapsed().as_millis() as u64,
+                    });
+                }
+                _ => {}
+            }
             for s in sealed_tx.lock().expect("seal list").drain(..) {
                 let st = engine.state_machine().stats();
                 notify(Notice::Sealed {
@@ -662,6 +719,7 @@ pub fn watch(
                 });
             }
             if sealer.is_finished() {
+                // Its error is reported below.
                 return Err(Error::Invalid("the seal task stopped".into()));
             }
             if last_stats.elapsed() >= Duration::from_millis(200) {
@@ -687,12 +745,38 @@ pub fn watch(
     let sealer_result = rt.block_on(sealer);
     let _ = rt.block_on(status_task);
     let _ = rt.block_on(view_task);
-    result?;
+    let write_status_now = |last_error: Option<String>| {
+        if let Ok(es) = engine.status() {
+            let figures = capture_stats.lock().expect("stats").clone();
+            let mut status = Status::new(es, &root, &opts.repository, figures);
+            status.last_error = last_error.or(status.last_error);
+            let _ = write_status(&state.path().join("status.json"), &status);
+        }
+    };
+    // The seal task's own error is the cause; the loop only noticed that it stopped.
     if let Ok(Err(e)) = sealer_result {
+        write_status_now(Some(e.to_string()));
         return Err(e.into());
     }
+    if let Err(e) = result {
+        write_status_now(Some(e.to_string()));
+        return Err(e);
+    }
     let before = engine.state_machine().seal_snapshot_id();
-    let sealed = rt.block_on(engine.close())?;
+    let sealed = match rt.block_on(engine.close()) {
+        Ok(s) => s,
+        Err(tidemark_cluster::Error::Store(why)) => {
+            let st = engine.state_machine().stats();
+            let msg = format!(
+                "{why}: the changes since revision {} are safe in the log in {} and will be sealed by the next `tidemark watch` or `tidemark recover`",
+                st.sealed.map_or_else(|| "0".into(), |r| r.to_string()),
+                state.path().display()
+            );
+            write_status_now(Some(msg.clone()));
+            return Err(Error::Invalid(msg));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Some(s) = sealed.filter(|s| Some(s.id) != before) {
         let st = engine.state_machine().stats();
         notify(Notice::Sealed {

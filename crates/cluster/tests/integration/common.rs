@@ -1,10 +1,13 @@
 //! Shared set-up: a small encrypted repository in memory and helpers to build batches.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use tidemark_core::batch::{Batch, Edit, NewBlob};
+use tidemark_core::check::{check, CheckOptions};
 use tidemark_core::crypto::KdfParams;
 use tidemark_core::id::BlobId;
+use tidemark_core::id::SnapshotId;
 use tidemark_core::pack::BlobKind;
 use tidemark_core::repo::{InitOptions, Repository};
 use tidemark_core::snapshot::{Node, NodeType, NodeTypeField};
@@ -78,4 +81,72 @@ pub fn dir() -> Node {
         mode: 0o755,
         ..Node::default()
     }
+}
+
+/// Every file of snapshot `id` below the watched directory, with its content.
+pub fn snapshot_files(repo: &Repository, id: &SnapshotId) -> BTreeMap<String, Vec<u8>> {
+    let snap = repo.load_snapshot(id).unwrap();
+    let mut tree = repo.load_tree(&snap.tree).unwrap();
+    for name in ["srv", "share"] {
+        let n = tree.find(name.as_bytes()).expect("ancestor").clone();
+        tree = repo.load_tree(&n.subtree.unwrap()).unwrap();
+    }
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(String::new(), tree)];
+    while let Some((prefix, t)) = stack.pop() {
+        for n in &t.nodes {
+            let name = String::from_utf8(n.name_bytes().unwrap()).unwrap();
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if let Some(sub) = n.subtree {
+                stack.push((path, repo.load_tree(&sub).unwrap()));
+            } else {
+                let mut content = Vec::new();
+                for c in &n.content {
+                    content.extend(
+                        repo.read_blob(c).unwrap_or_else(|e| {
+                            panic!("{path}: chunk {} unreadable: {e}", c.short())
+                        }),
+                    );
+                }
+                out.insert(path, content);
+            }
+        }
+    }
+    out
+}
+
+/// Asserts that snapshot `id` holds exactly `want`, byte for byte, and that the repository passes
+/// `check --read-data`.
+pub fn assert_complete(
+    repo: &Repository,
+    id: &SnapshotId,
+    want: &BTreeMap<String, Vec<u8>>,
+    what: &str,
+) {
+    let got = snapshot_files(repo, id);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}: files"
+    );
+    for (p, d) in want {
+        assert!(got[p] == *d, "{what}: content of {p}");
+    }
+    let report = check(
+        repo,
+        CheckOptions {
+            read_data: true,
+            ..CheckOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        report.errors.is_empty(),
+        "{what}: check: {:?}",
+        report.errors
+    );
 }
