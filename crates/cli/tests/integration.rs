@@ -6,6 +6,7 @@ mod integration {
     pub mod copy;
     pub mod crash;
     pub mod forget;
+    pub mod full_disk;
     pub mod golden;
     pub mod kill;
     pub mod mount;

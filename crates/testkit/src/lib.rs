@@ -14,8 +14,10 @@ use tidemark_core::id::ObjectId;
 use tidemark_core::store::{Kind, Store, CONFIG_ID};
 use tidemark_core::{Error, Result};
 
+mod flaky;
 mod log;
 pub mod s3;
+pub use flaky::FlakyStore;
 pub use log::{log_device_suite, CrashLogDir, MemDevice, MemLogDir, Unsynced};
 pub use s3::S3Server;
 

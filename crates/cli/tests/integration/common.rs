@@ -49,7 +49,8 @@ impl Repo {
         r
     }
 
-    fn init_here(&self, args: &[&str], env: &[(&str, &str)]) {
+    /// Runs `init` for `self.path` (a [`Repo`] built by hand, somewhere else).
+    pub fn init_here(&self, args: &[&str], env: &[(&str, &str)]) {
         let r = self;
         let out = r
             .cmd()

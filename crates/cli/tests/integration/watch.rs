@@ -57,7 +57,8 @@ impl Daemon {
         d
     }
 
-    fn wait_for(&self, message: &str, timeout: Duration) -> serde_json::Value {
+    /// The first output line of type `message`, waiting up to `timeout` for it.
+    pub fn wait_for(&self, message: &str, timeout: Duration) -> serde_json::Value {
         let t = Instant::now();
         loop {
             if let Some(v) = self
@@ -86,6 +87,31 @@ impl Daemon {
         let status = self.child.wait().unwrap();
         assert!(status.success(), "watch exits 0 on SIGTERM, got {status:?}");
         self.wait_for("stopped", Duration::from_secs(5))
+    }
+
+    /// Output lines of type `message` so far.
+    pub fn count(&self, message: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["message_type"] == message)
+            .count()
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGTERM and returns how the process exited (whatever it was).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        self.child.wait().unwrap()
     }
 
     /// Seals reported so far.
