@@ -16,6 +16,15 @@ if ! command -v s3s-fs >/dev/null && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
   cargo install s3s-fs --version 0.14.1 --features binary --locked
 fi
 export TIDEMARK_REQUIRE_S3=1
+# The full-disk test loop-mounts an ext4 file system (mkfs.ext4 from e2fsprogs; needs root), and
+# the mount tests need /dev/fuse (fusermount3 from fuse3 when not root): required, not skipped.
+if ! command -v mkfs.ext4 >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq e2fsprogs
+fi
+if [ ! -e /dev/fuse ] || { [ "$(id -u)" != 0 ] && ! command -v fusermount3 >/dev/null; }; then
+  apt-get update -qq && apt-get install -y -qq fuse3 || true
+fi
+export TIDEMARK_REQUIRE_FUSE=1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,7 +1,7 @@
 //! `tidemark mount`: the mounted latest snapshot equals the source (contents, symlink targets,
 //! modes, sizes, owners, times, xattrs), a large file reads right at random offsets, a snapshot
 //! made while mounted shows up, and SIGINT unmounts and exits 0. Needs root and a usable
-//! /dev/fuse; skipped (with a message) otherwise.
+//! /dev/fuse; skipped (with a message) otherwise, unless `TIDEMARK_REQUIRE_FUSE` is set.
 
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -11,6 +11,16 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 use super::common::{every_kind_tree, is_root, restored, Repo};
+
+/// Skips a mount test with a message, or fails it when `TIDEMARK_REQUIRE_FUSE` is set (the test
+/// script sets it, so CI cannot pass without running them).
+fn skip(why: &str) {
+    assert!(
+        std::env::var_os("TIDEMARK_REQUIRE_FUSE").is_none(),
+        "TIDEMARK_REQUIRE_FUSE is set but the mount test cannot run: {why}"
+    );
+    eprintln!("skipping the mount test: {why}");
+}
 
 /// Why FUSE cannot be used here, if it cannot.
 pub fn fuse_unusable() -> Option<String> {
@@ -234,7 +244,7 @@ fn wait_until(what: &str, mounted: &Mounted, mut ok: impl FnMut() -> bool) {
 #[test]
 fn mount_shows_snapshots_reads_files_and_unmounts_on_sigint() {
     if let Some(why) = fuse_unusable() {
-        eprintln!("skipping the mount test: {why}");
+        skip(&why);
         return;
     }
     let repo = Repo::init();
@@ -249,7 +259,7 @@ fn mount_shows_snapshots_reads_files_and_unmounts_on_sigint() {
     let mounted = match Mounted::start(&repo, &mnt) {
         Ok(m) => m,
         Err(e) if e.contains("Operation not permitted") => {
-            eprintln!("skipping the mount test: mounting is not permitted here: {e}");
+            skip(&format!("mounting is not permitted here: {e}"));
             return;
         }
         Err(e) => panic!("tidemark mount failed: {e}"),
@@ -316,7 +326,7 @@ fn mount_shows_snapshots_reads_files_and_unmounts_on_sigint() {
 #[test]
 fn mount_exits_0_when_unmounted_from_outside() {
     if let Some(why) = fuse_unusable() {
-        eprintln!("skipping the mount test: {why}");
+        skip(&why);
         return;
     }
     let repo = Repo::init();
@@ -329,7 +339,7 @@ fn mount_exits_0_when_unmounted_from_outside() {
     let mut mounted = match Mounted::start(&repo, &mnt) {
         Ok(m) => m,
         Err(e) if e.contains("Operation not permitted") => {
-            eprintln!("skipping the mount test: mounting is not permitted here: {e}");
+            skip(&format!("mounting is not permitted here: {e}"));
             return;
         }
         Err(e) => panic!("tidemark mount failed: {e}"),
