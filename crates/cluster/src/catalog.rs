@@ -1258,6 +1258,60 @@ mod tests {
             .collect()
     }
 
+    /// Issue 9: only durable commits reach the file, whatever way the catalog goes away (redb 4
+    /// makes pending `Durability::None` commits durable on close, so the catalog must not make any).
+    #[test]
+    fn issue_9_only_durable_commits_reach_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("c.redb");
+        let mut c = Catalog::open(&path).unwrap();
+        let mut t = c.begin().unwrap();
+        t.put(b"sealed", &file(1)).unwrap();
+        t.set_meta("applied", &1u64).unwrap();
+        t.commit(true).unwrap();
+        let mut t = c.begin().unwrap();
+        t.put(b"applied-only", &file(2)).unwrap();
+        t.set_meta("applied", &2u64).unwrap();
+        t.commit(false).unwrap();
+        assert_eq!(
+            paths(&c),
+            ["applied-only", "sealed"],
+            "reads see the open transaction"
+        );
+        drop(c); // a clean close, as on an error exit
+        let mut c = Catalog::open(&path).unwrap();
+        assert_eq!(paths(&c), ["sealed"]);
+        assert_eq!(c.meta::<u64>("applied").unwrap(), Some(1));
+
+        // A panic unwinding past the open catalog.
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut t = c.begin().unwrap();
+            t.put(b"during-panic", &file(3)).unwrap();
+            t.commit(false).unwrap();
+            let _c = c;
+            panic!("unwinding with the catalog open");
+        }));
+        assert!(unwound.is_err());
+        let mut c = Catalog::open(&path).unwrap();
+        assert_eq!(paths(&c), ["sealed"]);
+
+        // A batch dropped half-way discards everything since the last durable commit.
+        let mut t = c.begin().unwrap();
+        t.put(b"x", &file(4)).unwrap();
+        t.commit(false).unwrap();
+        let mut t = c.begin().unwrap();
+        t.put(b"y", &file(5)).unwrap();
+        drop(t);
+        c.rewind().unwrap();
+        assert_eq!(paths(&c), ["sealed"]);
+        // And a rewind does too.
+        let mut t = c.begin().unwrap();
+        t.put(b"z", &file(6)).unwrap();
+        t.commit(false).unwrap();
+        c.rewind().unwrap();
+        assert_eq!(paths(&c), ["sealed"]);
+    }
+
     #[test]
     fn put_delete_rename_and_seal() {
         let tmp = tempfile::tempdir().unwrap();

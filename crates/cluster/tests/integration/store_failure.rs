@@ -78,7 +78,12 @@ async fn run_scenario(engine: &Engine, repo: &RwLock<Repository>) -> Scenario {
         want.insert(p.to_string(), d);
     }
     let _ = engine.seal().await;
-    let step2 = vec![("f", data(50_000, 4)), ("a", data(33_000, 5))];
+    // `b2` has `b`'s content: its blob must not be deduplicated against a pack that was lost.
+    let step2 = vec![
+        ("f", data(50_000, 4)),
+        ("a", data(33_000, 5)),
+        ("b2", data(40_000, 2)),
+    ];
     engine.write(files(&step2)).await.expect("acknowledged");
     for (p, d) in step2 {
         want.insert(p.to_string(), d);
