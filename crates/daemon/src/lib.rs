@@ -265,7 +265,11 @@ impl Sink for EngineSink<'_> {
         self.rt
             .block_on(self.engine.write(batch))
             .map(|r| r.rescan)
-            .map_err(|e| tidemark_core::Error::Poisoned(format!("the engine stopped: {e}")))
+            .map_err(|e| match e {
+                // Already one line that names the cause.
+                tidemark_cluster::Error::Log(why) => tidemark_core::Error::Invalid(why),
+                e => tidemark_core::Error::Poisoned(format!("the engine stopped: {e}")),
+            })
     }
 }
 

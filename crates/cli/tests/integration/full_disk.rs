@@ -178,3 +178,71 @@ fn issue_9_a_full_repository_disk_loses_nothing() {
     daemon.stop();
     repo.ok(&["check", "--read-data"]);
 }
+
+/// The state directory's own disk fills up: then capture stops with a clear error, and every
+/// change acknowledged before is sealed by the next `watch` once there is space again.
+#[test]
+fn issue_9_a_full_log_disk_stops_capture_with_a_clear_error() {
+    let fs = LoopFs::new(16);
+    let repo = Repo::init();
+    let src = repo.dir.path().join("src");
+    let state = fs.mnt.join("state");
+    let ack = repo.dir.path().join("ack.log");
+    std::fs::create_dir(&src).unwrap();
+    let mut n = 0;
+    let mut child = repo
+        .cmd()
+        .args(["watch", "--json", "--seal-interval", "100ms", "--state-dir"])
+        .arg(&state)
+        .arg(&src)
+        .env("TIDEMARK_ACK_LOG", &ack)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Changes are acknowledged path by path once the first reconcile is done.
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0
+        && !line.contains("reconciled")
+    {
+        line.clear();
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    std::fs::write(src.join("first.bin"), random(100_000, 1)).unwrap();
+    wait_until("first.bin acknowledged", Duration::from_secs(30), || {
+        acknowledged(&ack, "first.bin")
+    });
+    fs.fill();
+    // Bigger than any free scrap the filler left: the log cannot take it.
+    std::fs::write(src.join("big.bin"), random(4 << 20, 2)).unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "watch did not stop when its log's disk filled up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the log's disk is full"), "{stderr}");
+    assert!(
+        !acknowledged(&ack, "big.bin"),
+        "nothing is acknowledged after the log failed"
+    );
+    fs.free();
+    let daemon = Daemon::start(&repo, &src, &state, Some(&ack));
+    converge(
+        &repo,
+        &src,
+        &mut n,
+        "a restart after the log's disk was full",
+    );
+    daemon.stop();
+    repo.ok(&["check", "--read-data"]);
+}
