@@ -184,6 +184,21 @@ impl Catalog {
     /// Opens the catalog at `path`, creating it (with an empty watched directory) if missing.
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::create(path).map_err(|e| Error::catalog(path, e))?;
+        Self::from_db(db, path)
+    }
+
+    /// Opens the catalog on a redb storage backend instead of a file: redb's in-memory backend
+    /// for tests and simulation, or a fault-injecting one (the `catalog_model` fuzz target).
+    /// `name` stands for the path in messages.
+    pub fn open_backend(backend: impl redb::StorageBackend, name: &str) -> Result<Self> {
+        let path = Path::new(name);
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| Error::catalog(path, e))?;
+        Self::from_db(db, path)
+    }
+
+    fn from_db(db: Database, path: &Path) -> Result<Self> {
         let mut cat = Catalog {
             live: None,
             db,
