@@ -291,7 +291,7 @@ pub const EMPTY_PASSWORD: &str = "an empty password is not allowed";
 impl KdfParams {
     /// Most memory a key file may ask for: 1 GiB, in KiB.
     pub const MAX_M_COST_KIB: u32 = 1 << 20;
-    /// Most passes a key file may ask for (at 1 GiB, about 30 s on one core).
+    /// Most passes a key file may ask for (at 1 GiB: about 50 times the default's cost).
     pub const MAX_T_COST: u32 = 10;
     /// Most lanes a key file may ask for.
     pub const MAX_P_COST: u32 = 16;

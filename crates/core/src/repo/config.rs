@@ -101,6 +101,15 @@ fn corrupt(reason: impl Into<String>) -> Error {
     Error::corrupt(Kind::Config, FILE, reason)
 }
 
+/// The error for a config that says "no encryption" in a store that holds key files: the
+/// downgrade an attacker with write access would try (the next backup would store plaintext).
+pub(crate) fn unencrypted_with_keys() -> Error {
+    corrupt(
+        "it says the repository is not encrypted, but the repository holds key files: refusing \
+         (the config may have been replaced to turn encryption off)",
+    )
+}
+
 /// Checks one size against its bounds, naming the field.
 fn bounded(field: &str, v: u32, range: &std::ops::RangeInclusive<u32>) -> Result<()> {
     if range.contains(&v) {

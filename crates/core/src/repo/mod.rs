@@ -211,25 +211,19 @@ impl Repository {
             Err(e) => return Err(e),
         };
         let config = Config::decode(&bytes)?;
-        let (crypto, seed, key_id) = if let (Encryption::None, Some(pk)) =
-            (config.encryption, config.plain_keys)
-        {
-            if !store.list_ids(Kind::Key)?.is_empty() {
-                return Err(Error::corrupt(
-                        Kind::Config,
-                        "file",
-                        "it says the repository is not encrypted, but the repository holds key \
-                         files: refusing (the config may have been replaced to turn encryption off)",
-                    ));
-            }
-            (Crypto::plain(pk.id_key), pk.chunker_seed, None)
-        } else {
-            let pw = zeroize::Zeroizing::new(password()?);
-            let (kid, master) = Self::unlock(&*store, &pw)?;
-            let crypto = Crypto::encrypted(&master);
-            config.authenticate(&bytes, &crypto, master.authenticated_config)?;
-            (crypto, master.chunker_seed, Some(kid))
-        };
+        let (crypto, seed, key_id) =
+            if let (Encryption::None, Some(pk)) = (config.encryption, config.plain_keys) {
+                if !store.list_ids(Kind::Key)?.is_empty() {
+                    return Err(config::unencrypted_with_keys());
+                }
+                (Crypto::plain(pk.id_key), pk.chunker_seed, None)
+            } else {
+                let pw = zeroize::Zeroizing::new(password()?);
+                let (kid, master) = Self::unlock(&*store, &pw)?;
+                let crypto = Crypto::encrypted(&master);
+                config.authenticate(&bytes, &crypto, master.authenticated_config)?;
+                (crypto, master.chunker_seed, Some(kid))
+            };
         Self::assemble(store, config, crypto, seed, key_id)
     }
 
