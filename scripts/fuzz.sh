@@ -83,7 +83,8 @@ seed_text snapshot minimal '{"version":1,"time":"x","hostname":"","username":"",
 
 chunker='{"algorithm":"fastcdc-v2020","min_size":262144,"avg_size":1048576,"max_size":4194304,"normalization":1}'
 seed_text config encrypted '{"version":1,"id":"'"$id_a"'","encryption":"xchacha20poly1305-argon2id","compression":{"algorithm":"zstd","level":3},"chunker":'"$chunker"',"pack_size":16777216,"plain_keys":null}'
-seed_text config plain '{"version":1,"id":"'"$id_b"'","encryption":"none","compression":{"algorithm":"zstd","level":0},"chunker":{"algorithm":"fastcdc-v2020","min_size":64,"avg_size":256,"max_size":1024,"normalization":3},"pack_size":1024,"plain_keys":{"id_key":"'"$id_a"'","chunker_seed":7}}'
+seed_text config plain '{"version":2,"id":"'"$id_b"'","encryption":"none","compression":{"algorithm":"zstd","level":0},"chunker":{"algorithm":"fastcdc-v2020","min_size":1024,"avg_size":4096,"max_size":16384,"normalization":3},"pack_size":65536,"plain_keys":{"id_key":"'"$id_a"'","chunker_seed":7}}'
+seed_text config sealed '{"version":2,"id":"'"$id_a"'","encryption":"xchacha20poly1305-argon2id","compression":{"algorithm":"zstd","level":3},"chunker":'"$chunker"',"pack_size":16777216,"plain_keys":null,"mac":"'"$id_b"'"}'
 
 seed_text key_file full '{"version":1,"created":"2024-05-01T10:00:00+00:00","hostname":"nas","username":"alice","kdf":"argon2id","m_cost_kib":65536,"t_cost":3,"p_cost":1,"salt":"AAAAAAAAAAAAAAAAAAAAAA==","data":"AAAA"}'
 

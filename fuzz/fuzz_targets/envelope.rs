@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
         encrypt: [1; 32],
         id_key: [2; 32],
         chunker_seed: 3,
+        authenticated_config: true,
     });
     let opened = crypto.open(Domain::Blob, data, Kind::Blob, &"x");
     assert!(opened.is_err(), "a fuzzed envelope opened: {} bytes", data.len());

@@ -982,15 +982,17 @@ fn key(g: &Global, cmd: &KeyCommand) -> Result<Outcome> {
 }
 
 /// The password that opened the repository, read again (the core does not keep it).
-fn current_password(g: &Global) -> Result<Vec<u8>> {
+fn current_password(g: &Global) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     if g.repo.is_none()
         && g.password_file.is_none()
         && std::env::var_os("TIDEMARK_PASSWORD").is_none()
     {
         let (_, pw_file) = open::default_location()?;
-        let s = std::fs::read_to_string(&pw_file)
-            .with_context(|| format!("reading {}", pw_file.display()))?;
-        return Ok(s.trim_end().as_bytes().to_vec());
+        let s = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&pw_file)
+                .with_context(|| format!("reading {}", pw_file.display()))?,
+        );
+        return Ok(zeroize::Zeroizing::new(s.trim_end().as_bytes().to_vec()));
     }
     open::password(g, "enter current password: ")
 }

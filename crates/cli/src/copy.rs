@@ -36,19 +36,19 @@ pub struct CopyArgs {
     pub path: Vec<PathBuf>,
 }
 
-fn from_password(a: &FromArgs) -> Result<Vec<u8>> {
+fn from_password(a: &FromArgs) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     if let Some(f) = &a.from_password_file {
         return open::read_password_file(f);
     }
     if let Ok(p) = std::env::var("TIDEMARK_FROM_PASSWORD") {
-        return Ok(p.into_bytes());
+        return Ok(zeroize::Zeroizing::new(p.into_bytes()));
     }
     if std::io::stdin().is_terminal() {
-        return Ok(
+        return Ok(zeroize::Zeroizing::new(
             rpassword::prompt_password("enter password for the source repository: ")
                 .context("reading the password")?
                 .into_bytes(),
-        );
+        ));
     }
     bail!("no password for the source repository: set TIDEMARK_FROM_PASSWORD, TIDEMARK_FROM_PASSWORD_FILE or --from-password-file")
 }
@@ -68,7 +68,9 @@ pub fn open_from(g: &Global, a: &FromArgs) -> Result<Repository> {
     };
     let (store, _) = open::store(&fg)?;
     let mut repo = Repository::open(store, &mut || {
-        from_password(a).map_err(|e| tidemark_core::Error::Invalid(format!("{e:#}")))
+        from_password(a)
+            .map(open::take)
+            .map_err(|e| tidemark_core::Error::Invalid(format!("{e:#}")))
     })
     .with_context(|| format!("opening the source repository {}", dir.display()))?;
     repo.set_cache_dir(open::cache_dir(&fg));

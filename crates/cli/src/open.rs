@@ -11,6 +11,7 @@ use rand::RngCore;
 use tidemark_core::repo::{InitOptions, Repository};
 use tidemark_core::store::Store;
 use tidemark_store::{LocalStore, S3Location, S3Store};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::args::Global;
 
@@ -24,56 +25,71 @@ pub fn default_location() -> Result<(PathBuf, PathBuf)> {
     Ok((base.join("repository"), base.join("password")))
 }
 
-pub fn read_password_file(path: &Path) -> Result<Vec<u8>> {
-    let s =
-        std::fs::read(path).with_context(|| format!("reading password file {}", path.display()))?;
+/// The password in `path`, without its trailing line ends. Passwords are held in buffers that
+/// are wiped when dropped; the core refuses an empty one.
+pub fn read_password_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    let mut s = Zeroizing::new(
+        std::fs::read(path).with_context(|| format!("reading password file {}", path.display()))?,
+    );
     let end = s
         .iter()
         .rposition(|&b| b != b'\n' && b != b'\r')
         .map_or(0, |i| i + 1);
-    Ok(s[..end].to_vec())
+    s.truncate(end);
+    Ok(s)
+}
+
+/// The bytes of a password read as a `String`, which is moved, not copied.
+fn secret(s: String) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(s.into_bytes())
+}
+
+/// Hands a password to the core's `Repository::open` callback (a plain `Vec`, which the core
+/// wraps again): moved out, so no unwiped copy is left behind.
+pub fn take(mut p: Zeroizing<Vec<u8>>) -> Vec<u8> {
+    std::mem::take(&mut *p)
 }
 
 /// The password from the flags/environment, or a prompt on a terminal.
-pub fn password(g: &Global, prompt: &str) -> Result<Vec<u8>> {
+pub fn password(g: &Global, prompt: &str) -> Result<Zeroizing<Vec<u8>>> {
     if let Some(f) = &g.password_file {
         return read_password_file(f);
     }
     if let Ok(p) = std::env::var("TIDEMARK_PASSWORD") {
-        return Ok(p.into_bytes());
+        return Ok(secret(p));
     }
     if std::io::stdin().is_terminal() {
-        return Ok(rpassword::prompt_password(prompt)
-            .context("reading the password")?
-            .into_bytes());
+        return Ok(secret(
+            rpassword::prompt_password(prompt).context("reading the password")?,
+        ));
     }
     bail!("no password given: set TIDEMARK_PASSWORD, TIDEMARK_PASSWORD_FILE or --password-file")
 }
 
 /// A new password: from a file, TIDEMARK_NEW_PASSWORD, or asked twice.
-pub fn new_password(file: Option<&Path>) -> Result<Vec<u8>> {
+pub fn new_password(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>> {
     if let Some(f) = file {
         return read_password_file(f);
     }
     if let Ok(p) = std::env::var("TIDEMARK_NEW_PASSWORD") {
-        return Ok(p.into_bytes());
+        return Ok(secret(p));
     }
     if !std::io::stdin().is_terminal() {
         bail!("no new password given: set TIDEMARK_NEW_PASSWORD or --new-password-file");
     }
-    let a = rpassword::prompt_password("enter new password: ")?;
-    let b = rpassword::prompt_password("enter it again: ")?;
+    let a = secret(rpassword::prompt_password("enter new password: ")?);
+    let b = secret(rpassword::prompt_password("enter it again: ")?);
     if a != b {
         bail!("the passwords do not match");
     }
     if a.is_empty() {
-        bail!("an empty password is not allowed");
+        bail!("{}", tidemark_core::crypto::EMPTY_PASSWORD);
     }
-    Ok(a.into_bytes())
+    Ok(a)
 }
 
 /// The password for a new repository: given (flag, environment) or asked twice.
-pub fn new_password_or_given(g: &Global) -> Result<Vec<u8>> {
+pub fn new_password_or_given(g: &Global) -> Result<Zeroizing<Vec<u8>>> {
     if g.password_file.is_some() || std::env::var_os("TIDEMARK_PASSWORD").is_some() {
         return password(g, "");
     }
@@ -118,6 +134,7 @@ pub fn open(g: &Global) -> Result<Repository> {
     } else {
         Repository::open(store, &mut || {
             password(g, "enter password for repository: ")
+                .map(take)
                 .map_err(|e| tidemark_core::Error::Invalid(format!("{e:#}")))
         })?
     };
@@ -134,7 +151,8 @@ fn open_default(g: &Global, store: Arc<dyn Store>) -> Result<Repository> {
         } else {
             let mut raw = [0u8; 32];
             rand::thread_rng().fill_bytes(&mut raw);
-            let pw = hex::encode(raw);
+            let pw = secret(hex::encode(raw));
+            raw.zeroize();
             std::fs::create_dir_all(pw_file.parent().expect("has a parent"))
                 .with_context(|| format!("creating {}", dir.display()))?;
             let mut f = std::fs::OpenOptions::new()
@@ -143,9 +161,10 @@ fn open_default(g: &Global, store: Arc<dyn Store>) -> Result<Repository> {
                 .mode(0o600)
                 .open(&pw_file)
                 .with_context(|| format!("creating password file {}", pw_file.display()))?;
-            writeln!(f, "{pw}")?;
+            f.write_all(&pw)?;
+            f.write_all(b"\n")?;
             f.sync_all()?;
-            pw.into_bytes()
+            pw
         };
         let opts = InitOptions {
             password: Some(pw),
@@ -165,9 +184,11 @@ fn open_default(g: &Global, store: Arc<dyn Store>) -> Result<Repository> {
     let repo = Repository::open(store, &mut || {
         if explicit || !pw_file.exists() {
             password(g, "enter password for repository: ")
+                .map(take)
                 .map_err(|e| tidemark_core::Error::Invalid(format!("{e:#}")))
         } else {
             read_password_file(&pw_file)
+                .map(take)
                 .map_err(|e| tidemark_core::Error::Invalid(format!("{e:#}")))
         }
     })?;

@@ -3,6 +3,7 @@
 mod integration {
     pub mod cli;
     pub mod common;
+    pub mod config;
     pub mod copy;
     pub mod crash;
     pub mod forget;

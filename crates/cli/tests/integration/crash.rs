@@ -18,7 +18,7 @@ use super::common::{assert_same_tree, restored};
 
 pub fn small_repo_options() -> InitOptions {
     InitOptions {
-        password: Some(b"pw".to_vec()),
+        password: Some(b"pw".to_vec().into()),
         kdf: KdfParams {
             m_cost_kib: 64,
             t_cost: 1,

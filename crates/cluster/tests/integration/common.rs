@@ -16,7 +16,7 @@ use tidemark_testkit::MemStore;
 /// A repository with a cheap key derivation (tests unlock it many times).
 pub fn repo() -> Arc<RwLock<Repository>> {
     let opts = InitOptions {
-        password: Some(b"pw".to_vec()),
+        password: Some(b"pw".to_vec().into()),
         kdf: KdfParams {
             m_cost_kib: 64,
             t_cost: 1,

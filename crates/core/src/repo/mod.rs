@@ -16,14 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use config::{
-    Compression, CompressionAlgorithm, Config, Encryption, PlainKeys, DEFAULT_PACK_SIZE,
-    DEFAULT_ZSTD_LEVEL,
+    Compression, CompressionAlgorithm, Config, Encryption, PlainKeys, CONFIG_VERSION,
+    DEFAULT_PACK_SIZE, DEFAULT_ZSTD_LEVEL, PACK_SIZE,
 };
 pub use index::{Index, Location};
 pub use writer::{BlobWriter, FinishedPack, PackEntries, WriterStats};
 
 use crate::chunk::{Chunker, ChunkerParams};
-use crate::crypto::{Crypto, Domain, KdfParams, KeyFile, MasterKey};
+use crate::crypto::{Crypto, Domain, KdfParams, KeyFile, MasterKey, EMPTY_PASSWORD};
 use crate::error::{Error, Result};
 use crate::forget::StoredPolicy;
 use crate::id::{BlobId, ObjectId, PackId, SnapshotId};
@@ -36,10 +36,10 @@ use crate::snapshot::{
 use crate::store::{Kind, Store, CONFIG_ID};
 
 /// Settings for a new repository.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct InitOptions {
-    /// `None` creates an unencrypted repository.
-    pub password: Option<Vec<u8>>,
+    /// `None` creates an unencrypted repository; wiped when dropped.
+    pub password: Option<zeroize::Zeroizing<Vec<u8>>>,
     /// Argon2id costs for the first key.
     pub kdf: KdfParams,
     /// Chunker sizes.
@@ -55,6 +55,21 @@ pub struct InitOptions {
     /// Reuse this master key (another repository's, so that `copy` between them moves
     /// envelopes as they are); `None` generates one.
     pub master: Option<MasterKey>,
+}
+
+impl std::fmt::Debug for InitOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InitOptions")
+            .field("password", &self.password.as_ref().map(|_| ".."))
+            .field("kdf", &self.kdf)
+            .field("chunker", &self.chunker)
+            .field("pack_size", &self.pack_size)
+            .field("compression_level", &self.compression_level)
+            .field("hostname", &self.hostname)
+            .field("username", &self.username)
+            .field("master", &self.master)
+            .finish()
+    }
 }
 
 impl Default for InitOptions {
@@ -106,6 +121,9 @@ impl Repository {
     /// Creates a repository in an empty store.
     pub fn init(store: Arc<dyn Store>, opts: &InitOptions) -> Result<Self> {
         opts.chunker.validate()?;
+        if opts.password.as_ref().is_some_and(|p| p.is_empty()) {
+            return Err(Error::Invalid(EMPTY_PASSWORD.into()));
+        }
         match store.get(Kind::Config, &CONFIG_ID, None) {
             Ok(_) => {
                 return Err(Error::Invalid(format!(
@@ -129,8 +147,13 @@ impl Repository {
                 }),
             ),
         };
+        let crypto = if opts.password.is_some() {
+            Crypto::encrypted(&master)
+        } else {
+            Crypto::plain(master.id_key)
+        };
         let config = Config {
-            version: 1,
+            version: CONFIG_VERSION,
             id: ObjectId(id),
             encryption,
             compression: Compression {
@@ -140,7 +163,14 @@ impl Repository {
             chunker: opts.chunker,
             pack_size: opts.pack_size,
             plain_keys,
-        };
+            mac: None,
+        }
+        .seal(&crypto);
+        config.check_sizes().map_err(|e| match e {
+            // The stored-config wording ("config file is damaged") does not fit a new one.
+            Error::Corrupt { reason, .. } => Error::Invalid(format!("cannot init: {reason}")),
+            e => e,
+        })?;
         let mut key_id = None;
         if let Some(pw) = &opts.password {
             let kf = KeyFile::create(&master, pw, opts.kdf, &opts.hostname, &opts.username)?;
@@ -158,15 +188,14 @@ impl Repository {
                 store.location()
             )));
         }
-        let crypto = if opts.password.is_some() {
-            Crypto::encrypted(&master)
-        } else {
-            Crypto::plain(master.id_key)
-        };
         Self::assemble(store, config, crypto, master.chunker_seed, key_id)
     }
 
     /// Opens an existing repository. `password` is called only if the repository is encrypted.
+    ///
+    /// The config is checked before it is used (`docs/format.md` §3): one that says "no
+    /// encryption" in a store holding key files is refused before a password is asked for; an
+    /// encrypted one must be authenticated by the key the password unlocks.
     pub fn open(
         store: Arc<dyn Store>,
         password: &mut dyn FnMut() -> Result<Vec<u8>>,
@@ -184,11 +213,16 @@ impl Repository {
         let config = Config::decode(&bytes)?;
         let (crypto, seed, key_id) =
             if let (Encryption::None, Some(pk)) = (config.encryption, config.plain_keys) {
+                if !store.list_ids(Kind::Key)?.is_empty() {
+                    return Err(config::unencrypted_with_keys());
+                }
                 (Crypto::plain(pk.id_key), pk.chunker_seed, None)
             } else {
-                let pw = password()?;
+                let pw = zeroize::Zeroizing::new(password()?);
                 let (kid, master) = Self::unlock(&*store, &pw)?;
-                (Crypto::encrypted(&master), master.chunker_seed, Some(kid))
+                let crypto = Crypto::encrypted(&master);
+                config.authenticate(&bytes, &crypto, master.authenticated_config)?;
+                (crypto, master.chunker_seed, Some(kid))
             };
         Self::assemble(store, config, crypto, seed, key_id)
     }
@@ -222,6 +256,9 @@ impl Repository {
     }
 
     fn unlock(store: &dyn Store, password: &[u8]) -> Result<(ObjectId, MasterKey)> {
+        if password.is_empty() {
+            return Err(Error::Invalid(EMPTY_PASSWORD.into()));
+        }
         let keys = store.list(Kind::Key)?;
         if keys.is_empty() {
             return Err(Error::corrupt(
@@ -324,7 +361,13 @@ impl Repository {
 
     /// Starts this writer's session (`docs/format.md` §19); call before [`Repository::load_index`],
     /// so that the session's view covers the deletion records it reads.
+    ///
+    /// A version-1 config of an encrypted repository is upgraded to version 2 (authenticated)
+    /// first: a writer holds the key (`docs/format.md` §3).
     pub fn begin_session(&mut self, command: &str, host: &str) -> Result<()> {
+        if let Some(upgraded) = self.upgrade_config()? {
+            self.config = upgraded;
+        }
         self.session = Some(Session::start(
             Arc::clone(&self.store),
             &self.crypto,
@@ -332,6 +375,18 @@ impl Repository {
             host,
         )?);
         Ok(())
+    }
+
+    /// Stores this repository's config as version 2 with its MAC, if it is an encrypted
+    /// version-1 one; returns the stored config. Rewriting is safe against a racing writer: both
+    /// store the same bytes (the MAC is deterministic).
+    fn upgrade_config(&self) -> Result<Option<Config>> {
+        if self.config.version >= CONFIG_VERSION || !self.crypto.is_encrypted() {
+            return Ok(None);
+        }
+        let sealed = self.config.seal(&self.crypto);
+        self.store.put(Kind::Config, &CONFIG_ID, &sealed.encode())?;
+        Ok(Some(sealed))
     }
 
     /// Ends this writer's session (after its last object is stored).
@@ -748,7 +803,13 @@ impl Repository {
                 "this repository is not encrypted; it has no keys".into(),
             ));
         }
+        if password.is_empty() {
+            return Err(Error::Invalid(EMPTY_PASSWORD.into()));
+        }
         let (_, master) = Self::unlock(&*self.store, current_password)?;
+        // The new key refuses a version-1 config (`docs/format.md` §4), so the config is
+        // authenticated before the key is written.
+        self.upgrade_config()?;
         let kf = KeyFile::create(&master, password, kdf, hostname, username)?;
         let bytes = serde_json::to_vec_pretty(&kf).expect("key files serialize");
         let id = ObjectId::of(&bytes);
