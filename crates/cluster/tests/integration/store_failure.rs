@@ -29,7 +29,7 @@ fn options(state: &std::path::Path) -> EngineOptions {
 fn flaky_repo(budget: usize) -> (Arc<FlakyStore<MemStore>>, Arc<RwLock<Repository>>) {
     let store = Arc::new(FlakyStore::new(MemStore::new(), usize::MAX));
     let opts = InitOptions {
-        password: Some(b"pw".to_vec()),
+        password: Some(b"pw".to_vec().into()),
         kdf: KdfParams {
             m_cost_kib: 64,
             t_cost: 1,
