@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use tidemark_core::wal::record::SegmentHeader;
+use tidemark_core::wal::record::{SegmentHeader, VERSION};
 use tidemark_core::wal::{Wal, WalOptions};
 use tidemark_testkit::MemLogDir;
 
@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let header = |seq| SegmentHeader { seq, log_id: 7 }.encode().to_vec();
+    let header = |seq| SegmentHeader { version: VERSION, seq, log_id: 7 }.encode().to_vec();
     let mut files = BTreeMap::new();
     if mode & 2 != 0 && rest.len() >= 2 {
         let at = (usize::from(u16::from_le_bytes([rest[0], rest[1]]))).min(rest.len() - 2);

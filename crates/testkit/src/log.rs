@@ -171,10 +171,7 @@ impl CrashFile {
             let (l, d) = (page(live, start), page(durable, start));
             out.extend_from_slice(if l == d || rng.gen_bool(0.5) { &l } else { &d });
         }
-        let (lo, hi) = (
-            live.len().min(durable.len()),
-            live.len().max(durable.len()),
-        );
+        let (lo, hi) = (live.len().min(durable.len()), live.len().max(durable.len()));
         out.truncate(rng.gen_range(lo..=hi));
         out
     }
