@@ -1,14 +1,15 @@
 //! Write-ahead log recovery (`docs/format.md` §12) over arbitrary segment files: opening never
 //! panics; when it succeeds every entry it reports reads back, and the log takes a new entry.
 //! Input: byte 0 picks the layout (bit 0: prepend a valid header for segment 1; bit 1: split the
-//! rest into two segments at the position in bytes 1..3), then the segment bytes.
+//! rest into two segments at the position in bytes 1..3; bit 2: discard after corruption; bit 3:
+//! the headers say segment version 1, without durable marks), then the segment bytes.
 #![no_main]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use tidemark_core::wal::record::SegmentHeader;
+use tidemark_core::wal::record::{SegmentHeader, VERSION, VERSION_1};
 use tidemark_core::wal::{Wal, WalOptions};
 use tidemark_testkit::MemLogDir;
 
@@ -16,7 +17,16 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let header = |seq| SegmentHeader { seq, log_id: 7 }.encode().to_vec();
+    let version = if mode & 8 != 0 { VERSION_1 } else { VERSION };
+    let header = |seq| {
+        SegmentHeader {
+            version,
+            seq,
+            log_id: 7,
+        }
+        .encode()
+        .to_vec()
+    };
     let mut files = BTreeMap::new();
     if mode & 2 != 0 && rest.len() >= 2 {
         let at = (usize::from(u16::from_le_bytes([rest[0], rest[1]]))).min(rest.len() - 2);

@@ -234,7 +234,7 @@ pub fn watch(g: &Global, a: &WatchArgs, cancel: &AtomicBool) -> Result<Outcome> 
                 println!(
                     "{}",
                     serde_json::json!({"message_type": "started", "watched": root, "state_dir": state_dir,
-                        "recovered_records": recovery.records, "torn_bytes": recovery.torn_bytes,
+                        "recovered_records": recovery.records, "torn_bytes": recovery.torn_bytes, "unsynced_bytes": recovery.unsynced_bytes,
                         "recovered_snapshot": sealed.map(|s| s.to_hex())})
                 );
             } else if !quiet {
@@ -243,11 +243,8 @@ pub fn watch(g: &Global, a: &WatchArgs, cancel: &AtomicBool) -> Result<Outcome> 
                     root.display(),
                     state_dir.display()
                 );
-                if recovery.torn_bytes > 0 {
-                    eprintln!(
-                        "the log had a torn tail of {} bytes (a write cut by a crash); it was cut",
-                        recovery.torn_bytes
-                    );
+                for note in recovery.notes() {
+                    eprintln!("{note}");
                 }
                 if let Some(s) = sealed {
                     eprintln!("sealed the recovered log as snapshot {}", s.short());
@@ -342,7 +339,7 @@ pub fn recover(g: &Global, a: &RecoverArgs) -> Result<Outcome> {
     if g.json {
         println!(
             "{}",
-            serde_json::json!({"state_dir": state_dir, "records": report.recovery.records, "torn_bytes": report.recovery.torn_bytes,
+            serde_json::json!({"state_dir": state_dir, "records": report.recovery.records, "torn_bytes": report.recovery.torn_bytes, "unsynced_bytes": report.recovery.unsynced_bytes,
                 "discarded_at": report.recovery.discarded_at, "snapshot": report.snapshot.map(|s| s.to_hex())})
         );
     } else {

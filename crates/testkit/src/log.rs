@@ -2,7 +2,7 @@
 //! durable bytes apart and cuts the power at a chosen sync), and [`log_device_suite`], the
 //! conformance suite every [`LogDir`] implementation passes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
@@ -134,17 +134,61 @@ pub enum Unsynced {
     Kept,
     /// A random prefix of each file's unsynced tail (a torn write); directory changes are lost.
     Torn(u64),
+    /// An ordinary power cut: synced bytes survive; of each file's unsynced 4 KiB pages a random
+    /// subset reached the disk and the rest read as their old contents (zeros past the synced
+    /// end); the file's length is anywhere between its synced and its written length. A random
+    /// prefix of the directory changes since the last directory sync survives (a journaling file
+    /// system commits them in order). Seeded, so a failure can be replayed.
+    Pages(u64),
 }
+
+/// The unit in which [`Unsynced::Pages`] persists unsynced bytes.
+pub const PAGE: usize = 4096;
+
+type FileRef = Arc<Mutex<CrashFile>>;
 
 struct CrashFile {
     live: Vec<u8>,
     durable: Vec<u8>,
 }
 
+impl CrashFile {
+    /// The file after a power cut with unordered page write-back (see [`Unsynced::Pages`]).
+    fn pages_after_cut(&self, rng: &mut impl Rng) -> Vec<u8> {
+        let (live, durable) = (&self.live, &self.durable);
+        let n = live.len().max(durable.len());
+        let page = |bytes: &[u8], start: usize| -> Vec<u8> {
+            let end = (start + PAGE).min(n);
+            let mut p = vec![0u8; end - start];
+            if start < bytes.len() {
+                let have = &bytes[start..end.min(bytes.len())];
+                p[..have.len()].copy_from_slice(have);
+            }
+            p
+        };
+        let mut out = Vec::with_capacity(n);
+        for start in (0..n).step_by(PAGE) {
+            let (l, d) = (page(live, start), page(durable, start));
+            out.extend_from_slice(if l == d || rng.gen_bool(0.5) { &l } else { &d });
+        }
+        let (lo, hi) = (live.len().min(durable.len()), live.len().max(durable.len()));
+        out.truncate(rng.gen_range(lo..=hi));
+        out
+    }
+}
+
+/// A directory change not yet made durable by a directory sync.
+enum DirOp {
+    Create(u64, FileRef),
+    Remove(u64),
+}
+
 struct CrashState {
-    files: BTreeMap<u64, Arc<Mutex<CrashFile>>>,
-    /// Names as of the last directory sync.
-    durable_names: BTreeSet<u64>,
+    files: BTreeMap<u64, FileRef>,
+    /// Names as of the last directory sync, and the files they point at.
+    durable_names: BTreeMap<u64, FileRef>,
+    /// Creations and removals since the last directory sync, in order.
+    pending: Vec<DirOp>,
     syncs: u64,
     cut_at: Option<u64>,
     dead: bool,
@@ -184,7 +228,8 @@ impl CrashLogDir {
         CrashLogDir {
             state: Arc::new(Mutex::new(CrashState {
                 files: BTreeMap::new(),
-                durable_names: BTreeSet::new(),
+                durable_names: BTreeMap::new(),
+                pending: Vec::new(),
                 syncs: 0,
                 cut_at,
                 dead: false,
@@ -206,18 +251,24 @@ impl CrashLogDir {
     pub fn after_crash(&self, unsynced: Unsynced) -> MemLogDir {
         let st = self.state.lock().unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(match unsynced {
-            Unsynced::Torn(seed) => seed,
-            _ => 0,
+            Unsynced::Torn(seed) | Unsynced::Pages(seed) => seed,
+            Unsynced::Lost | Unsynced::Kept => 0,
         });
-        let names: BTreeSet<u64> = match unsynced {
-            Unsynced::Kept => st.files.keys().copied().collect(),
+        let mut names = match unsynced {
+            Unsynced::Kept => st.files.clone(),
             _ => st.durable_names.clone(),
         };
+        if let Unsynced::Pages(_) = unsynced {
+            let survive = rng.gen_range(0..=st.pending.len());
+            for op in &st.pending[..survive] {
+                match op {
+                    DirOp::Create(seq, file) => names.insert(*seq, file.clone()),
+                    DirOp::Remove(seq) => names.remove(seq),
+                };
+            }
+        }
         let mut out = BTreeMap::new();
-        for seq in names {
-            let Some(file) = st.files.get(&seq) else {
-                continue; // created, synced into the directory, then removed and the removal synced
-            };
+        for (seq, file) in names {
             let f = file.lock().unwrap();
             let bytes = match unsynced {
                 Unsynced::Kept => f.live.clone(),
@@ -231,6 +282,7 @@ impl CrashLogDir {
                         f.durable.clone()
                     }
                 }
+                Unsynced::Pages(_) => f.pages_after_cut(&mut rng),
             };
             out.insert(seq, bytes);
         }
@@ -295,6 +347,7 @@ impl LogDir for CrashLogDir {
             durable: Vec::new(),
         }));
         st.files.insert(seq, file.clone());
+        st.pending.push(DirOp::Create(seq, file.clone()));
         Ok(Arc::new(CrashDevice {
             file,
             state: self.state.clone(),
@@ -316,12 +369,14 @@ impl LogDir for CrashLogDir {
             return Err(power_cut());
         }
         st.files.remove(&seq);
+        st.pending.push(DirOp::Remove(seq));
         Ok(())
     }
     fn sync(&self) -> io::Result<()> {
         let mut st = self.state.lock().unwrap();
         st.sync_point()?;
-        st.durable_names = st.files.keys().copied().collect();
+        st.durable_names = st.files.clone();
+        st.pending.clear();
         Ok(())
     }
     fn describe(&self, seq: u64) -> String {

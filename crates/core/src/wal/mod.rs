@@ -4,9 +4,11 @@
 //! ```text
 //! append(entries) ──one write──▶ active segment ──▶ Lsn      (not yet durable)
 //! sync(lsn) ──group commit: one fsync for every waiter──▶ durable ≥ lsn      (acknowledge now)
+//!           └─ then a durable mark "0..offset of this segment was fsynced" (no fsync of its own)
 //! rotate at segment_size: fsync, next segment starts with a checkpoint (meta + purge records)
 //! purge(index): purge record, fsync, delete whole segments from the front
-//! open: replay segments in order; cut a torn tail of the last one; anything else damaged is an error
+//! open: replay segments in order; in the last one cut whatever lies past the durable point the
+//!       marks prove (unsynced bytes a power cut left in any state); damage before it is an error
 //! ```
 //! The log is generic: an entry is an index and opaque bytes, a meta slot holds opaque bytes. The
 //! Raft encoding of entries, votes and log ids lives in `tidemark-cluster`, which makes this log
@@ -26,7 +28,7 @@ pub use record::{Record, SLOT_COMMITTED, SLOT_VOTE};
 pub use recovery::Recovery;
 
 use crate::error::{Error, Result};
-use record::{Decoded, SegmentHeader, FRAME_LEN, HEADER_LEN, MAX_BODY, SLOTS};
+use record::{Decoded, SegmentHeader, FRAME_LEN, HEADER_LEN, MAX_BODY, SLOTS, VERSION, VERSION_1};
 
 /// Default segment size: a segment is rotated once it reaches this many bytes.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 8 << 20;
@@ -91,8 +93,12 @@ struct Loc {
 /// One live segment.
 struct Segment {
     seq: u64,
+    /// Format version of its header; only [`VERSION`] segments are written to.
+    version: u8,
     device: Arc<dyn LogDevice>,
     len: u64,
+    /// The `upto` of the last durable mark written to it (0: none).
+    marked: u64,
     /// Highest entry index ever written to it (it may since have been truncated away).
     max_index: Option<u64>,
 }
@@ -139,6 +145,7 @@ impl LogState {
                 self.last = Some(index);
             }
             Record::Meta { slot, value } => self.meta[usize::from(slot)] = Some(value.to_vec()),
+            Record::Durable { .. } => {} // says how far the bytes were fsynced, not what they mean
             Record::Truncate { after } => {
                 if let (Some((p, _)), Some(a)) = (&self.purged, after) {
                     if a < *p {
@@ -236,9 +243,26 @@ impl Wal {
                 inner.segments.push_back(seg);
             } else {
                 inner.segments = segments.into();
+                if inner.active().version == VERSION_1 {
+                    // Marks go only into version-2 segments.
+                    wal.rotate(&mut inner)?;
+                } else {
+                    // A process that died without a power cut leaves written bytes unsynced;
+                    // nothing may count as durable (or be marked so) before this fsync.
+                    let (seq, device) = (inner.active().seq, inner.active().device.clone());
+                    device
+                        .sync()
+                        .map_err(|e| wal.poisoned("syncing log segment", seq, e))?;
+                    let durable = inner.written();
+                    wal.mark(&mut inner, durable)?;
+                }
             }
-            let written = inner.written();
-            wal.sync.lock().expect("sync lock").durable = written;
+            // Everything up to the active segment's mark is durable; the mark itself is not.
+            let durable = Lsn {
+                seq: inner.active().seq,
+                offset: inner.active().marked,
+            };
+            wal.sync.lock().expect("sync lock").durable = durable;
         }
         Ok((wal, recovery))
     }
@@ -262,6 +286,7 @@ impl Wal {
     /// Creates segment `seq` holding the header and a checkpoint of the current state, durably.
     fn create_segment(&self, inner: &Inner, seq: u64) -> Result<Segment> {
         let mut buf = SegmentHeader {
+            version: VERSION,
             seq,
             log_id: inner.log_id,
         }
@@ -291,12 +316,40 @@ impl Wal {
         self.dir
             .sync()
             .map_err(|e| self.poisoned("syncing the log directory for", seq, e))?;
+        let len = buf.len() as u64;
+        let mark = record::durable_mark(inner.log_id, seq, len);
+        device
+            .append(&mark)
+            .map_err(|e| self.poisoned("appending to log segment", seq, e))?;
         Ok(Segment {
             seq,
+            version: VERSION,
             device,
-            len: buf.len() as u64,
+            len: len + mark.len() as u64,
+            marked: len,
             max_index: None,
         })
+    }
+
+    /// Appends a durable mark for `upto` to the active segment when `upto` lies in it and is
+    /// past the last mark. `upto` must be durable already: the mark itself is not synced.
+    fn mark(&self, inner: &mut Inner, upto: Lsn) -> Result<()> {
+        let log_id = inner.log_id;
+        let seg = inner
+            .segments
+            .back_mut()
+            .expect("a log always has an active segment");
+        if seg.seq != upto.seq || seg.version != VERSION || upto.offset <= seg.marked {
+            return Ok(());
+        }
+        let mark = record::durable_mark(log_id, seg.seq, upto.offset);
+        if let Err(e) = seg.device.append(&mark) {
+            let seq = seg.seq;
+            return Err(self.poisoned("appending to log segment", seq, e));
+        }
+        seg.len += mark.len() as u64;
+        seg.marked = upto.offset;
+        Ok(())
     }
 
     /// Writes the records in `inner.scratch` (already applied to nothing) and applies them.
@@ -479,6 +532,10 @@ impl Wal {
                 }
             }
             self.synced.notify_all();
+            drop(st);
+            // Waiters are released; now vouch for what this fsync covered (see `mark`).
+            self.mark(&mut *self.lock()?, target)?;
+            st = self.sync.lock().expect("sync lock");
         }
     }
 

@@ -2,6 +2,7 @@
 //!
 //! Pure functions over byte slices. [`decode`] tells a complete record from an incomplete one
 //! (flow: read more, or a torn tail) and from a bad one (a CRC or length that cannot be right).
+//! Records mean the same in both segment versions; version 2 adds the durable mark (kind 5).
 
 /// Bytes before a record's body: crc (4), len (4), kind (1).
 pub const FRAME_LEN: usize = 9;
@@ -11,8 +12,12 @@ pub const HEADER_LEN: usize = 32;
 pub const MAX_BODY: u32 = 64 << 20;
 /// Segment header magic.
 pub const MAGIC: &[u8; 4] = b"TMWL";
-/// Segment format version.
-pub const VERSION: u8 = 1;
+/// Segment format version written.
+pub const VERSION: u8 = 2;
+/// The oldest segment format version read: no durable marks.
+pub const VERSION_1: u8 = 1;
+/// Length of a framed durable mark.
+pub const MARK_LEN: usize = FRAME_LEN + 24;
 
 /// Meta slot holding the vote.
 pub const SLOT_VOTE: u8 = 0;
@@ -33,6 +38,8 @@ pub enum RecordKind {
     Truncate = 3,
     /// `index: u64` ‖ log-id bytes.
     Purge = 4,
+    /// `log_id: u64` ‖ `seq: u64` ‖ `upto: u64` (segment version 2).
+    Durable = 5,
 }
 
 impl RecordKind {
@@ -42,6 +49,7 @@ impl RecordKind {
             2 => RecordKind::Meta,
             3 => RecordKind::Truncate,
             4 => RecordKind::Purge,
+            5 => RecordKind::Durable,
             _ => return None,
         })
     }
@@ -58,6 +66,10 @@ pub enum Record<'a> {
     Truncate { after: Option<u64> },
     /// Entries up to `index` are discarded for good; `log_id` is the caller's encoding of it.
     Purge { index: u64, log_id: &'a [u8] },
+    /// A durable mark: bytes `0..upto` of segment `seq` of log `log_id` had been fsynced before
+    /// this record was written. Changes nothing on replay; recovery uses it to tell unsynced
+    /// bytes lost to a power cut from damage inside acknowledged data.
+    Durable { log_id: u64, seq: u64, upto: u64 },
 }
 
 impl Record<'_> {
@@ -68,6 +80,7 @@ impl Record<'_> {
             Record::Meta { .. } => RecordKind::Meta,
             Record::Truncate { .. } => RecordKind::Truncate,
             Record::Purge { .. } => RecordKind::Purge,
+            Record::Durable { .. } => RecordKind::Durable,
         }
     }
 
@@ -91,6 +104,11 @@ impl Record<'_> {
             Record::Purge { index, log_id } => {
                 out.extend_from_slice(&index.to_le_bytes());
                 out.extend_from_slice(log_id);
+            }
+            Record::Durable { log_id, seq, upto } => {
+                out.extend_from_slice(&log_id.to_le_bytes());
+                out.extend_from_slice(&seq.to_le_bytes());
+                out.extend_from_slice(&upto.to_le_bytes());
             }
         }
         let body_len = u32::try_from(out.len() - start - FRAME_LEN)
@@ -193,12 +211,24 @@ fn parse_body(kind: RecordKind, body: &[u8]) -> Result<Record<'_>, String> {
             index: u64_at(body, 0).ok_or_else(short)?,
             log_id: &body[8..],
         },
+        RecordKind::Durable => {
+            if body.len() != 24 {
+                return Err(format!("durable mark body of {} bytes, not 24", body.len()));
+            }
+            Record::Durable {
+                log_id: u64_at(body, 0).ok_or_else(short)?,
+                seq: u64_at(body, 8).ok_or_else(short)?,
+                upto: u64_at(body, 16).ok_or_else(short)?,
+            }
+        }
     })
 }
 
 /// A segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// Format version: [`VERSION`] when written; [`VERSION_1`] segments are still read.
+    pub version: u8,
     /// Segment number (also in the file name).
     pub seq: u64,
     /// The log's random id, the same in every segment of one log.
@@ -210,7 +240,7 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[0..4].copy_from_slice(MAGIC);
-        h[4] = VERSION;
+        h[4] = self.version;
         h[8..16].copy_from_slice(&self.seq.to_le_bytes());
         h[16..24].copy_from_slice(&self.log_id.to_le_bytes());
         let crc = crc32c::crc32c(&h[0..28]);
@@ -233,9 +263,9 @@ impl SegmentHeader {
         if crc32c::crc32c(&h[0..28]) != crc {
             return Err("header CRC mismatch".into());
         }
-        if h[4] != VERSION {
+        if h[4] != VERSION && h[4] != VERSION_1 {
             return Err(format!(
-                "segment format version {}, this tidemark reads version {VERSION}",
+                "segment format version {}, this tidemark reads versions {VERSION_1} and {VERSION}",
                 h[4]
             ));
         }
@@ -243,10 +273,18 @@ impl SegmentHeader {
             return Err("reserved header bytes are not zero".into());
         }
         Ok(SegmentHeader {
+            version: h[4],
             seq: u64_at(h, 8).expect("in bounds"),
             log_id: u64_at(h, 16).expect("in bounds"),
         })
     }
+}
+
+/// The framed durable mark for bytes `0..upto` of segment `seq` of log `log_id`.
+pub fn durable_mark(log_id: u64, seq: u64, upto: u64) -> [u8; MARK_LEN] {
+    let mut v = Vec::with_capacity(MARK_LEN);
+    Record::Durable { log_id, seq, upto }.encode_into(&mut v);
+    v.try_into().expect("a durable mark is MARK_LEN bytes")
 }
 
 #[cfg(test)]
@@ -277,6 +315,11 @@ mod tests {
             Record::Purge {
                 index: 3,
                 log_id: b"\x01\x02",
+            },
+            Record::Durable {
+                log_id: 0xfeed,
+                seq: 2,
+                upto: 4096,
             },
         ]
     }
@@ -320,6 +363,7 @@ mod tests {
     #[test]
     fn header_round_trip_and_damage() {
         let h = SegmentHeader {
+            version: VERSION,
             seq: 12,
             log_id: 0xdead_beef,
         };
@@ -329,12 +373,14 @@ mod tests {
         bad[10] ^= 1;
         assert!(SegmentHeader::decode(&bad).unwrap_err().contains("CRC"));
         assert!(SegmentHeader::decode(&b[..20]).is_err());
-        let mut v2 = b;
-        v2[4] = 2;
-        let crc = crc32c::crc32c(&v2[0..28]);
-        v2[28..32].copy_from_slice(&crc.to_le_bytes());
-        assert!(SegmentHeader::decode(&v2)
+        let v1 = SegmentHeader {
+            version: VERSION_1,
+            ..h
+        };
+        assert_eq!(SegmentHeader::decode(&v1.encode()), Ok(v1));
+        let v3 = SegmentHeader { version: 3, ..h };
+        assert!(SegmentHeader::decode(&v3.encode())
             .unwrap_err()
-            .contains("version 2"));
+            .contains("version 3"));
     }
 }

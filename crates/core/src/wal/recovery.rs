@@ -1,12 +1,16 @@
-//! Replay after a crash: rebuild the log's state from its segments, cutting a torn tail.
+//! Replay after a crash: rebuild the log's state from its segments, cutting what a power cut left
+//! of unsynced bytes.
 //!
-//! A record that is incomplete or fails its check ends the readable data of a segment. In the last
-//! segment that is a torn tail, cut, unless an intact record starts after it: then the damage is in
-//! the middle of the log and opening fails with the file and offset (nothing is skipped
-//! silently). Damage in any earlier segment is always an error, since rotation fsyncs a segment
-//! before the next one is created.
+//! A record that is incomplete or fails its check ends the readable data of a segment. Damage in
+//! any earlier segment is always an error, since rotation fsyncs a segment before the next one is
+//! created. In the last segment (version 2) the durable marks say how far an fsync had reached:
+//! the largest `upto` of any intact mark, before the damage or after it. Damage at or past that
+//! point is unsynced bytes (a power cut persists pages in any order), cut and reported as never
+//! acknowledged; damage before it is corruption of acknowledged data, an error naming the file and
+//! offset. A version-1 last segment has no marks: its damage is a torn tail unless an intact
+//! record follows it.
 
-use super::record::{self, Decoded, SegmentHeader, HEADER_LEN};
+use super::record::{self, Decoded, Record, SegmentHeader, HEADER_LEN, VERSION_1};
 use super::{Loc, LogDevice, LogDir, LogState, Segment, WalOptions};
 use crate::error::{Error, Result};
 
@@ -17,12 +21,53 @@ pub struct Recovery {
     pub segments: usize,
     /// Records replayed.
     pub records: u64,
-    /// Bytes cut from the end of the last segment (a write that did not finish before a crash).
+    /// Bytes cut from the end of a version-1 last segment (a write that did not finish before a
+    /// crash; without durable marks nothing tells how much of it had been synced).
     pub torn_bytes: u64,
+    /// Bytes cut from the last segment past its durable point: written but never fsynced, so
+    /// never acknowledged (a power cut, or a process killed in the middle of a write).
+    pub unsynced_bytes: u64,
+    /// The last segment and the offset up to which its marks prove it was fsynced.
+    pub durable_point: Option<(String, u64)>,
     /// A last segment whose creation was interrupted (bad or short header) was removed.
     pub removed_unfinished_segment: bool,
     /// With `discard_after_corruption`: where the log was cut although intact records followed.
     pub discarded_at: Option<(String, u64)>,
+}
+
+impl Recovery {
+    /// What opening the log had to repair, one sentence each, for the operator (empty when the
+    /// log was whole).
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.unsynced_bytes > 0 {
+            let at = self
+                .durable_point
+                .as_ref()
+                .map(|(file, offset)| format!(" (after byte {offset} of {file})"))
+                .unwrap_or_default();
+            notes.push(format!(
+                "discarded {} bytes written after the last durable record{at}: they were never \
+                 synced, so never acknowledged",
+                self.unsynced_bytes
+            ));
+        }
+        if self.torn_bytes > 0 {
+            notes.push(format!(
+                "cut a torn tail of {} bytes from the log (a write cut short before it was synced)",
+                self.torn_bytes
+            ));
+        }
+        if self.removed_unfinished_segment {
+            notes.push("removed a log segment whose creation was interrupted".into());
+        }
+        if let Some((file, offset)) = &self.discarded_at {
+            notes.push(format!(
+                "the log was damaged at byte {offset} of {file}; everything after it was discarded"
+            ));
+        }
+        notes
+    }
 }
 
 type Replayed = (u64, Vec<Segment>, LogState, Recovery);
@@ -97,11 +142,34 @@ pub(super) fn replay(dir: &dyn LogDir, opts: &WalOptions) -> Result<Replayed> {
             }
             Some(_) => {}
         }
+        let version = header.version;
         let mut pos = HEADER_LEN;
         let mut max_index = None;
+        // How far this segment is proven fsynced (by marks read so far).
+        let mut durable = 0u64;
         while pos < buf.len() {
             let reason = match record::decode(&buf[pos..]) {
                 Decoded::Record { record, len } => {
+                    if let Record::Durable {
+                        log_id: id,
+                        seq: s,
+                        upto,
+                    } = record
+                    {
+                        if version == VERSION_1 {
+                            return Err(corrupt(
+                                pos as u64,
+                                "a durable mark in a version-1 segment".into(),
+                            ));
+                        }
+                        if id != header.log_id || s != seq || upto > pos as u64 {
+                            return Err(corrupt(
+                                pos as u64,
+                                format!("durable mark for byte {upto} of segment {s} of log {id:016x} does not fit here"),
+                            ));
+                        }
+                        durable = durable.max(upto);
+                    }
                     let loc = Loc {
                         seq,
                         offset: pos as u64,
@@ -110,7 +178,7 @@ pub(super) fn replay(dir: &dyn LogDir, opts: &WalOptions) -> Result<Replayed> {
                     state
                         .apply(&record, loc, true)
                         .map_err(|r| corrupt(pos as u64, r))?;
-                    if let record::Record::Entry { index, .. } = record {
+                    if let Record::Entry { index, .. } = record {
                         max_index = Some(index);
                     }
                     recovery.records += 1;
@@ -123,29 +191,53 @@ pub(super) fn replay(dir: &dyn LogDir, opts: &WalOptions) -> Result<Replayed> {
             if !is_last {
                 return Err(corrupt(pos as u64, reason));
             }
-            if let Some(next) = first_intact_record(&buf, pos + 1) {
+            let damaged = if version == VERSION_1 {
+                first_intact_record(&buf, pos + 1).map(|next| {
+                    format!(
+                        "{reason}, and an intact record follows at byte {next}: damage in the \
+                         middle of the log"
+                    )
+                })
+            } else {
+                durable = durable.max(marks_after(&buf, pos + 1, header.log_id, seq));
+                ((pos as u64) < durable).then(|| {
+                    format!(
+                        "{reason}, inside the first {durable} bytes, which an fsync had made \
+                         durable: acknowledged data is damaged"
+                    )
+                })
+            };
+            if let Some(damage) = damaged {
                 if !opts.discard_after_corruption {
                     return Err(corrupt(
                         pos as u64,
                         format!(
-                            "{reason}, and an intact record follows at byte {next}: damage in the \
-                             middle of the log (`tidemark recover --discard-after-corruption` cuts here)"
+                            "{damage} (`tidemark recover --discard-after-corruption` cuts here, \
+                             losing everything after it)"
                         ),
                     ));
                 }
                 recovery.discarded_at = Some((file.clone(), pos as u64));
+            } else if version == VERSION_1 {
+                recovery.torn_bytes += (buf.len() - pos) as u64;
+            } else {
+                recovery.unsynced_bytes += (buf.len() - pos) as u64;
             }
             cut(&*device, pos as u64)
-                .map_err(|e| Error::io("cutting the torn tail of", &file, e))?;
-            recovery.torn_bytes += (buf.len() - pos) as u64;
+                .map_err(|e| Error::io("cutting the unsynced end of", &file, e))?;
             buf.truncate(pos);
             break;
+        }
+        if is_last && version != VERSION_1 {
+            recovery.durable_point = Some((file.clone(), durable));
         }
         recovery.segments += 1;
         segments.push(Segment {
             seq,
+            version,
             device,
             len: buf.len() as u64,
+            marked: durable,
             max_index,
         });
     }
@@ -171,4 +263,31 @@ fn cut(device: &dyn LogDevice, len: u64) -> std::io::Result<()> {
 /// The offset of the first intact record starting at or after `from`, if any.
 fn first_intact_record(buf: &[u8], from: usize) -> Option<usize> {
     (from..buf.len()).find(|&at| matches!(record::decode(&buf[at..]), Decoded::Record { .. }))
+}
+
+/// The largest `upto` of the durable marks of segment `seq` of log `log_id` that start at or
+/// after `from` and claim no more than their own offset (a mark is written after the bytes it
+/// vouches for, so anything else is not a mark of this segment, e.g. bytes inside an entry).
+fn marks_after(buf: &[u8], from: usize, log_id: u64, seq: u64) -> u64 {
+    let mut best = 0;
+    let mut at = from;
+    while let Some(start) = first_intact_record(buf, at) {
+        at = start;
+        // Walk the run of whole records from here; resynchronise after the next damage.
+        while let Decoded::Record { record, len } = record::decode(&buf[at..]) {
+            if let Record::Durable {
+                log_id: id,
+                seq: s,
+                upto,
+            } = record
+            {
+                if id == log_id && s == seq && upto <= at as u64 {
+                    best = best.max(upto);
+                }
+            }
+            at += len;
+        }
+        at += 1;
+    }
+    best
 }
