@@ -27,6 +27,27 @@ pub const STALE_AFTER: Duration = Duration::from_secs(10 * 60);
 /// A session not renewed for this long is dead to `prune` (twice the lease: clock skew).
 pub const DEAD_AFTER: Duration = Duration::from_secs(30 * 60);
 
+/// `STALE_AFTER`, or the seconds in `TIDEMARK_STALE_AFTER` (a test knob: tests pause writers
+/// past a lease of seconds instead of minutes). [`renew_every`] and [`dead_after`] keep their
+/// ratios to it (1/2 and 3).
+pub fn stale_after() -> Duration {
+    std::env::var("TIDEMARK_STALE_AFTER")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(STALE_AFTER, Duration::from_secs_f64)
+}
+
+/// How often a writer renews: [`RENEW_EVERY`], or half of the `TIDEMARK_STALE_AFTER` test knob.
+pub fn renew_every() -> Duration {
+    RENEW_EVERY.min(stale_after() / 2)
+}
+
+/// When a session is dead to `prune`: [`DEAD_AFTER`], or three times the test knob.
+pub fn dead_after() -> Duration {
+    DEAD_AFTER.min(stale_after() * 3)
+}
+
 fn now_text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
@@ -116,7 +137,7 @@ impl SessionInfo {
     pub fn is_live(&self, now: DateTime<Utc>) -> bool {
         now.signed_duration_since(self.refreshed_at())
             .to_std()
-            .map_or(true, |age| age <= DEAD_AFTER)
+            .map_or(true, |age| age <= dead_after())
     }
 }
 
@@ -170,7 +191,7 @@ impl Session {
         command: &str,
         host: &str,
     ) -> Result<Self> {
-        Self::start_every(store, crypto, command, host, RENEW_EVERY)
+        Self::start_every(store, crypto, command, host, renew_every())
     }
 
     /// Like [`Session::start`] with another renewal period (tests).
@@ -234,12 +255,12 @@ impl Session {
     /// Fails when the lease may have expired: nothing may be stored any more.
     pub fn check(&self) -> Result<()> {
         let age = self.shared.last_ok.lock().expect("session lock").elapsed();
-        if age > STALE_AFTER {
+        if age > stale_after() {
             return Err(Error::Invalid(format!(
                 "this writer's session was last renewed {}s ago (limit {}s): a prune may have \
                  deleted data it reuses, so it stops; run it again",
                 age.as_secs(),
-                STALE_AFTER.as_secs()
+                stale_after().as_secs()
             )));
         }
         Ok(())
