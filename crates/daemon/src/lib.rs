@@ -262,39 +262,18 @@ impl Sink for EngineSink<'_> {
 }
 
 /// Reads the deletion records; when there are new ones, stops reusing their packs and copies
-/// out what the catalog still needs; then moves the session's view to the time before reading,
-/// which lets prune delete those packs. Returns the blobs copied.
+/// out what the catalog still needs; only then declares them seen in the session, which lets
+/// prune delete those packs (`docs/format.md` §19). Returns the blobs copied.
 fn advance_view(engine: &Engine, repo: &RwLock<Repository>) -> Result<u64> {
-    let t = chrono::Utc::now();
-    let (store, crypto, known) = {
-        let r = repo.read().expect("repo lock");
-        (
-            Arc::clone(r.store()),
-            r.crypto().clone(),
-            r.condemned()
-                .keys()
-                .copied()
-                .collect::<std::collections::HashSet<_>>(),
-        )
-    };
-    let mut new = Vec::new();
-    for (_, rec) in tidemark_core::lifecycle::deletions(&*store, &crypto)? {
-        let at = rec.time_at();
-        new.extend(
-            rec.packs
-                .into_iter()
-                .filter(|p| !known.contains(p))
-                .map(|p| (p, at)),
-        );
-    }
-    let copied = if new.is_empty() {
+    let pending = repo.read().expect("repo lock").unrevalidated()?;
+    let copied = if pending.packs.is_empty() {
         0
     } else {
-        engine.state_machine().revalidate(&new)?
+        engine.state_machine().revalidate(&pending.packs)?
     };
-    if let Some(s) = repo.read().expect("repo lock").session() {
-        s.set_view(t)?;
-    }
+    repo.write()
+        .expect("repo lock")
+        .mark_revalidated(&pending)?;
     Ok(copied)
 }
 
@@ -687,6 +666,18 @@ pub fn watch(
     let sealer_result = rt.block_on(sealer);
     let _ = rt.block_on(status_task);
     let _ = rt.block_on(view_task);
+    // A writer stopped past its lease must stop (`docs/format.md` §19): say so, whatever the
+    // seal that refused made of it on its way through openraft.
+    let failed = result.is_err() || matches!(sealer_result, Ok(Err(_)));
+    if let (true, Some(Err(lapsed))) = (
+        failed,
+        repo.read()
+            .expect("repo lock")
+            .session()
+            .map(tidemark_core::lifecycle::Session::check),
+    ) {
+        return Err(lapsed.into());
+    }
     result?;
     if let Ok(Err(e)) = sealer_result {
         return Err(e.into());
