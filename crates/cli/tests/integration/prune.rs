@@ -272,6 +272,41 @@ fn prune_with_writers_skewed_an_hour_either_way() {
     }
 }
 
+/// A long-running writer (watch) that took in a record's packs as condemned but failed before
+/// what it needs from them was copied, stored and indexed has not revalidated the record: it
+/// keeps being offered, the session does not list it, and prune keeps the packs.
+#[test]
+fn a_record_counts_as_seen_only_once_revalidated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let mem = repository_with_garbage(&src);
+    let mut writer = open(mem.clone());
+    writer.begin_session("watch", "here").unwrap();
+    writer.load_index().unwrap();
+    prune(&mut open(mem.clone()), &now_opts()).unwrap();
+    let pending = writer.unrevalidated().unwrap();
+    assert!(!pending.records.is_empty(), "{pending:?}");
+    assert!(!pending.packs.is_empty());
+    // Condemned in memory, then the copy failed.
+    writer.condemn_packs(&pending.packs);
+    let again = writer.unrevalidated().unwrap();
+    assert_eq!(
+        again.records, pending.records,
+        "condemned is not revalidated"
+    );
+    let r = prune(&mut open(mem.clone()), &now_opts()).unwrap();
+    assert_eq!(r.packs_deleted, 0, "{r:?}");
+    assert!(r.waiting_for[0].contains("watch on here"), "{r:?}");
+    // Copied, stored and indexed: now it is declared, and prune deletes.
+    writer.mark_revalidated(&again).unwrap();
+    assert!(writer.unrevalidated().unwrap().records.is_empty());
+    assert!(!writer.session().unwrap().info().seen.is_empty());
+    let r = prune(&mut open(mem.clone()), &now_opts()).unwrap();
+    assert!(r.packs_deleted > 0, "{r:?}");
+    writer.end_session().unwrap();
+    assert_intact(&mem, &src, &tmp.path().join("t"), "after");
+}
+
 /// `repair index` re-lists every pack it reads a header of; a prune deleting one of them meanwhile
 /// would leave an index naming a deleted pack. So whichever of the two lists sessions second
 /// refuses to run.
