@@ -255,7 +255,11 @@ impl Shared {
         info.refreshed = now_text(self.clock.wall());
         let (id, bytes) = seal_json(&self.crypto, Domain::Session, &info);
         self.store.put(Kind::Session, &id, &bytes)?;
-        self.fresh_unlocked(&cur, self.clock.since_boot())?;
+        if let Err(e) = self.fresh_unlocked(&cur, self.clock.since_boot()) {
+            // Not a renewal after all: nothing may count on it.
+            let _ = self.store.delete(Kind::Session, &id);
+            return Err(e);
+        }
         *self.last_ok.lock().expect("session lock") = began;
         let old = std::mem::replace(&mut *cur, (id, info)).0;
         if old != id {
