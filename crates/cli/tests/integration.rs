@@ -13,6 +13,7 @@ mod integration {
     pub mod mount;
     pub mod props;
     pub mod prune;
+    pub mod prune_paused;
     pub mod repair;
     pub mod s3;
     pub mod snapshots;

@@ -1,14 +1,21 @@
 //! Leases and deletion records (`docs/format.md` §19): how `prune` deletes while others write.
 //!
 //! ```text
-//! writer:  Session::start ─▶ load deletions + index ─▶ … write … ─▶ snapshot ─▶ Session::end
-//!             (renewed every 5 min by a thread; stores nothing once 10 min pass without renewal)
-//! prune:   sessions ─▶ deletions, index ─▶ snapshots (mark) ─▶ sweep old records ─▶ condemn
+//! writer:  Session::start ─▶ load deletions + index ─▶ Session::set_seen ─▶ … write …
+//!             ─▶ snapshot ─▶ Session::end
+//!             (renewed every 5 min by a thread; once 10 min pass without a renewal, by a clock
+//!              that counts suspend, it renews and stores nothing more)
+//! prune:   sessions ─▶ deletions ─▶ liveness (sightings) ─▶ index ─▶ snapshots (mark)
+//!             ─▶ sweep records every live writer has seen, by id ─▶ condemn
 //! ```
+//! No safety decision compares a writer's wall clock with anything: a writer measures its own
+//! lease with [`LeaseClock::since_boot`], and prune judges sessions by what they list as seen and
+//! by how long prune itself has seen them unchanged ([`Liveness`]).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::RngCore;
@@ -26,6 +33,99 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(5 * 60);
 pub const STALE_AFTER: Duration = Duration::from_secs(10 * 60);
 /// A session not renewed for this long is dead to `prune` (twice the lease: clock skew).
 pub const DEAD_AFTER: Duration = Duration::from_secs(30 * 60);
+
+/// `STALE_AFTER`, or the seconds in `TIDEMARK_STALE_AFTER` (a test knob: tests pause writers
+/// past a lease of seconds instead of minutes). [`renew_every`] and [`dead_after`] keep their
+/// ratios to it (1/2 and 3).
+pub fn stale_after() -> Duration {
+    std::env::var("TIDEMARK_STALE_AFTER")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(STALE_AFTER, Duration::from_secs_f64)
+}
+
+/// How often a writer renews: [`RENEW_EVERY`], or half of the `TIDEMARK_STALE_AFTER` test knob.
+pub fn renew_every() -> Duration {
+    RENEW_EVERY.min(stale_after() / 2)
+}
+
+/// When a session is dead to `prune`: [`DEAD_AFTER`], or three times the test knob.
+pub fn dead_after() -> Duration {
+    DEAD_AFTER.min(stale_after() * 3)
+}
+
+/// The clocks a lease needs: wall time for what session objects and deletion records say, and a
+/// clock that keeps counting while the process is stopped or the machine sleeps, for the lease
+/// itself (`Instant` stops during suspend, so a laptop that slept an hour would wake with a lease
+/// it thinks is fresh).
+pub trait LeaseClock: Send + Sync {
+    /// Wall time (written into objects; compared only with the same machine's, or prunes', times).
+    fn wall(&self) -> DateTime<Utc>;
+    /// Time since an arbitrary origin that counts suspend: `CLOCK_BOOTTIME` on Linux.
+    fn since_boot(&self) -> Duration;
+}
+
+/// The system's clocks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl LeaseClock for SystemClock {
+    fn wall(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn since_boot(&self) -> Duration {
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map_or_else(|_| wall_since_epoch(), Duration::from)
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn since_boot(&self) -> Duration {
+        wall_since_epoch()
+    }
+}
+
+/// Wall time since the epoch: counts suspend, but can jump (the fallback without a boot clock).
+fn wall_since_epoch() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// A clock that moves only when told (tests): wall time and boot time advance together, and
+/// wall time can be set apart from the others' to model a skewed machine.
+#[derive(Debug)]
+pub struct ManualClock {
+    state: Mutex<(DateTime<Utc>, Duration)>,
+}
+
+impl ManualClock {
+    /// A clock whose wall time is `wall`.
+    pub fn new(wall: DateTime<Utc>) -> Self {
+        ManualClock {
+            state: Mutex::new((wall, Duration::from_secs(1000))),
+        }
+    }
+
+    /// Moves both clocks on by `d`.
+    pub fn advance(&self, d: Duration) {
+        let mut s = self.state.lock().expect("clock lock");
+        s.0 += chrono::Duration::from_std(d).expect("test durations fit");
+        s.1 += d;
+    }
+}
+
+impl LeaseClock for ManualClock {
+    fn wall(&self) -> DateTime<Utc> {
+        self.state.lock().expect("clock lock").0
+    }
+
+    fn since_boot(&self) -> Duration {
+        self.state.lock().expect("clock lock").1
+    }
+}
 
 fn now_text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
@@ -97,8 +197,15 @@ pub struct SessionInfo {
     pub started: String,
     /// The last renewal.
     pub refreshed: String,
-    /// From when on the writer knows every deletion record made before.
+    /// From when on the writer knows every deletion record made before, by its own clock.
+    /// Written for older prunes; this version decides by `seen`.
     pub view: String,
+    /// The deletion records (object ids, hex) whose packs this writer no longer reuses and no
+    /// longer needs (it copied out what it still uses). Prune deletes a condemned pack only once
+    /// every live writer lists its record here. Absent in sessions of older versions: they then
+    /// block every sweep while they live.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seen: Vec<String>,
 }
 
 impl SessionInfo {
@@ -107,16 +214,10 @@ impl SessionInfo {
         parse_time(&self.refreshed)
     }
 
-    /// `view` as a time (the epoch if it does not parse: it then blocks every sweep).
-    pub fn view_at(&self) -> DateTime<Utc> {
-        parse_time(&self.view)
-    }
-
-    /// Whether `prune` must still reckon with this writer at `now`.
-    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
-        now.signed_duration_since(self.refreshed_at())
-            .to_std()
-            .map_or(true, |age| age <= DEAD_AFTER)
+    /// Whether this writer has seen deletion record `record`.
+    pub fn has_seen(&self, record: &ObjectId) -> bool {
+        let hex = record.to_hex();
+        self.seen.contains(&hex)
     }
 }
 
@@ -124,7 +225,7 @@ fn parse_time(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).map_or(DateTime::UNIX_EPOCH, |t| t.with_timezone(&Utc))
 }
 
-/// Every session object in the repository, newest renewal per writer first in no order.
+/// Every session object in the repository (several per writer after a crash during renewal).
 pub fn sessions(store: &dyn Store, crypto: &Crypto) -> Result<Vec<(ObjectId, SessionInfo)>> {
     load_all(store, crypto, Kind::Session, Domain::Session)
 }
@@ -132,27 +233,63 @@ pub fn sessions(store: &dyn Store, crypto: &Crypto) -> Result<Vec<(ObjectId, Ses
 struct Shared {
     store: Arc<dyn Store>,
     crypto: Crypto,
+    clock: Arc<dyn LeaseClock>,
     /// The current object and what it says.
     current: Mutex<(ObjectId, SessionInfo)>,
-    /// When the last renewal (or the start) was stored.
-    last_ok: Mutex<Instant>,
+    /// By `clock.since_boot()`: when the put of the last successful renewal (or the start) began.
+    last_ok: Mutex<Duration>,
+    /// Set once the lease lapsed: the session is never renewed again.
+    lapsed: Mutex<Option<Duration>>,
     stop: (Mutex<bool>, Condvar),
 }
 
 impl Shared {
     fn renew(&self) -> Result<()> {
         let mut cur = self.current.lock().expect("session lock");
+        // A writer stopped past its lease may have been judged dead and had packs deleted under
+        // it: it must not revive its session, so the gap is measured before storing, and again
+        // after (the put itself may have hung until after a prune listed the sessions).
+        let began = self.clock.since_boot();
+        self.fresh_unlocked(&cur, began)?;
         let mut info = cur.1.clone();
-        info.refreshed = now_text(Utc::now());
+        info.refreshed = now_text(self.clock.wall());
         let (id, bytes) = seal_json(&self.crypto, Domain::Session, &info);
         self.store.put(Kind::Session, &id, &bytes)?;
-        *self.last_ok.lock().expect("session lock") = Instant::now();
+        if let Err(e) = self.fresh_unlocked(&cur, self.clock.since_boot()) {
+            // Not a renewal after all: nothing may count on it.
+            let _ = self.store.delete(Kind::Session, &id);
+            return Err(e);
+        }
+        *self.last_ok.lock().expect("session lock") = began;
         let old = std::mem::replace(&mut *cur, (id, info)).0;
         if old != id {
             self.store.delete(Kind::Session, &old)?;
         }
         Ok(())
     }
+
+    /// Fails, for good, when the last renewal is older than the lease at `at` (`cur` is the
+    /// locked current object).
+    fn fresh_unlocked(&self, cur: &(ObjectId, SessionInfo), at: Duration) -> Result<()> {
+        let mut lapsed = self.lapsed.lock().expect("session lock");
+        let gap = at.saturating_sub(*self.last_ok.lock().expect("session lock"));
+        if lapsed.is_none() && gap > stale_after() {
+            *lapsed = Some(gap);
+        }
+        match *lapsed {
+            None => Ok(()),
+            Some(gap) => Err(lapsed_error(&cur.1.command, gap)),
+        }
+    }
+}
+
+fn lapsed_error(command: &str, gap: Duration) -> Error {
+    Error::Invalid(format!(
+        "this {command} was paused too long (its session was last renewed {}s before it \
+         noticed, limit {}s); prune may have run: start again",
+        gap.as_secs(),
+        stale_after().as_secs()
+    ))
 }
 
 /// A writer's lease, renewed by a background thread until [`Session::end`] (or drop).
@@ -170,7 +307,7 @@ impl Session {
         command: &str,
         host: &str,
     ) -> Result<Self> {
-        Self::start_every(store, crypto, command, host, RENEW_EVERY)
+        Self::start_every(store, crypto, command, host, renew_every())
     }
 
     /// Like [`Session::start`] with another renewal period (tests).
@@ -181,9 +318,22 @@ impl Session {
         host: &str,
         every: Duration,
     ) -> Result<Self> {
+        Self::start_with(store, crypto, command, host, every, Arc::new(SystemClock))
+    }
+
+    /// Like [`Session::start_every`] with other clocks (tests: a skewed or paused writer).
+    pub fn start_with(
+        store: Arc<dyn Store>,
+        crypto: &Crypto,
+        command: &str,
+        host: &str,
+        every: Duration,
+        clock: Arc<dyn LeaseClock>,
+    ) -> Result<Self> {
         let mut writer = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut writer);
-        let now = now_text(Utc::now());
+        let began = clock.since_boot();
+        let now = now_text(clock.wall());
         let info = SessionInfo {
             version: 1,
             writer: hex::encode(writer),
@@ -193,14 +343,17 @@ impl Session {
             started: now.clone(),
             refreshed: now.clone(),
             view: now,
+            seen: Vec::new(),
         };
         let (id, bytes) = seal_json(crypto, Domain::Session, &info);
         store.put(Kind::Session, &id, &bytes)?;
         let shared = Arc::new(Shared {
             store,
             crypto: crypto.clone(),
+            clock,
             current: Mutex::new((id, info)),
-            last_ok: Mutex::new(Instant::now()),
+            last_ok: Mutex::new(began),
+            lapsed: Mutex::new(None),
             stop: (Mutex::new(false), Condvar::new()),
         });
         let s = Arc::clone(&shared);
@@ -216,7 +369,8 @@ impl Session {
                     return;
                 }
                 drop(stopped);
-                // A failed renewal is retried next period; `check` fails once it is too old.
+                // A failed renewal is retried next period; `check` fails once it is too old, and
+                // so does every renewal once the lease lapsed (a stopped process woke up).
                 let _ = s.renew();
             })
             .map_err(|e| Error::Invalid(format!("starting the session thread: {e}")))?;
@@ -226,23 +380,23 @@ impl Session {
         })
     }
 
+    /// The id of the session's current object.
+    pub fn id(&self) -> ObjectId {
+        self.shared.current.lock().expect("session lock").0
+    }
+
     /// What the session says now.
     pub fn info(&self) -> SessionInfo {
         self.shared.current.lock().expect("session lock").1.clone()
     }
 
-    /// Fails when the lease may have expired: nothing may be stored any more.
+    /// Fails when the lease may have expired: nothing may be stored any more. Once it failed it
+    /// always fails (the writer was stopped or asleep past its lease: prune may have judged it
+    /// dead and deleted packs it reuses).
     pub fn check(&self) -> Result<()> {
-        let age = self.shared.last_ok.lock().expect("session lock").elapsed();
-        if age > STALE_AFTER {
-            return Err(Error::Invalid(format!(
-                "this writer's session was last renewed {}s ago (limit {}s): a prune may have \
-                 deleted data it reuses, so it stops; run it again",
-                age.as_secs(),
-                STALE_AFTER.as_secs()
-            )));
-        }
-        Ok(())
+        let cur = self.shared.current.lock().expect("session lock");
+        self.shared
+            .fresh_unlocked(&cur, self.shared.clock.since_boot())
     }
 
     /// Renews now.
@@ -250,10 +404,18 @@ impl Session {
         self.shared.renew()
     }
 
-    /// Declares that from `view` on this writer knows every deletion record made before (it
-    /// has stopped reusing, and copied what it needs out of, the packs they condemn); renews.
-    pub fn set_view(&self, view: DateTime<Utc>) -> Result<()> {
-        self.shared.current.lock().expect("session lock").1.view = now_text(view);
+    /// Declares that this writer has seen deletion records `records` (it no longer reuses their
+    /// packs, and has copied out of them what it still needs), read from `view` on by its clock;
+    /// renews, so that prune learns it.
+    pub fn set_seen(&self, records: &[ObjectId], view: DateTime<Utc>) -> Result<()> {
+        {
+            let mut cur = self.shared.current.lock().expect("session lock");
+            let mut seen: Vec<String> = records.iter().map(ObjectId::to_hex).collect();
+            seen.sort();
+            seen.dedup();
+            cur.1.seen = seen;
+            cur.1.view = now_text(view);
+        }
         self.shared.renew()
     }
 
@@ -284,31 +446,46 @@ impl Drop for Session {
     }
 }
 
-/// A deletion record: packs condemned by `prune` at `time`.
+/// A deletion record: packs condemned by `prune` at `time`, and session objects it sighted then.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletionRecord {
     /// Format version (1).
     pub version: u32,
-    /// When the packs were condemned (RFC 3339).
+    /// When the packs were condemned, or the sessions sighted (RFC 3339, by prune's clock).
     pub time: String,
     /// The condemned packs.
     pub packs: Vec<PackId>,
+    /// Session objects prune listed before `time` that no earlier record names. One still in
+    /// the repository, unchanged, [`dead_after`] after `time` (by the clock of a later prune)
+    /// belongs to a writer that has stored nothing for that long: it is dead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sessions: Vec<ObjectId>,
 }
 
 impl DeletionRecord {
     /// A record of `packs` condemned now.
     pub fn now(packs: Vec<PackId>) -> Self {
+        Self::at(Utc::now(), packs, Vec::new())
+    }
+
+    /// A record made at `time` (prune's clock).
+    pub fn at(time: DateTime<Utc>, packs: Vec<PackId>, sessions: Vec<ObjectId>) -> Self {
         DeletionRecord {
             version: 1,
-            time: now_text(Utc::now()),
+            time: now_text(time),
             packs,
+            sessions,
         }
     }
 
     /// `time` as a time (now if it does not parse, so it is swept as late as possible).
     pub fn time_at(&self) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(&self.time)
-            .map_or_else(|_| Utc::now(), |t| t.with_timezone(&Utc))
+        self.time_or(Utc::now())
+    }
+
+    /// `time` as a time, or `now` if it does not parse.
+    pub fn time_or(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(&self.time).map_or(now, |t| t.with_timezone(&Utc))
     }
 
     /// Stores the record.
@@ -316,6 +493,97 @@ impl DeletionRecord {
         let (id, bytes) = seal_json(crypto, Domain::Deletion, self);
         store.put(Kind::Deletion, &id, &bytes)?;
         Ok(id)
+    }
+}
+
+/// Which writers `prune` (or `repair index`) must reckon with, judged by its own clock alone
+/// (`docs/format.md` §19): a writer's object is dead once a record sighted it more than
+/// [`dead_after`] ago by the judge's clock and it is still there, i.e. it was not renewed.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    /// The newest object of each live writer, by its `refreshed` (one writer's clock).
+    pub live: Vec<(ObjectId, SessionInfo)>,
+    /// Objects of dead writers: they may be deleted.
+    pub dead: Vec<ObjectId>,
+    /// Objects no record sights yet: the judge stores a record sighting them.
+    pub unsighted: Vec<ObjectId>,
+}
+
+impl Liveness {
+    /// Judges `sessions` by the sightings in `records`, at `now` by the judge's clock.
+    pub fn judge(
+        sessions: Vec<(ObjectId, SessionInfo)>,
+        records: &[(ObjectId, DeletionRecord)],
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut sighted: HashMap<ObjectId, DateTime<Utc>> = HashMap::new();
+        for (_, r) in records {
+            let t = r.time_or(now);
+            for s in &r.sessions {
+                let e = sighted.entry(*s).or_insert(t);
+                *e = (*e).min(t);
+            }
+        }
+        let is_dead = |id: &ObjectId| {
+            sighted.get(id).is_some_and(|t| {
+                now.signed_duration_since(*t)
+                    .to_std()
+                    .is_ok_and(|age| age > dead_after())
+            })
+        };
+        let mut out = Liveness::default();
+        let mut writers: HashMap<String, Vec<(ObjectId, SessionInfo)>> = HashMap::new();
+        for (id, info) in sessions {
+            if !sighted.contains_key(&id) {
+                out.unsighted.push(id);
+            }
+            writers
+                .entry(info.writer.clone())
+                .or_default()
+                .push((id, info));
+        }
+        for (_, mut objects) in writers {
+            if objects.iter().all(|(id, _)| is_dead(id)) {
+                out.dead.extend(objects.into_iter().map(|(id, _)| id));
+            } else {
+                objects.sort_by_key(|(_, s)| s.refreshed_at());
+                out.live
+                    .push(objects.pop().expect("a writer has an object"));
+            }
+        }
+        out.live.sort_by_key(|a| a.0 .0);
+        out.dead.sort_by_key(|id| id.0);
+        out.unsighted.sort_by_key(|id| id.0);
+        out
+    }
+
+    /// Stores a record sighting the unsighted objects, if there are any (not `own`'s).
+    pub fn sight(
+        &self,
+        store: &dyn Store,
+        crypto: &Crypto,
+        now: DateTime<Utc>,
+        own: Option<&ObjectId>,
+    ) -> Result<()> {
+        let sessions: Vec<ObjectId> = self
+            .unsighted
+            .iter()
+            .filter(|id| Some(*id) != own)
+            .copied()
+            .collect();
+        if !sessions.is_empty() {
+            DeletionRecord::at(now, Vec::new(), sessions).store(store, crypto)?;
+        }
+        Ok(())
+    }
+
+    /// A live writer other than `own` running one of `commands` (prune and `repair index`
+    /// exclude each other: each stores its session, then lists the others).
+    pub fn running(&self, commands: &[&str], own: Option<&str>) -> Option<&SessionInfo> {
+        self.live
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| commands.contains(&s.command.as_str()) && Some(s.writer.as_str()) != own)
     }
 }
 
@@ -403,16 +671,92 @@ mod tests {
         assert_eq!(listed.len(), 1, "a renewal replaces the previous object");
         assert_eq!(listed[0].1.writer, first.writer);
         assert!(listed[0].1.refreshed > first.refreshed);
-        assert!(listed[0].1.is_live(Utc::now()));
         s.check().unwrap();
         s.end().unwrap();
         assert!(sessions(&*store, &crypto).unwrap().is_empty());
+    }
 
-        let old = SessionInfo {
-            refreshed: "2020-01-01T00:00:00Z".into(),
-            ..first
-        };
-        assert!(!old.is_live(Utc::now()));
+    /// A writer stopped (or asleep) past its lease: the renewal that runs when it wakes refuses,
+    /// so its session is not revived, and it stores nothing more.
+    #[test]
+    fn a_writer_paused_past_its_lease_never_renews_again() {
+        let store: Arc<dyn Store> = Arc::new(Mem::default());
+        let crypto = Crypto::plain([7; 32]);
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let s = Session::start_with(
+            Arc::clone(&store),
+            &crypto,
+            "backup",
+            "h",
+            Duration::from_secs(3600),
+            clock.clone(),
+        )
+        .unwrap();
+        clock.advance(Duration::from_secs(9 * 60));
+        s.renew().unwrap();
+        let renewed = sessions(&*store, &crypto).unwrap();
+        clock.advance(STALE_AFTER + Duration::from_secs(1));
+        let e = s.renew().unwrap_err().to_string();
+        assert!(e.contains("paused too long"), "{e}");
+        assert!(e.contains("start again"), "{e}");
+        assert_eq!(
+            sessions(&*store, &crypto).unwrap(),
+            renewed,
+            "the session was not revived"
+        );
+        assert!(s.check().is_err());
+        // Even once the clock seems fresh again (a lapsed lease stays lapsed).
+        *s.shared.last_ok.lock().unwrap() = clock.since_boot();
+        assert!(s.check().is_err() && s.renew().is_err());
+    }
+
+    fn info(writer: &str, refreshed: &str) -> SessionInfo {
+        SessionInfo {
+            version: 1,
+            writer: writer.into(),
+            command: "backup".into(),
+            host: "h".into(),
+            pid: 1,
+            started: refreshed.into(),
+            refreshed: refreshed.into(),
+            view: refreshed.into(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Liveness never reads a writer's clock: a session whose times are a day off is live until
+    /// a record sighted it `dead_after` earlier by the judge's clock; a writer with one renewed
+    /// object is live.
+    #[test]
+    fn liveness_is_judged_by_sightings_on_the_judges_clock() {
+        let now = Utc::now();
+        let (a, b1, b2) = (ObjectId([1; 32]), ObjectId([2; 32]), ObjectId([3; 32]));
+        let sessions = vec![
+            (a, info("a", "2020-01-01T00:00:00Z")),
+            (b1, info("b", "2020-01-01T00:00:00Z")),
+            (b2, info("b", "2020-01-01T00:10:00Z")),
+        ];
+        let l = Liveness::judge(sessions.clone(), &[], now);
+        assert_eq!(
+            l.live.len(),
+            2,
+            "unsighted sessions are live, whatever they say"
+        );
+        assert!(l.dead.is_empty());
+        assert_eq!(l.unsighted, vec![a, b1, b2]);
+
+        let minutes = |m: i64| now - chrono::Duration::minutes(m);
+        let sighted =
+            |t, ids: Vec<ObjectId>| (ObjectId([9; 32]), DeletionRecord::at(t, Vec::new(), ids));
+        // Sighted 29 minutes ago: still live.
+        let l = Liveness::judge(sessions.clone(), &[sighted(minutes(29), vec![a, b1])], now);
+        assert_eq!(l.live.len(), 2);
+        assert_eq!(l.unsighted, vec![b2]);
+        // 31 minutes: `a` is dead; `b` renewed since (b2 is new), so it lives, newest first.
+        let l = Liveness::judge(sessions, &[sighted(minutes(31), vec![a, b1])], now);
+        assert_eq!(l.dead, vec![a]);
+        assert_eq!(l.live.len(), 1);
+        assert_eq!(l.live[0].0, b2);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::id::{BlobId, ObjectId, PackId};
-use crate::lifecycle::{self, DeletionRecord};
+use crate::lifecycle::{self, DeletionRecord, LeaseClock, Liveness, Session, SystemClock};
 use crate::pack::{BlobEntry, PackBuilder};
 use crate::repo::Repository;
 use crate::store::Kind;
@@ -114,6 +114,15 @@ const PACKS_PER_INDEX: usize = 4096;
 
 /// Runs prune on `repo` (opened, index not necessarily loaded).
 pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    prune_with_clock(repo, opts, &SystemClock)
+}
+
+/// Like [`prune`], judging times by `clock` (tests: prune's clock against skewed writers').
+pub fn prune_with_clock(
+    repo: &mut Repository,
+    opts: &PruneOptions,
+    clock: &dyn LeaseClock,
+) -> Result<PruneReport> {
     let mut report = PruneReport {
         dry_run: opts.dry_run,
         ..PruneReport::default()
@@ -121,42 +130,69 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
     if !opts.dry_run {
         repo.begin_session("prune", &opts.hostname)?;
     }
-    let result = run(repo, opts, &mut report);
+    let result = run(repo, opts, clock, &mut report);
     if result.is_ok() {
         repo.end_session()?;
     }
     result.map(|()| report)
 }
 
-fn run(repo: &mut Repository, opts: &PruneOptions, report: &mut PruneReport) -> Result<()> {
+fn run(
+    repo: &mut Repository,
+    opts: &PruneOptions,
+    clock: &dyn LeaseClock,
+    report: &mut PruneReport,
+) -> Result<()> {
     let store = std::sync::Arc::clone(repo.store());
     let crypto = repo.crypto().clone();
-    let now = Utc::now();
     let own = repo.session().map(|s| s.info().writer);
+    let own_object = repo.session().map(Session::id);
 
-    // 1. Sessions, then deletion records, snapshots, index: in that order (§19).
-    let sessions: Vec<lifecycle::SessionInfo> = lifecycle::sessions(&*store, &crypto)?
-        .into_iter()
-        .map(|(_, s)| s)
-        .filter(|s| s.is_live(now) && Some(&s.writer) != own.as_ref())
-        .collect();
+    // 1. Sessions, then deletion records, snapshots, index: in that order (§19). Every safety
+    // decision below uses prune's own clock or record ids, never a writer's clock.
+    let now = clock.wall();
+    let listed = lifecycle::sessions(&*store, &crypto)?;
+    let records = lifecycle::deletions(&*store, &crypto)?;
+    let liveness = Liveness::judge(listed, &records, now);
+    if !opts.dry_run {
+        liveness.sight(&*store, &crypto, now, own_object.as_ref())?;
+    }
     // Two prunes would be safe together, but the second would leave index entries of packs the
-    // first deleted; so one waits. A prune killed on this host is recognised by its pid (only
-    // here: sweeping never trusts pids, host names can repeat across machines).
-    let running = |s: &&lifecycle::SessionInfo| {
+    // first deleted; so one waits, and so does `repair index` (which re-lists every pack it
+    // finds). A prune killed on this host is recognised by its pid (only here: sweeping never
+    // trusts pids, host names can repeat across machines).
+    let crashed_here = |s: &lifecycle::SessionInfo| {
         s.command == "prune"
-            && !(s.host == opts.hostname
-                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), None)
-                    == Err(nix::errno::Errno::ESRCH))
+            && s.host == opts.hostname
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), None)
+                == Err(nix::errno::Errno::ESRCH)
     };
-    if let Some(other) = sessions.iter().find(running) {
+    if let Some(other) = liveness.live.iter().map(|(_, s)| s).find(|s| {
+        ["prune", "repair-index"].contains(&s.command.as_str())
+            && Some(&s.writer) != own.as_ref()
+            && !crashed_here(s)
+    }) {
         return Err(Error::Invalid(format!(
-            "another prune is running (host {}, pid {}, started {}); wait for it, or, if it died, \
-             for its session to expire 30 minutes after {}",
-            other.host, other.pid, other.started, other.refreshed
+            "{} is running (host {}, pid {}, started {}); wait for it, or, if it died, run prune \
+             again {} minutes after this",
+            if other.command == "prune" {
+                "another prune"
+            } else {
+                "repair index"
+            },
+            other.host,
+            other.pid,
+            other.started,
+            lifecycle::dead_after().as_secs().div_ceil(60)
         )));
     }
-    let records = lifecycle::deletions(&*store, &crypto)?;
+    let sessions: Vec<lifecycle::SessionInfo> = liveness
+        .live
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| Some(&s.writer) != own.as_ref())
+        .cloned()
+        .collect();
     // Snapshots before the index: a writer indexes its packs before it stores the snapshot that
     // uses them, so every snapshot listed here finds its blobs in the index read next. One stored
     // later may use a pack that looks unused here; it is only condemned, and the sweep of a later
@@ -227,19 +263,34 @@ fn run(repo: &mut Repository, opts: &PruneOptions, report: &mut PruneReport) -> 
         }
     }
 
-    // 3. Sweep records that every live writer has seen and that are old enough.
+    // 3. Sweep records that every live writer has seen (by id) and that are old enough. The
+    // grace period compares the record's time with prune's clock: both are prunes' clocks, and
+    // safety does not rest on it.
+    let existing: std::collections::HashSet<ObjectId> = liveness
+        .live
+        .iter()
+        .map(|(id, _)| *id)
+        .chain(liveness.unsighted.iter().copied())
+        .collect();
     let mut condemned: HashMap<PackId, chrono::DateTime<Utc>> = HashMap::new();
     let mut swept_records = Vec::new();
     let mut deleted: HashSet<PackId> = HashSet::new();
     let mut to_delete: HashSet<PackId> = HashSet::new();
     for (rid, r) in &records {
-        let t = r.time_at();
+        if r.packs.is_empty() {
+            // Sightings only: needed while a session they name is there (dead ones go below).
+            if !r.sessions.iter().any(|s| existing.contains(s)) {
+                swept_records.push(*rid);
+            }
+            continue;
+        }
+        let t = r.time_or(now);
         let old_enough = now
             .signed_duration_since(t)
             .to_std()
             .is_ok_and(|age| age >= opts.keep_condemned);
         let blockers: Vec<&lifecycle::SessionInfo> =
-            sessions.iter().filter(|s| s.view_at() < t).collect();
+            sessions.iter().filter(|s| !s.has_seen(rid)).collect();
         if !old_enough || !blockers.is_empty() {
             for b in blockers {
                 let w = format!(
@@ -439,7 +490,7 @@ fn run(repo: &mut Repository, opts: &PruneOptions, report: &mut PruneReport) -> 
     let mut newly: Vec<PackId> = unused.into_iter().chain(repack).collect();
     newly.sort_by_key(|p| p.0);
     if !newly.is_empty() {
-        DeletionRecord::now(newly).store(&*store, &crypto)?;
+        DeletionRecord::at(clock.wall(), newly, Vec::new()).store(&*store, &crypto)?;
     }
 
     // 8. Old index files, then the records that were swept.
@@ -449,6 +500,10 @@ fn run(repo: &mut Repository, opts: &PruneOptions, report: &mut PruneReport) -> 
     }
     for r in swept_records {
         store.delete(Kind::Deletion, &r)?;
+    }
+    // Dead writers' sessions: they store nothing more (their lease lapsed long ago).
+    for id in &liveness.dead {
+        store.delete(Kind::Session, id)?;
     }
     Ok(())
 }

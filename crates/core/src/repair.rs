@@ -4,8 +4,12 @@
 //! Index files are listed first, then packs: a writer stores a pack before the index file that
 //! lists it, so every pack an old index file names is in the pack listing (unless prune deleted
 //! it). New index files are stored before the old ones are deleted, so a crash leaves at worst
-//! entries listed twice, which readers accept. The command runs as a writer session, so a
-//! concurrent prune treats it like a backup.
+//! entries listed twice, which readers accept.
+//!
+//! It never runs beside `prune` (`docs/format.md` §19): a pack it read a header of could be
+//! deleted by a prune before its index file is stored, which would then list a deleted pack. So
+//! each stores its session, then lists the sessions, and refuses if the other is live: whichever
+//! lists second sees the other.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,6 +18,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::id::{ObjectId, PackId};
+use crate::lifecycle::{self, Liveness, Session};
 use crate::pack::BlobEntry;
 use crate::repo::{index, Repository};
 use crate::store::Kind;
@@ -61,12 +66,43 @@ pub fn repair_index(
 ) -> Result<RepairIndexReport> {
     if !dry_run {
         repo.begin_session("repair-index", hostname)?;
+        if let Err(e) = refuse_beside_prune(repo) {
+            repo.end_session()?;
+            return Err(e);
+        }
     }
     let result = run(repo, dry_run);
     if result.is_ok() {
         repo.end_session()?;
     }
     result
+}
+
+/// Fails if a live prune (judged as prune judges, by this machine's clock) has a session.
+fn refuse_beside_prune(repo: &Repository) -> Result<()> {
+    let (store, crypto) = (repo.store(), repo.crypto());
+    let now = chrono::Utc::now();
+    let records = lifecycle::deletions(&**store, crypto)?;
+    let liveness = Liveness::judge(lifecycle::sessions(&**store, crypto)?, &records, now);
+    let own = repo.session().map(|s| s.info().writer);
+    // Sighting the prune's session lets a later prune or repair find it dead if it crashed.
+    liveness.sight(
+        &**store,
+        crypto,
+        now,
+        repo.session().map(Session::id).as_ref(),
+    )?;
+    match liveness.running(&["prune"], own.as_deref()) {
+        Some(p) => Err(Error::Invalid(format!(
+            "a prune is running (host {}, pid {}, started {}): run repair index after it; if it \
+             died, its session is dead {} minutes after this",
+            p.host,
+            p.pid,
+            p.started,
+            lifecycle::dead_after().as_secs().div_ceil(60)
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn run(repo: &Repository, dry_run: bool) -> Result<RepairIndexReport> {

@@ -274,40 +274,27 @@ impl Sink for EngineSink<'_> {
 }
 
 /// Reads the deletion records; when there are new ones, stops reusing their packs and copies
-/// out what the catalog still needs; then moves the session's view to the time before reading,
-/// which lets prune delete those packs. Returns the blobs copied.
+/// out what the catalog still needs; only then declares them seen in the session, which lets
+/// prune delete those packs (`docs/format.md` §19). Returns the blobs copied.
 fn advance_view(engine: &Engine, repo: &RwLock<Repository>) -> Result<u64> {
-    let t = chrono::Utc::now();
-    let (store, crypto, known) = {
-        let r = repo.read().expect("repo lock");
-        (
-            Arc::clone(r.store()),
-            r.crypto().clone(),
-            r.condemned()
-                .keys()
-                .copied()
-                .collect::<std::collections::HashSet<_>>(),
-        )
-    };
-    let mut new = Vec::new();
-    for (_, rec) in tidemark_core::lifecycle::deletions(&*store, &crypto)? {
-        let at = rec.time_at();
-        new.extend(
-            rec.packs
-                .into_iter()
-                .filter(|p| !known.contains(p))
-                .map(|p| (p, at)),
-        );
-    }
-    let copied = if new.is_empty() {
+    let pending = repo.read().expect("repo lock").unrevalidated()?;
+    let copied = if pending.packs.is_empty() {
         0
     } else {
-        engine.state_machine().revalidate(&new)?
+        engine.state_machine().revalidate(&pending.packs)?
     };
-    if let Some(s) = repo.read().expect("repo lock").session() {
-        s.set_view(t)?;
-    }
+    repo.write()
+        .expect("repo lock")
+        .mark_revalidated(&pending)?;
     Ok(copied)
+}
+
+/// Whether this writer's lease still holds (`docs/format.md` §19); `Ok` without a session.
+fn lease_check(repo: &RwLock<Repository>) -> tidemark_core::Result<()> {
+    repo.read()
+        .expect("repo lock")
+        .session()
+        .map_or(Ok(()), tidemark_core::lifecycle::Session::check)
 }
 
 /// First wait before retrying a seal after a store failure; it doubles up to [`STORE_RETRY_MAX`].
@@ -455,7 +442,12 @@ pub fn watch(
     // the repository fails, seals are retried with exponential backoff (250 ms to 30 s); each
     // retry first replays the log since the last seal into the repository.
     let sealer = {
-        let (engine, done, sealed_tx) = (engine.clone(), done.clone(), sealed_tx.clone());
+        let (engine, done, sealed_tx, repo) = (
+            engine.clone(),
+            done.clone(),
+            sealed_tx.clone(),
+            repo.clone(),
+        );
         rt.spawn(async move {
             let mut retry: Option<(Instant, Duration)> = None;
             while !done.load(Ordering::Acquire) {
@@ -475,6 +467,11 @@ pub fn watch(
                         }
                     }
                     Err(tidemark_cluster::Error::Store(why)) => {
+                        // Paused past the lease: prune may have deleted what this writer
+                        // needs, so it must stop, not retry (`docs/format.md` §19).
+                        if let Err(lapsed) = lease_check(&repo) {
+                            return Err(tidemark_cluster::Error::Core(lapsed));
+                        }
                         let wait =
                             retry.map_or(STORE_RETRY_FIRST, |(_, d)| (d * 2).min(STORE_RETRY_MAX));
                         tracing::warn!("seal failed: {why}; retrying in {wait:?}");
@@ -757,6 +754,13 @@ pub fn watch(
             let _ = write_status(&state.path().join("status.json"), &status);
         }
     };
+    // A writer stopped past its lease must stop (`docs/format.md` §19): say so, whatever the
+    // seal that refused made of it on its way through openraft.
+    let failed = result.is_err() || matches!(sealer_result, Ok(Err(_)));
+    if let (true, Err(lapsed)) = (failed, lease_check(&repo)) {
+        write_status_now(Some(lapsed.to_string()));
+        return Err(lapsed.into());
+    }
     // The seal task's own error is the cause; the loop only noticed that it stopped.
     if let Ok(Err(e)) = sealer_result {
         write_status_now(Some(e.to_string()));
@@ -769,6 +773,11 @@ pub fn watch(
     let before = engine.state_machine().seal_snapshot_id();
     let sealed = match rt.block_on(engine.close()) {
         Ok(s) => s,
+        Err(tidemark_cluster::Error::Store(_)) if lease_check(&repo).is_err() => {
+            let lapsed = lease_check(&repo).expect_err("checked");
+            write_status_now(Some(lapsed.to_string()));
+            return Err(lapsed.into());
+        }
         Err(tidemark_cluster::Error::Store(why)) => {
             let st = engine.state_machine().stats();
             let msg = format!(

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidemark_core::id::ObjectId;
-use tidemark_core::lifecycle::Session;
-use tidemark_core::prune::{prune, PruneOptions};
+use tidemark_core::lifecycle::{self, LeaseClock, ManualClock, Session};
+use tidemark_core::prune::{prune, prune_with_clock, PruneOptions};
+use tidemark_core::repair::repair_index;
 use tidemark_core::repo::Repository;
 use tidemark_core::restore::{restore, RestoreOptions, RestoreProgress};
 use tidemark_core::store::{Kind, Store};
@@ -184,6 +185,155 @@ fn prune_waits_for_a_writer_that_has_not_seen_its_record() {
     let e = prune(&mut repo, &now_opts()).unwrap_err();
     assert!(e.to_string().contains("another prune is running"), "{e}");
     other.end().unwrap();
+}
+
+/// A writer whose wall clock is an hour ahead of, or behind, prune's: while it runs and has not
+/// seen the deletion record, nothing is deleted (an hour ahead, its `view` is later than the
+/// record; an hour behind, its `refreshed` looks an hour old: both fooled the old time rules).
+/// Once it declares the record seen, the packs go; once it stops renewing, prune finds it dead
+/// by its own clock, and the writer, waking, refuses to go on.
+#[test]
+fn prune_with_writers_skewed_an_hour_either_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    for skew in [-3600i64, 3600] {
+        let src = tmp.path().join(format!("src{skew}"));
+        let mem = repository_with_garbage(&src);
+        let crypto = open(mem.clone()).crypto().clone();
+        let prune_clock = ManualClock::new(chrono::Utc::now());
+        let writer_clock = Arc::new(ManualClock::new(
+            chrono::Utc::now() + chrono::Duration::seconds(skew),
+        ));
+        // Started (and read the deletion records: none) before the packs were condemned; it
+        // renews by hand here.
+        let writer = Session::start_with(
+            mem.clone(),
+            &crypto,
+            "backup",
+            "skewed",
+            Duration::from_secs(24 * 3600),
+            writer_clock.clone(),
+        )
+        .unwrap();
+        writer.set_seen(&[], writer_clock.wall()).unwrap();
+        let prune_at = |clock: &ManualClock| {
+            let mut repo = open(mem.clone());
+            prune_with_clock(&mut repo, &now_opts(), clock).unwrap()
+        };
+        let r = prune_at(&prune_clock);
+        assert!(r.bytes_condemned > 0, "{r:?}");
+        // Two hours of prunes every four minutes while the writer runs.
+        for step in 0..30 {
+            prune_clock.advance(Duration::from_secs(240));
+            writer_clock.advance(Duration::from_secs(240));
+            writer.renew().unwrap();
+            let r = prune_at(&prune_clock);
+            assert_eq!(
+                r.packs_deleted, 0,
+                "skew {skew}s, step {step}: deleted packs a running writer has not seen condemned"
+            );
+            assert!(r.packs_waiting > 0, "{r:?}");
+        }
+        assert_intact(&mem, &src, &tmp.path().join(format!("t{skew}")), "skewed");
+        if skew > 0 {
+            // It takes the record in: now the packs can go.
+            let records: Vec<ObjectId> = lifecycle::deletions(&*mem, &crypto)
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            writer.set_seen(&records, writer_clock.wall()).unwrap();
+            let r = prune_at(&prune_clock);
+            assert!(r.packs_deleted > 0, "skew {skew}s: {r:?}");
+            writer.end().unwrap();
+            continue;
+        }
+        // It stops (a laptop lid closed): prune, by its own clock, finds it dead after
+        // `dead_after` and deletes what the record condemned.
+        let mut deleted = Vec::new();
+        for _ in 0..12 {
+            prune_clock.advance(Duration::from_secs(240));
+            deleted.push(prune_at(&prune_clock).packs_deleted);
+        }
+        let first = deleted.iter().position(|d| *d > 0);
+        assert!(
+            first.is_some_and(|k| (k as u64 + 1) * 240 > lifecycle::DEAD_AFTER.as_secs()),
+            "skew {skew}s: packs deleted at these steps after the writer stopped: {deleted:?}"
+        );
+        assert!(
+            mem.list(Kind::Session).unwrap().is_empty(),
+            "the dead session was deleted"
+        );
+        writer_clock.advance(Duration::from_secs(12 * 240));
+        let e = writer.check().unwrap_err().to_string();
+        assert!(e.contains("paused too long"), "{e}");
+        assert!(writer.renew().is_err());
+        drop(writer);
+        assert_intact(&mem, &src, &tmp.path().join(format!("u{skew}")), "after");
+    }
+}
+
+/// A long-running writer (watch) that took in a record's packs as condemned but failed before
+/// what it needs from them was copied, stored and indexed has not revalidated the record: it
+/// keeps being offered, the session does not list it, and prune keeps the packs.
+#[test]
+fn a_record_counts_as_seen_only_once_revalidated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let mem = repository_with_garbage(&src);
+    let mut writer = open(mem.clone());
+    writer.begin_session("watch", "here").unwrap();
+    writer.load_index().unwrap();
+    prune(&mut open(mem.clone()), &now_opts()).unwrap();
+    let pending = writer.unrevalidated().unwrap();
+    assert!(!pending.records.is_empty(), "{pending:?}");
+    assert!(!pending.packs.is_empty());
+    // Condemned in memory, then the copy failed.
+    writer.condemn_packs(&pending.packs);
+    let again = writer.unrevalidated().unwrap();
+    assert_eq!(
+        again.records, pending.records,
+        "condemned is not revalidated"
+    );
+    let r = prune(&mut open(mem.clone()), &now_opts()).unwrap();
+    assert_eq!(r.packs_deleted, 0, "{r:?}");
+    assert!(r.waiting_for[0].contains("watch on here"), "{r:?}");
+    // Copied, stored and indexed: now it is declared, and prune deletes.
+    writer.mark_revalidated(&again).unwrap();
+    assert!(writer.unrevalidated().unwrap().records.is_empty());
+    assert!(!writer.session().unwrap().info().seen.is_empty());
+    let r = prune(&mut open(mem.clone()), &now_opts()).unwrap();
+    assert!(r.packs_deleted > 0, "{r:?}");
+    writer.end_session().unwrap();
+    assert_intact(&mem, &src, &tmp.path().join("t"), "after");
+}
+
+/// `repair index` re-lists every pack it reads a header of; a prune deleting one of them meanwhile
+/// would leave an index naming a deleted pack. So whichever of the two lists sessions second
+/// refuses to run.
+#[test]
+fn repair_index_and_prune_refuse_to_run_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let mem = repository_with_garbage(&src);
+    let crypto = open(mem.clone()).crypto().clone();
+    prune(&mut open(mem.clone()), &now_opts()).unwrap();
+
+    let running = Session::start(mem.clone(), &crypto, "prune", "other").unwrap();
+    let e = repair_index(&mut open(mem.clone()), "here", false).unwrap_err();
+    assert!(e.to_string().contains("a prune is running"), "{e}");
+    running.end().unwrap();
+
+    let running = Session::start(mem.clone(), &crypto, "repair-index", "other").unwrap();
+    let e = prune(&mut open(mem.clone()), &now_opts()).unwrap_err();
+    assert!(e.to_string().contains("repair index is running"), "{e}");
+    running.end().unwrap();
+
+    // A refusal leaves no session behind: both run now.
+    let r = prune(&mut open(mem.clone()), &now_opts()).unwrap();
+    assert!(r.packs_deleted > 0, "{r:?}");
+    repair_index(&mut open(mem.clone()), "here", false).unwrap();
+    assert!(mem.list(Kind::Session).unwrap().is_empty());
+    assert_intact(&mem, &src, &tmp.path().join("t"), "after repair");
 }
 
 #[test]

@@ -99,8 +99,27 @@ pub struct Repository {
     cache_dir: Option<PathBuf>,
     /// This writer's lease (`docs/format.md` §19), if it writes.
     session: Option<Session>,
-    /// Packs condemned by prune, with when (from the deletion records read by `load_index`).
+    /// Packs condemned by prune, with when (from the deletion records read by `load_index`, and
+    /// those taken in since): their blobs are no longer reused.
     condemned: HashMap<PackId, chrono::DateTime<chrono::Utc>>,
+    /// Deletion records this writer has revalidated: it no longer reuses their packs *and* no
+    /// longer needs them (what it uses was copied out, stored and indexed). Only these are
+    /// declared seen in its session; a pack can be condemned here and not yet revalidated.
+    revalidated: HashSet<ObjectId>,
+}
+
+/// Deletion records a long-running writer has not revalidated yet
+/// ([`Repository::unrevalidated`]).
+#[derive(Debug, Clone, Default)]
+pub struct Revalidation {
+    /// The records, by object id.
+    pub records: Vec<ObjectId>,
+    /// The packs they condemn, with the time of their record.
+    pub packs: Vec<(PackId, chrono::DateTime<chrono::Utc>)>,
+    /// Every record present when they were read.
+    pub present: Vec<ObjectId>,
+    /// This writer's clock just before they were read (the session's `view`, for older prunes).
+    pub view: chrono::DateTime<chrono::Utc>,
 }
 
 /// What loading the index found.
@@ -246,6 +265,7 @@ impl Repository {
             cache_dir: None,
             session: None,
             condemned: HashMap::new(),
+            revalidated: HashSet::new(),
         })
     }
 
@@ -324,13 +344,16 @@ impl Repository {
     ) -> Result<IndexStats> {
         let mut index = Index::default();
         // Deletion records first: a blob with a copy outside condemned packs is located there.
+        let view = chrono::Utc::now();
         self.condemned.clear();
-        for (_, r) in lifecycle::deletions(&*self.store, &self.crypto)? {
+        let mut seen = Vec::new();
+        for (id, r) in lifecycle::deletions(&*self.store, &self.crypto)? {
             let t = r.time_at();
             for p in r.packs {
                 let e = self.condemned.entry(p).or_insert(t);
                 *e = (*e).min(t);
             }
+            seen.push(id);
         }
         index.condemn(self.condemned.keys().copied());
         let files = self.store.list(Kind::Index)?;
@@ -347,6 +370,12 @@ impl Repository {
             }
         }
         self.index = index;
+        // Nothing loaded reuses a condemned pack, and nothing was written yet: every record read
+        // is revalidated.
+        self.revalidated = seen.iter().copied().collect();
+        if let Some(s) = &self.session {
+            s.set_seen(&seen, view)?;
+        }
         Ok(IndexStats {
             files: files.len(),
             packs: self.index.packs().len(),
@@ -420,6 +449,45 @@ impl Repository {
     /// Packs condemned by prune, with the time of their deletion record.
     pub fn condemned(&self) -> &HashMap<PackId, chrono::DateTime<chrono::Utc>> {
         &self.condemned
+    }
+
+    /// Reads the deletion records and returns those this writer has not revalidated yet (a
+    /// long-running writer calls this every few minutes). Hand [`Revalidation::packs`] to the
+    /// code that stops reusing them and copies out what is still needed, then, only once that is
+    /// stored and indexed, to [`Repository::mark_revalidated`].
+    pub fn unrevalidated(&self) -> Result<Revalidation> {
+        let view = chrono::Utc::now();
+        let mut out = Revalidation {
+            view,
+            ..Revalidation::default()
+        };
+        for (id, r) in lifecycle::deletions(&*self.store, &self.crypto)? {
+            out.present.push(id);
+            if self.revalidated.contains(&id) {
+                continue;
+            }
+            let t = r.time_at();
+            out.packs.extend(r.packs.into_iter().map(|p| (p, t)));
+            out.records.push(id);
+        }
+        Ok(out)
+    }
+
+    /// Declares the records of `r` revalidated: call only after every blob this writer still
+    /// uses from their packs is copied into packs that are stored and indexed. Renews the
+    /// session with them as seen, which lets prune delete those packs.
+    pub fn mark_revalidated(&mut self, r: &Revalidation) -> Result<()> {
+        self.condemn_packs(&r.packs);
+        self.revalidated.extend(r.records.iter().copied());
+        // Records swept meanwhile need not be listed any more.
+        let present: HashSet<&ObjectId> = r.present.iter().collect();
+        self.revalidated.retain(|id| present.contains(id));
+        let mut seen: Vec<ObjectId> = self.revalidated.iter().copied().collect();
+        seen.sort_by_key(|id| id.0);
+        match &self.session {
+            Some(s) => s.set_seen(&seen, r.view),
+            None => Ok(()),
+        }
     }
 
     /// Writes an index file for `packs`.
@@ -644,6 +712,12 @@ impl Repository {
         self.check_lease()?;
         let (id, bytes) = snap.seal(&self.crypto);
         self.store.put(Kind::Snapshot, &id, &bytes)?;
+        // Stopped between the check and the put, past the lease: a prune may have deleted packs
+        // it uses, so the snapshot is taken back.
+        if let Err(e) = self.check_lease() {
+            let _ = self.store.delete(Kind::Snapshot, &id);
+            return Err(e);
+        }
         Ok(id)
     }
 
