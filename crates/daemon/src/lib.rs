@@ -388,6 +388,25 @@ pub fn watch(
     stop: &AtomicBool,
     notify: &mut dyn FnMut(Notice),
 ) -> Result<Report> {
+    watch_inner(repo, opts, stop, notify).map_err(|e| match e {
+        // The catalog shares the state directory's disk with the log: say what that means.
+        Error::Engine(tidemark_cluster::Error::Catalog { reason, path })
+            if reason.contains("os error 28") =>
+        {
+            Error::Invalid(format!(
+                "the state directory's disk is full: catalog {path}: {reason}: capture stopped; every change acknowledged before is in the log"
+            ))
+        }
+        e => e,
+    })
+}
+
+fn watch_inner(
+    repo: Repository,
+    opts: &WatchOptions,
+    stop: &AtomicBool,
+    notify: &mut dyn FnMut(Notice),
+) -> Result<Report> {
     let root = opts.root.clone();
     let owner = WatchJson {
         version: 1,

@@ -360,6 +360,10 @@ impl Wal {
         };
         let buf = std::mem::take(&mut inner.scratch);
         if let Err(e) = inner.active().device.append(&buf) {
+            // A write cut short (ENOSPC) may have left part of a record: take it back, so the
+            // next open finds a clean end rather than unsynced bytes to discard. Best effort:
+            // recovery cuts them anyway, as they were never synced.
+            let _ = inner.active().device.truncate(at);
             inner.scratch = buf;
             inner.scratch.clear();
             return Err(self.poisoned("appending to log segment", seq, e));
