@@ -12,6 +12,7 @@ mod integration {
     pub mod props;
     pub mod prune;
     pub mod repair;
+    pub mod restore_race;
     pub mod s3;
     pub mod snapshots;
     pub mod watch;
