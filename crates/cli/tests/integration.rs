@@ -15,6 +15,7 @@ mod integration {
     pub mod prune;
     pub mod prune_paused;
     pub mod repair;
+    pub mod restore_race;
     pub mod s3;
     pub mod snapshots;
     pub mod watch;

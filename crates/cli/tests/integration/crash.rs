@@ -186,40 +186,124 @@ fn interrupted_backup_indexes_what_it_uploaded() {
         .is_empty());
 }
 
+/// Stores `blobs` (id, kind, plaintext) in `repo`, each once.
+fn store_blobs(
+    repo: &Repository,
+    blobs: &[(
+        tidemark_core::id::BlobId,
+        tidemark_core::pack::BlobKind,
+        &[u8],
+    )],
+) {
+    let w = tidemark_core::repo::BlobWriter::new(repo);
+    for (id, kind, plain) in blobs {
+        let (flags, env) = repo.encode_blob(None, plain);
+        if let Some(p) = w.add(*id, *kind, flags, plain.len() as u32, &env).unwrap() {
+            w.upload(p).unwrap();
+        }
+    }
+    w.finish_all().unwrap();
+}
+
+/// Stores a tree of `nodes` and returns its id and bytes.
+fn tree_of(
+    repo: &Repository,
+    nodes: Vec<tidemark_core::snapshot::Node>,
+) -> tidemark_core::id::BlobId {
+    let bytes = tidemark_core::snapshot::Tree::listing(nodes).encode();
+    let id = repo.crypto().blob_id(&bytes);
+    store_blobs(repo, &[(id, tidemark_core::pack::BlobKind::Tree, &bytes)]);
+    id
+}
+
+/// Every file below `dir` with its bytes and mtime, and every other entry by name.
+fn snapshot_of(
+    dir: &Path,
+) -> Vec<(
+    std::path::PathBuf,
+    Option<Vec<u8>>,
+    Option<std::time::SystemTime>,
+)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            let bytes = m.is_file().then(|| std::fs::read(&p).unwrap());
+            out.push((p, bytes, m.is_file().then(|| m.modified().unwrap())));
+        }
+    }
+    out.sort();
+    out
+}
+
 #[test]
 fn malicious_tree_names_never_escape_the_target() {
     use tidemark_core::pack::BlobKind;
-    use tidemark_core::repo::BlobWriter;
-    use tidemark_core::snapshot::{Node, NodeType, NodeTypeField, Snapshot, Tree};
+    use tidemark_core::snapshot::{Node, NodeType, NodeTypeField, Snapshot};
     let tmp = tempfile::tempdir().unwrap();
+    let inner = tmp.path().join("inner");
+    let target = inner.join("target");
+    // Beside the target, in its parent: a sentinel and a fake etc/passwd that the test owns.
+    // Crafted names aim at these; the real /etc/passwd is only ever read, to show it unchanged.
+    std::fs::create_dir_all(inner.join("etc")).unwrap();
+    let fake_passwd = inner.join("etc/passwd");
+    std::fs::write(&fake_passwd, b"root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(inner.join("sentinel"), b"sentinel").unwrap();
+    let real_passwd = || {
+        std::fs::metadata("/etc/passwd")
+            .ok()
+            .map(|m| (std::fs::read("/etc/passwd").unwrap(), m.modified().unwrap()))
+    };
+    let real_before = real_passwd();
     let mem = Arc::new(MemStore::new());
     Repository::init(mem.clone(), &small_repo_options()).unwrap();
     let repo = open(mem.clone());
     let content = b"pwned".to_vec();
     let cid = repo.crypto().blob_id(&content);
-    for bad in ["..", "../escape", "/etc/passwd", "a/../../x", "."] {
-        let node = Node {
-            name: Some(bad.into()),
-            node_type: NodeTypeField(NodeType::File),
-            mode: 0o644,
-            size: 5,
-            content: vec![cid],
-            ..Node::default()
-        };
-        let tree = Tree::listing(vec![node]);
-        let bytes = tree.encode();
-        let tid = repo.crypto().blob_id(&bytes);
-        let w = BlobWriter::new(&repo);
-        for (id, kind, plain) in [
-            (cid, BlobKind::Data, &content),
-            (tid, BlobKind::Tree, &bytes),
-        ] {
-            let (flags, env) = repo.encode_blob(None, plain);
-            if let Some(p) = w.add(id, kind, flags, plain.len() as u32, &env).unwrap() {
-                w.upload(p).unwrap();
-            }
-        }
-        w.finish_all().unwrap();
+    store_blobs(&repo, &[(cid, BlobKind::Data, &content)]);
+    let repo = open(mem.clone());
+    std::fs::create_dir_all(&target).unwrap();
+    let outside_before = snapshot_of(tmp.path());
+    let outside_untouched = |what: &str| {
+        let now: Vec<_> = snapshot_of(tmp.path())
+            .into_iter()
+            .filter(|(p, _, _)| !p.starts_with(&target))
+            .collect();
+        let before: Vec<_> = outside_before
+            .iter()
+            .filter(|(p, _, _)| !p.starts_with(&target))
+            .cloned()
+            .collect();
+        assert_eq!(now, before, "{what}: something outside the target changed");
+        assert_eq!(real_passwd(), real_before, "{what}: /etc/passwd changed");
+    };
+    let file = |name: &str| Node {
+        name: Some(name.into()),
+        node_type: NodeTypeField(NodeType::File),
+        mode: 0o644,
+        size: 5,
+        content: vec![cid],
+        ..Node::default()
+    };
+    let fake_str = fake_passwd.to_str().unwrap();
+    for bad in [
+        "..",
+        "../escape",
+        "/etc/passwd",
+        "../etc/passwd",
+        "../../inner/etc/passwd",
+        fake_str,
+        "etc/passwd",
+        "../sentinel",
+        "a/../../x",
+        ".",
+    ] {
+        let tid = tree_of(&repo, vec![file(bad)]);
         let snap = Snapshot {
             version: 1,
             time: "2026-01-01T00:00:00Z".into(),
@@ -239,7 +323,6 @@ fn malicious_tree_names_never_escape_the_target() {
         };
         repo.save_snapshot(&snap).unwrap();
         let repo = open(mem.clone());
-        let target = tmp.path().join("inner/target");
         let r = restore(
             &repo,
             &tid,
@@ -249,22 +332,25 @@ fn malicious_tree_names_never_escape_the_target() {
             },
             &RestoreProgress::default(),
         );
-        match r {
-            Ok(stats) => assert!(
-                !stats.errors.is_empty(),
-                "{bad}: a bad tree must be reported"
-            ),
-            Err(e) => assert!(
-                e.to_string().contains("damaged") || e.to_string().contains("unsafe"),
-                "{bad}: {e}"
-            ),
-        }
-        for p in ["inner/escape", "inner/x", "escape", "x"] {
-            assert!(
-                !tmp.path().join(p).exists(),
-                "{bad}: wrote {p} outside the target"
-            );
-        }
+        // Refused, with an error that names the entry.
+        let errors: Vec<String> = match r {
+            Ok(stats) => stats
+                .errors
+                .iter()
+                .map(|e| format!("{}: {}", e.path.display(), e.error))
+                .collect(),
+            Err(e) => vec![e.to_string()],
+        };
+        assert!(
+            errors.iter().any(|e| e.contains(&format!("{bad:?}"))),
+            "{bad}: the error must name the entry: {errors:?}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&target).unwrap().count(),
+            0,
+            "{bad}: nothing may be restored from a bad tree"
+        );
+        outside_untouched(bad);
         // check names the bad tree.
         let report = check(&repo, CheckOptions::default()).unwrap();
         assert!(
@@ -276,4 +362,57 @@ fn malicious_tree_names_never_escape_the_target() {
             mem.delete(Kind::Snapshot, &id).unwrap();
         }
     }
+
+    // Well-formed names, crafted symlinks: a first snapshot plants symlinks aimed at the fake
+    // etc, the fake passwd and the target's parent; a second, restored over it, has a directory
+    // or file under each name. The second must replace the symlinks, never write through them.
+    let link = |name: &str, to: &Path| Node {
+        name: Some(name.into()),
+        node_type: NodeTypeField(NodeType::Symlink),
+        mode: 0o777,
+        target: Some(to.to_str().unwrap().into()),
+        ..Node::default()
+    };
+    let dir = |name: &str, subtree| Node {
+        name: Some(name.into()),
+        node_type: NodeTypeField(NodeType::Dir),
+        mode: 0o755,
+        subtree: Some(subtree),
+        ..Node::default()
+    };
+    let links = tree_of(
+        &repo,
+        vec![
+            link("etc", &inner.join("etc")),
+            link("passwd", &fake_passwd),
+            link("up", &inner),
+        ],
+    );
+    let etc = tree_of(&repo, vec![file("passwd")]);
+    let up = tree_of(&repo, vec![file("sentinel")]);
+    let real = tree_of(&repo, vec![dir("etc", etc), file("passwd"), dir("up", up)]);
+    let repo = open(mem.clone());
+    for (tree, what) in [(links, "symlinks"), (real, "entries over the symlinks")] {
+        let stats = restore(
+            &repo,
+            &tree,
+            &RestoreOptions {
+                target: target.clone(),
+                ..RestoreOptions::default()
+            },
+            &RestoreProgress::default(),
+        )
+        .unwrap();
+        assert!(stats.errors.is_empty(), "{what}: {:?}", stats.errors);
+        outside_untouched(what);
+    }
+    for p in ["etc/passwd", "passwd", "up/sentinel"] {
+        let restored = target.join(p);
+        assert!(
+            !restored.symlink_metadata().unwrap().is_symlink(),
+            "{p} is still a symlink"
+        );
+        assert_eq!(std::fs::read(&restored).unwrap(), b"pwned", "{p}");
+    }
+    outside_untouched("the end");
 }

@@ -1,26 +1,37 @@
-//! Restore: plan, then write a snapshot's tree under a target directory.
+//! Restore: plan, then write, a snapshot's tree under a target directory.
 //!
 //! ```text
-//! plan (one thread): walk trees, validate names, mkdir, symlinks/fifos/devices, create files
-//!                    at full size; group every needed blob by pack
+//! plan (one thread): walk trees, validate names, mkdir, symlinks/fifos/devices, create empty and
+//!                    sparse files; group every needed blob by pack
 //! write (N threads): one pack at a time: read it (whole or the needed ranges), open each blob,
-//!                    pwrite it at every offset that uses it; a file whose last blob landed
-//!                    gets its metadata
+//!                    pwrite it at every offset that uses it (the first write creates the file);
+//!                    a file whose last blob landed gets its metadata
 //! finish:            hardlinks, then directory metadata deepest first
 //! ```
-//! Nothing is ever written outside the target: every path is the target joined with names that
-//! the tree decoder and [`Node::name_problem`] accepted, existing symlinks in the way are removed
-//! rather than followed, and files are opened with `O_NOFOLLOW`. A damaged blob fails only the
-//! files that use it; each is named in [`RestoreStats::errors`].
+//! Nothing is ever written outside the target, even by a restore running as root while someone
+//! swaps a directory in the target for a symlink: names are single components that the tree
+//! decoder and [`Node::name_problem`] accepted, and every operation goes through descriptors
+//! ([`beneath`]): the walk opens each directory relative to its parent with `O_NOFOLLOW`, the
+//! writers open files beneath the target with `RESOLVE_NO_SYMLINKS`, files are created with
+//! `O_EXCL`, and metadata is set on descriptors of the entries themselves. A damaged blob fails
+//! only the files that use it; each is named in [`RestoreStats::errors`].
+
+mod beneath;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::OpenOptions;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use self::beneath::{
+    clear_at, create_file_at, file_id, make_dir_at, make_other_at, set_metadata,
+    set_other_metadata_at, FileId, TargetDir,
+};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
 use crate::repo::{Location, Repository};
@@ -77,24 +88,46 @@ pub struct RestoreProgress {
 type PackNeeds = HashMap<BlobId, (Location, Vec<(usize, u64)>)>;
 
 struct FilePlan {
-    path: PathBuf,
+    /// Path below the target.
+    rel: PathBuf,
     node: Node,
     remaining: AtomicU32,
     failed: AtomicBool,
+    /// Set by whoever created the file (the plan for empty and sparse files, else the first
+    /// writer); `None` when creating it failed. Later opens must find this same file.
+    created: OnceLock<Option<FileId>>,
+}
+
+struct DirPlan {
+    rel: PathBuf,
+    node: Node,
+    id: FileId,
 }
 
 #[derive(Default)]
 struct Plan {
+    /// The target, for naming paths in errors.
+    target: PathBuf,
     files: Vec<FilePlan>,
     /// pack → blob → (location, [(file, offset)])
     packs: BTreeMap<PackId, PackNeeds>,
-    dirs: Vec<(PathBuf, Node)>,
+    dirs: Vec<DirPlan>,
+    /// (path below the target, index of the file it links to)
     hardlinks: Vec<(PathBuf, usize)>,
     errors: Vec<RestoreError>,
     other: u64,
     bytes: u64,
     /// Trees read ahead, taken out as the walk meets them.
     trees: HashMap<BlobId, crate::snapshot::Tree>,
+}
+
+impl Plan {
+    fn error(&mut self, rel: &Path, error: &dyn std::fmt::Display) {
+        self.errors.push(RestoreError {
+            path: self.target.join(rel),
+            error: error.to_string(),
+        });
+    }
 }
 
 /// Restores the tree `root` of a snapshot (the repository's index must be loaded).
@@ -118,7 +151,12 @@ pub fn restore(
         .target
         .canonicalize()
         .map_err(|e| Error::io("resolving target", &opts.target, e))?;
-    let mut plan = Plan::default();
+    let target_dir =
+        TargetDir::open(&target).map_err(|e| Error::io("opening target", &target, e))?;
+    let mut plan = Plan {
+        target: target.clone(),
+        ..Plan::default()
+    };
     // The walk reads one directory after another; on an object store, where each read is a round
     // trip, read them all ahead with many reads in flight. Locally a read is cheap and holding
     // every tree would only cost memory; with --include only the included part is walked.
@@ -129,7 +167,8 @@ pub fn restore(
     plan_tree(
         repo,
         root,
-        &target,
+        target_dir.fd(),
+        Path::new(""),
         Path::new("/"),
         &opts.include,
         false,
@@ -146,39 +185,50 @@ pub fn restore(
     let queue: Mutex<Vec<(&PackId, &PackNeeds)>> = Mutex::new(plan.packs.iter().rev().collect());
     let errors = Mutex::new(std::mem::take(&mut plan.errors));
     let is_root = nix::unistd::geteuid().is_root();
+    let writer = Writer {
+        target_dir: &target_dir,
+        target: &target,
+        files: &plan.files,
+        errors: &errors,
+        progress,
+        is_root,
+    };
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
                 let Some((pack, blobs)) = queue.lock().expect("queue lock").pop() else {
                     return;
                 };
-                restore_pack(repo, pack, blobs, &plan.files, &errors, progress, is_root);
+                writer.restore_pack(repo, pack, blobs);
             });
         }
     });
     let mut errors = errors.into_inner().expect("errors lock");
     // Files with no content (empty) were finished during planning; hardlinks now.
-    for (path, first) in &plan.hardlinks {
+    for (rel, first) in &plan.hardlinks {
         let f = &plan.files[*first];
-        if f.failed.load(Ordering::Relaxed) {
+        let linked = if f.failed.load(Ordering::Relaxed) {
+            Err(format!(
+                "hardlink target {} failed",
+                target.join(&f.rel).display()
+            ))
+        } else {
+            hard_link(&target_dir, &f.rel, rel)
+                .map_err(|e| format!("hardlink to {}: {e}", target.join(&f.rel).display()))
+        };
+        if let Err(error) = linked {
             errors.push(RestoreError {
-                path: path.clone(),
-                error: format!("hardlink target {} failed", f.path.display()),
-            });
-            continue;
-        }
-        let _ = remove_non_dir(path);
-        if let Err(e) = std::fs::hard_link(&f.path, path) {
-            errors.push(RestoreError {
-                path: path.clone(),
-                error: format!("hardlink to {}: {e}", f.path.display()),
+                path: target.join(rel),
+                error,
             });
         }
     }
-    for (path, node) in plan.dirs.iter().rev() {
-        if let Err(e) = apply_metadata(path, node, is_root) {
+    // Deepest first: a directory's mode may forbid what its children still need, and creating
+    // the children changed its times.
+    for dir in plan.dirs.iter().rev() {
+        if let Err(e) = dir_metadata(&target_dir, dir, is_root) {
             errors.push(RestoreError {
-                path: path.clone(),
+                path: target.join(&dir.rel),
                 error: e.to_string(),
             });
         }
@@ -197,6 +247,47 @@ pub fn restore(
     })
 }
 
+/// Links `rel` to the restored file `first`, both below the target. Their parents are opened
+/// beneath the target; `linkat` without `AT_SYMLINK_FOLLOW` links a symlink itself, never what
+/// it points at.
+fn hard_link(target_dir: &TargetDir, first: &Path, rel: &Path) -> std::io::Result<()> {
+    let parent = |p: &Path| {
+        let name = p
+            .file_name()
+            .expect("restore paths end in a name")
+            .to_owned();
+        let dir = target_dir.open_beneath(
+            p.parent().unwrap_or(Path::new("")),
+            OFlags::PATH | OFlags::DIRECTORY,
+            Mode::empty(),
+        )?;
+        Ok::<_, std::io::Error>((dir, name))
+    };
+    let (from_dir, from_name) = parent(first)?;
+    let (to_dir, to_name) = parent(rel)?;
+    let _ = clear_at(to_dir.as_fd(), &to_name, false);
+    rustix::fs::linkat(
+        &from_dir,
+        from_name.as_os_str(),
+        &to_dir,
+        to_name.as_os_str(),
+        AtFlags::empty(),
+    )?;
+    Ok(())
+}
+
+/// Sets a directory's metadata through a descriptor, if it is still the directory the plan made.
+fn dir_metadata(target_dir: &TargetDir, dir: &DirPlan, is_root: bool) -> std::io::Result<()> {
+    let fd =
+        target_dir.open_beneath(&dir.rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+    if file_id(fd.as_fd())? != dir.id {
+        return Err(std::io::Error::other(
+            "replaced by another directory while restoring; left alone",
+        ));
+    }
+    set_metadata(fd.as_fd(), &dir.node, is_root)
+}
+
 fn included(path: &Path, include: &[PathBuf]) -> (bool, bool) {
     if include.is_empty() {
         return (true, true);
@@ -207,11 +298,14 @@ fn included(path: &Path, include: &[PathBuf]) -> (bool, bool) {
     (inside || ancestor, inside || ancestor)
 }
 
+/// Walks one tree: every entry is made relative to `dir`, the open directory at `rel` (below
+/// the target), so the walk never resolves a path from the top.
 #[allow(clippy::too_many_arguments)] // the recursion's state; a struct would only rename it
 fn plan_tree(
     repo: &Repository,
     tree_id: &BlobId,
-    dir: &Path,
+    dir: BorrowedFd<'_>,
+    rel: &Path,
     snap_dir: &Path,
     include: &[PathBuf],
     fresh: bool,
@@ -226,10 +320,7 @@ fn plan_tree(
     {
         Ok(t) => t,
         Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. })) => {
-            plan.errors.push(RestoreError {
-                path: dir.to_owned(),
-                error: format!("directory contents lost: {e}"),
-            });
+            plan.error(rel, &format!("directory contents lost: {e}"));
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -248,65 +339,65 @@ fn plan_tree(
         if !restore_it {
             continue;
         }
-        let path = dir.join(&name);
+        let path = rel.join(&name);
         let res = match node.kind() {
             NodeType::Dir => {
-                let created = match make_dir(&path, fresh) {
-                    Ok(created) => created,
+                let (fd, id, created) = match make_dir_at(dir, &name, fresh) {
+                    Ok(made) => made,
                     Err(e) => {
-                        plan.errors.push(RestoreError {
-                            path: path.clone(),
-                            error: e.to_string(),
-                        });
+                        plan.error(&path, &e);
                         continue;
                     }
                 };
-                plan.dirs.push((path.clone(), node.clone()));
+                plan.dirs.push(DirPlan {
+                    rel: path.clone(),
+                    node: node.clone(),
+                    id,
+                });
                 if descend {
                     let sub = node
                         .subtree
                         .expect("tree decoder checked directories have subtrees");
                     plan_tree(
-                        repo, &sub, &path, &snap_path, include, created, plan, inodes,
+                        repo,
+                        &sub,
+                        fd.as_fd(),
+                        &path,
+                        &snap_path,
+                        include,
+                        created,
+                        plan,
+                        inodes,
                     )?;
                 }
                 Ok(())
             }
             NodeType::File => {
-                plan_file(repo, node, &path, fresh, plan, inodes);
-                Ok(())
+                plan_file(repo, node, dir, &name, path, fresh, plan, inodes);
+                continue;
             }
-            NodeType::Symlink => {
+            NodeType::Symlink | NodeType::Fifo | NodeType::Chardev | NodeType::Blockdev => {
                 plan.other += 1;
-                let target = node
-                    .target_os()
-                    .expect("tree decoder checked symlink targets");
-                clear(&path, fresh)
-                    .and_then(|()| std::os::unix::fs::symlink(&target, &path))
-                    .and_then(|()| apply_metadata(&path, node, is_root))
-            }
-            NodeType::Fifo | NodeType::Chardev | NodeType::Blockdev => {
-                plan.other += 1;
-                clear(&path, fresh)
-                    .and_then(|()| make_special(&path, node))
-                    .and_then(|()| apply_metadata(&path, node, is_root))
+                clear_at(dir, &name, fresh)
+                    .and_then(|()| make_other_at(dir, &name, node))
+                    .and_then(|()| set_other_metadata_at(dir, &name, node, is_root))
             }
             NodeType::Socket => Ok(()), // a socket is meaningless without its process
         };
         if let Err(e) = res {
-            plan.errors.push(RestoreError {
-                path,
-                error: e.to_string(),
-            });
+            plan.error(&path, &e);
         }
     }
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // one entry's context in the walk
 fn plan_file(
     repo: &Repository,
     node: &Node,
-    path: &Path,
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    rel: PathBuf,
     fresh: bool,
     plan: &mut Plan,
     inodes: &mut HashMap<(u64, u64), usize>,
@@ -320,32 +411,28 @@ fn plan_file(
             && other.size == node.size
             && other.content == node.content
         {
-            plan.hardlinks.push((path.to_owned(), first));
+            plan.hardlinks.push((rel, first));
             return;
         }
     }
     // Files with content are created by the writer threads, in parallel; only empty and sparse
     // files (which need their full length for trailing holes) are created here.
-    let created = clear(path, fresh).and_then(|()| {
+    let created = clear_at(dir, name, fresh).and_then(|()| {
         if node.content.is_empty() || node.sparse {
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .mode(0o600)
-                .open(path)?;
-            f.set_len(node.size)?;
+            let (file, id) = create_file_at(dir, name)?;
+            file.set_len(node.size)?;
+            Ok(Some((file, id)))
+        } else {
+            Ok(None)
         }
-        Ok(())
     });
-    if let Err(e) = created {
-        plan.errors.push(RestoreError {
-            path: path.to_owned(),
-            error: e.to_string(),
-        });
-        return;
-    }
+    let created = match created {
+        Ok(created) => created,
+        Err(e) => {
+            plan.error(&rel, &e);
+            return;
+        }
+    };
     let idx = plan.files.len();
     let mut offset = 0u64;
     let mut missing = None;
@@ -367,140 +454,186 @@ fn plan_file(
     }
     plan.bytes += node.size;
     let fp = FilePlan {
-        path: path.to_owned(),
+        rel,
         node: node.clone(),
         remaining: AtomicU32::new(needed),
         failed: AtomicBool::new(false),
+        created: OnceLock::new(),
     };
+    if let Some((file, id)) = &created {
+        fp.created
+            .set(Some(*id))
+            .expect("a new plan entry is not created yet");
+        if missing.is_none() && needed == 0 {
+            if let Err(e) = set_metadata(file.as_fd(), node, nix::unistd::geteuid().is_root()) {
+                plan.error(&fp.rel, &e);
+            }
+        }
+    }
     if let Some(id) = missing {
         fp.failed.store(true, Ordering::Relaxed);
-        plan.errors.push(RestoreError {
-            path: path.to_owned(),
-            error: format!("blob {id} is not in the index"),
-        });
-    } else if needed == 0 {
-        if let Err(e) = apply_metadata(path, node, nix::unistd::geteuid().is_root()) {
-            plan.errors.push(RestoreError {
-                path: path.to_owned(),
-                error: e.to_string(),
-            });
-        }
+        plan.error(&fp.rel, &format!("blob {id} is not in the index"));
     }
     inodes.entry((node.device_id, node.inode)).or_insert(idx);
     plan.files.push(fp);
 }
 
-fn restore_pack(
-    repo: &Repository,
-    pack: &PackId,
-    blobs: &PackNeeds,
-    files: &[FilePlan],
-    errors: &Mutex<Vec<RestoreError>>,
-    progress: &RestoreProgress,
+/// What the writer threads share.
+struct Writer<'a> {
+    target_dir: &'a TargetDir,
+    target: &'a Path,
+    files: &'a [FilePlan],
+    errors: &'a Mutex<Vec<RestoreError>>,
+    progress: &'a RestoreProgress,
     is_root: bool,
-) {
-    let fail_files = |uses: &[(usize, u64)], why: &str| {
-        for (f, _) in uses {
-            {
-                if !files[*f].failed.swap(true, Ordering::Relaxed) {
-                    errors.lock().expect("errors lock").push(RestoreError {
-                        path: files[*f].path.clone(),
-                        error: why.to_owned(),
-                    });
+}
+
+impl Writer<'_> {
+    /// Marks file `f` failed and records why, once.
+    fn fail(&self, f: usize, why: &dyn std::fmt::Display) {
+        let fp = &self.files[f];
+        if !fp.failed.swap(true, Ordering::Relaxed) {
+            self.errors.lock().expect("errors lock").push(RestoreError {
+                path: self.target.join(&fp.rel),
+                error: why.to_string(),
+            });
+        }
+    }
+
+    /// Opens file `f` for writing: the first writer creates it (`O_EXCL`), later ones reopen it
+    /// and check it is still the file that was created. `None` when it failed (and is recorded).
+    fn open(&self, f: usize) -> Option<std::fs::File> {
+        let fp = &self.files[f];
+        let mut new = None;
+        let id = *fp.created.get_or_init(|| {
+            let made = self
+                .target_dir
+                .open_beneath(
+                    &fp.rel,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map(std::fs::File::from)
+                .and_then(|file| Ok((file_id(file.as_fd())?, file)));
+            match made {
+                Ok((id, file)) => {
+                    new = Some(file);
+                    Some(id)
                 }
+                Err(e) => {
+                    // Inside the initialiser, so no other writer reports this file first.
+                    self.fail(f, &format!("creating: {e}"));
+                    None
+                }
+            }
+        });
+        if new.is_some() {
+            return new;
+        }
+        let expected = id?;
+        let reopened = self
+            .target_dir
+            .open_beneath(&fp.rel, OFlags::WRONLY, Mode::empty())
+            .map(std::fs::File::from)
+            .and_then(|file| Ok((file_id(file.as_fd())?, file)));
+        match reopened {
+            Ok((id, file)) if id == expected => Some(file),
+            Ok(_) => {
+                self.fail(f, &"replaced by another file while restoring; left alone");
+                None
+            }
+            Err(e) => {
+                self.fail(f, &format!("opening: {e}"));
+                None
             }
         }
-    };
-    // Read the whole pack when most of it is needed, else only the needed ranges.
-    let needed: u64 = blobs.values().map(|(l, _)| u64::from(l.stored_len)).sum();
-    let max_end = blobs
-        .values()
-        .map(|(l, _)| l.range().end)
-        .max()
-        .unwrap_or(0);
-    let whole = if needed * 2 >= max_end {
-        match repo.store().get(Kind::Pack, pack, Some(0..max_end)) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                for (_, uses) in blobs.values() {
-                    fail_files(uses, &format!("reading pack {pack}: {e}"));
-                }
-                return;
-            }
-        }
-    } else {
-        None
-    };
-    let mut sorted: Vec<_> = blobs.iter().collect();
-    sorted.sort_by_key(|(_, (l, _))| l.offset);
-    for (id, (loc, uses)) in sorted {
-        let env = match &whole {
-            Some(b) => b
-                .get(loc.range().start as usize..loc.range().end as usize)
-                .map(<[u8]>::to_vec)
-                .ok_or_else(|| Error::corrupt(Kind::Pack, pack, "blob beyond the end of the pack")),
-            None => repo.store().get(Kind::Pack, pack, Some(loc.range())),
-        };
-        let plain = env.and_then(|e| repo.decode_blob(id, loc, &e));
-        let plain = match plain {
-            Ok(p) => p,
-            Err(e) => {
-                fail_files(uses, &format!("blob {id}: {e}"));
-                // Files still count down, so their remaining blobs do not wait forever.
-                for (f, _) in uses {
-                    files[*f].remaining.fetch_sub(1, Ordering::AcqRel);
-                }
-                continue;
+    }
+
+    fn restore_pack(&self, repo: &Repository, pack: &PackId, blobs: &PackNeeds) {
+        let files = self.files;
+        let fail_files = |uses: &[(usize, u64)], why: &str| {
+            for (f, _) in uses {
+                self.fail(*f, &why);
             }
         };
-        for (f, offset) in uses {
-            let fp = &files[*f];
-            let mut handle = None;
-            if !fp.failed.load(Ordering::Relaxed) {
-                let written = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .mode(0o600)
-                    .open(&fp.path)
-                    .and_then(|file| {
-                        if fp.node.sparse {
-                            write_sparse(&file, &plain, *offset)?;
+        // Read the whole pack when most of it is needed, else only the needed ranges.
+        let needed: u64 = blobs.values().map(|(l, _)| u64::from(l.stored_len)).sum();
+        let max_end = blobs
+            .values()
+            .map(|(l, _)| l.range().end)
+            .max()
+            .unwrap_or(0);
+        let whole = if needed * 2 >= max_end {
+            match repo.store().get(Kind::Pack, pack, Some(0..max_end)) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    for (_, uses) in blobs.values() {
+                        fail_files(uses, &format!("reading pack {pack}: {e}"));
+                    }
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let mut sorted: Vec<_> = blobs.iter().collect();
+        sorted.sort_by_key(|(_, (l, _))| l.offset);
+        for (id, (loc, uses)) in sorted {
+            let env = match &whole {
+                Some(b) => b
+                    .get(loc.range().start as usize..loc.range().end as usize)
+                    .map(<[u8]>::to_vec)
+                    .ok_or_else(|| {
+                        Error::corrupt(Kind::Pack, pack, "blob beyond the end of the pack")
+                    }),
+                None => repo.store().get(Kind::Pack, pack, Some(loc.range())),
+            };
+            let plain = env.and_then(|e| repo.decode_blob(id, loc, &e));
+            let plain = match plain {
+                Ok(p) => p,
+                Err(e) => {
+                    fail_files(uses, &format!("blob {id}: {e}"));
+                    // Files still count down, so their remaining blobs do not wait forever.
+                    for (f, _) in uses {
+                        files[*f].remaining.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    continue;
+                }
+            };
+            for (f, offset) in uses {
+                let fp = &files[*f];
+                let mut handle = None;
+                if !fp.failed.load(Ordering::Relaxed) {
+                    if let Some(file) = self.open(*f) {
+                        let written = if fp.node.sparse {
+                            write_sparse(&file, &plain, *offset)
                         } else {
-                            file.write_all_at(&plain, *offset)?;
-                        }
-                        Ok(file)
-                    });
-                match written {
-                    Ok(file) => handle = Some(file),
-                    Err(e) => {
-                        if !fp.failed.swap(true, Ordering::Relaxed) {
-                            errors.lock().expect("errors lock").push(RestoreError {
-                                path: fp.path.clone(),
-                                error: format!("writing: {e}"),
-                            });
+                            file.write_all_at(&plain, *offset)
+                        };
+                        match written {
+                            Ok(()) => handle = Some(file),
+                            Err(e) => self.fail(*f, &format!("writing: {e}")),
                         }
                     }
                 }
-            }
-            progress
-                .bytes
-                .fetch_add(plain.len() as u64, Ordering::Relaxed);
-            if fp.remaining.fetch_sub(1, Ordering::AcqRel) == 1
-                && !fp.failed.load(Ordering::Relaxed)
-            {
-                progress.files.fetch_add(1, Ordering::Relaxed);
-                // The last writer still holds the file open: set metadata through the
-                // descriptor (no path lookups).
-                let applied = match &handle {
-                    Some(file) => apply_file_metadata(file, &fp.node, is_root),
-                    None => apply_metadata(&fp.path, &fp.node, is_root),
-                };
-                if let Err(e) = applied {
-                    errors.lock().expect("errors lock").push(RestoreError {
-                        path: fp.path.clone(),
-                        error: e.to_string(),
+                self.progress
+                    .bytes
+                    .fetch_add(plain.len() as u64, Ordering::Relaxed);
+                if fp.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+                    && !fp.failed.load(Ordering::Relaxed)
+                {
+                    self.progress.files.fetch_add(1, Ordering::Relaxed);
+                    // The last writer still holds the file open (a file not failed was written
+                    // just now): metadata goes through it.
+                    let applied = handle.as_ref().map_or(Ok(()), |file| {
+                        set_metadata(file.as_fd(), &fp.node, self.is_root)
                     });
+                    if let Err(e) = applied {
+                        self.errors.lock().expect("errors lock").push(RestoreError {
+                            path: self.target.join(&fp.rel),
+                            error: e.to_string(),
+                        });
+                    }
                 }
             }
         }
@@ -535,111 +668,4 @@ fn write_sparse(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Resu
         }
     }
     Ok(())
-}
-
-/// Removes whatever non-directory is at `path` (a stale file or a symlink that would be
-/// followed); a missing path is fine.
-fn remove_non_dir(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Err(std::io::Error::other("a directory is in the way")),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Creates a directory; a symlink or file in the way is removed first so nothing is followed.
-/// Returns whether the directory was created now (so nothing is in it yet). In a directory the
-/// restore just created, `fresh` skips looking for what is in the way.
-fn make_dir(path: &Path, fresh: bool) -> std::io::Result<bool> {
-    if !fresh {
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if m.is_dir() => return Ok(false),
-            Ok(_) => std::fs::remove_file(path)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    std::fs::DirBuilder::new().mode(0o700).create(path)?;
-    Ok(true)
-}
-
-/// Makes room for a new entry: nothing to do in a directory created by this restore.
-fn clear(path: &Path, fresh: bool) -> std::io::Result<()> {
-    if fresh {
-        Ok(())
-    } else {
-        remove_non_dir(path)
-    }
-}
-
-fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
-    use nix::sys::stat::{mknod, Mode, SFlag};
-    let kind = match node.kind() {
-        NodeType::Fifo => SFlag::S_IFIFO,
-        NodeType::Chardev => SFlag::S_IFCHR,
-        _ => SFlag::S_IFBLK,
-    };
-    mknod(
-        path,
-        kind,
-        Mode::from_bits_truncate(0o600),
-        node.rdev.unwrap_or(0),
-    )
-    .map_err(std::io::Error::from)
-}
-
-fn system_time(ns: i64) -> std::time::SystemTime {
-    let d = std::time::Duration::new(
-        ns.unsigned_abs() / 1_000_000_000,
-        (ns.unsigned_abs() % 1_000_000_000) as u32,
-    );
-    if ns >= 0 {
-        std::time::UNIX_EPOCH + d
-    } else {
-        std::time::UNIX_EPOCH - d
-    }
-}
-
-/// [`apply_metadata`] for a regular file through an open descriptor.
-fn apply_file_metadata(file: &std::fs::File, node: &Node, is_root: bool) -> std::io::Result<()> {
-    if is_root {
-        std::os::unix::fs::fchown(file, Some(node.uid), Some(node.gid))?;
-    }
-    for x in &node.xattrs {
-        xattr::FileExt::set_xattr(file, &x.name, &x.value)?;
-    }
-    file.set_permissions(std::fs::Permissions::from_mode(node.mode))?;
-    file.set_times(
-        std::fs::FileTimes::new()
-            .set_accessed(system_time(node.atime_ns))
-            .set_modified(system_time(node.mtime_ns)),
-    )
-}
-
-/// Ownership (as root), xattrs, mode, then times (last: the others change ctime only).
-fn apply_metadata(path: &Path, node: &Node, is_root: bool) -> std::io::Result<()> {
-    let symlink = node.kind() == NodeType::Symlink;
-    if is_root {
-        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))?;
-    }
-    if !symlink {
-        for x in &node.xattrs {
-            xattr::set(path, &x.name, &x.value)?;
-        }
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))?;
-    }
-    let t = |ns: i64| {
-        filetime::FileTime::from_unix_time(
-            ns.div_euclid(1_000_000_000),
-            ns.rem_euclid(1_000_000_000) as u32,
-        )
-    };
-    // Directories carry no atime (see docs/format.md §8): use the mtime.
-    let atime = if node.kind() == NodeType::Dir && node.atime_ns == 0 {
-        node.mtime_ns
-    } else {
-        node.atime_ns
-    };
-    filetime::set_symlink_file_times(path, t(atime), t(node.mtime_ns))
 }
