@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-10}"
-all_targets=(pack_header index_file tree snapshot config key_file envelope wal_record wal_recovery catalog_model)
+all_targets=(pack_header index_file tree snapshot config key_file envelope wal_record wal_recovery catalog_model catalog_rows)
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else

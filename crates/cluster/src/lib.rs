@@ -22,7 +22,7 @@ mod state_machine;
 
 use std::sync::Arc;
 
-pub use catalog::{Catalog, CatalogStats, ROOT_DIR};
+pub use catalog::{check_row, Catalog, CatalogStats, ROOT_DIR};
 pub use engine::{Engine, EngineOptions, EngineStatus, SealTrigger};
 pub use log_store::LogStore;
 pub use state_machine::{ApplyResult, SealedSnapshot, SmOptions, SmStats, StateMachine};
