@@ -366,7 +366,10 @@ def keep(why, bad, extra=()):
     os.makedirs(dst)
     for p in [REPO, STATE, ACKS, JOURNAL, RESTORE, SRC, f"{WORK}/watch.stderr", *extra]:
         if os.path.exists(p):
-            (shutil.copytree if os.path.isdir(p) else shutil.copy2)(p, f"{dst}/{os.path.basename(p)}", symlinks=True)
+            if os.path.isdir(p):
+                shutil.copytree(p, f"{dst}/{os.path.basename(p)}", symlinks=True)
+            else:
+                shutil.copy2(p, dst)
     with open(f"{dst}/violations.txt", "w") as f:
         f.write("\n".join(bad) + "\n")
     print(f"VIOLATION in {why}; state kept in {dst}:", file=sys.stderr)
