@@ -8,6 +8,7 @@ mod integration {
     pub mod forget;
     pub mod golden;
     pub mod kill;
+    pub mod logging;
     pub mod mount;
     pub mod props;
     pub mod prune;
