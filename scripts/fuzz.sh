@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes tidemark-core's decoders with cargo-fuzz (fuzz/, its own cargo workspace).
+# Fuzzes tidemark's decoders with cargo-fuzz (fuzz/, its own cargo workspace).
 #
 #   scripts/fuzz.sh                      # every target, 10 s each
 #   FUZZ_SECONDS=300 scripts/fuzz.sh tree index_file
@@ -19,7 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-10}"
-all_targets=(pack_header index_file tree snapshot config key_file envelope wal_record wal_recovery catalog_model catalog_rows)
+all_targets=(pack_header index_file tree snapshot config key_file envelope wal_record wal_recovery
+    batch cluster_entry snapshot_cache catalog_model catalog_rows)
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
@@ -47,6 +48,9 @@ seed_hex() {
 seed_text() {
     mkdir -p "fuzz/corpus/$1"
     printf '%s' "$3" >"fuzz/corpus/$1/seed-$2"
+}
+hex_of() { # hex_of TEXT: the bytes of TEXT as hex
+    printf '%s' "$1" | od -An -v -tx1 | tr -d ' \n'
 }
 rep() { # rep HEX N: HEX repeated N times
     local out="" i
@@ -101,6 +105,31 @@ seed_hex wal_record purge "5b1539500a0000000400000000000000006964"
 seed_hex wal_recovery records "01a176763b0d00000001010000000000000068656c6c6f638808540900000001020000000000000078eda5ac4e050000000200766f7465"
 seed_hex wal_recovery torn "01a176763b0d00000001010000000000000068656c6c6fa176763b0d0000000101"
 seed_hex wal_recovery two "031600a176763b0d00000001010000000000000068656c6c6f5b1539500a0000000400000000000000006964"
+
+# Batch (§15): version 1, capture time, one blob (id, kind 0, flags 1, raw_len 5, envelope of 3),
+# then a put of "a.txt" (node JSON without a name), a delete of "a" and a move of "a" to "b/c".
+node_put='{"type":"file","mode":420,"uid":0,"gid":0,"mtime_ns":1,"atime_ns":0,"ctime_ns":0,"inode":9,"device_id":1,"links":1,"size":5,"content":["'"$id_a"'"]}'
+node_len="$(printf '%08x' "${#node_put}" | sed 's/\(..\)\(..\)\(..\)\(..\)/\4\3\2\1/')"
+blob1="$id_a""00""01""05000000""03000000""aabbcc"
+edits3="03000000""01""0500""$(hex_of a.txt)""$node_len""$(hex_of "$node_put")""02""0100""61""03""0100""61""0300""622f63"
+batch_full="01""00e1f50500000000""01000000""$blob1""$edits3"
+seed_hex batch empty "01""0000000000000000""00000000""00000000"
+seed_hex batch full "$batch_full"
+# cluster_entry: index byte, then the record body (§13): entries blank, normal, membership; a vote;
+# a committed log id.
+term_node="0200000000000000""0100000000000000"
+membership='{"configs":[[1]],"nodes":{"1":{"addr":"127.0.0.1:7000"}}}'
+seed_hex cluster_entry blank "05""$term_node""00"
+seed_hex cluster_entry normal "05""$term_node""01""$batch_full"
+seed_hex cluster_entry membership "01""$term_node""02""$(hex_of "$membership")"
+seed_hex cluster_entry vote "00""$term_node""01"
+seed_hex cluster_entry committed "00""01""$term_node""0700000000000000"
+# snapshot_cache: mode 2 = entry count, then the uncompressed entries (id, time ns, JSON length,
+# JSON), which the target wraps in a valid header, zstd and check hash.
+snap_json='{"version":1,"time":"2024-05-01T10:00:00Z","hostname":"nas","username":"","uid":0,"gid":0,"paths":["/a"],"parent":null,"tree":"'"$id_a"'","program_version":""}'
+snap_len="$(printf '%08x' "${#snap_json}" | sed 's/\(..\)\(..\)\(..\)\(..\)/\4\3\2\1/')"
+seed_hex snapshot_cache one "02""01000000""$id_a""0100000000000000""$snap_len""$(hex_of "$snap_json")"
+seed_hex snapshot_cache two "02""02000000""$id_a""0100000000000000""02000000""7b7d""$id_b""0200000000000000""00000000"
 
 echo "fuzz.sh: building ${targets[*]}" >&2
 build_start=$SECONDS

@@ -69,9 +69,38 @@ fn exit_quietly_on_broken_pipe() {
     }));
 }
 
+/// What is logged when `TIDEMARK_LOG` is unset: warnings and errors; from openraft only errors,
+/// as it warns at each start of a single-node group about a message it rightly ignores.
+const DEFAULT_LOG: &str = "warn,openraft=error";
+
+/// Sends `tracing` events (the daemon's and the engine's warnings, openraft's messages) to
+/// stderr, filtered by `TIDEMARK_LOG` (`RUST_LOG` syntax: `debug`, `tidemark_daemon=info,warn`;
+/// default [`DEFAULT_LOG`]), coloured only when stderr is a terminal. A filter that does not
+/// parse is named and the default used.
+fn init_logging() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let spec = std::env::var("TIDEMARK_LOG").unwrap_or_default();
+    let filter = if spec.trim().is_empty() {
+        EnvFilter::new(DEFAULT_LOG)
+    } else {
+        EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            eprintln!("tidemark: ignoring TIDEMARK_LOG={spec:?} ({e}); logging warnings");
+            EnvFilter::new(DEFAULT_LOG)
+        })
+    };
+    // Fails only if a subscriber is already set, which nothing else in the binary does.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
     exit_quietly_on_broken_pipe();
+    init_logging();
     let cli = args::Cli::parse();
     let cancel = Arc::new(AtomicBool::new(false));
     let c = Arc::clone(&cancel);

@@ -10,6 +10,7 @@ mod integration {
     pub mod full_disk;
     pub mod golden;
     pub mod kill;
+    pub mod logging;
     pub mod mount;
     pub mod props;
     pub mod prune;

@@ -105,7 +105,8 @@ impl Engine {
         repo: Arc<RwLock<Repository>>,
         opts: EngineOptions,
     ) -> Result<(Engine, Recovery)> {
-        std::fs::create_dir_all(&opts.state_dir).map_err(|e| {
+        // Mode 0700, each new directory fsynced into its parent (as the daemon's StateDir does).
+        tidemark_core::dir::create_all(&opts.state_dir, 0o700).map_err(|e| {
             tidemark_core::Error::io("creating state directory", &opts.state_dir, e)
         })?;
         let dir = FileLogDir::new(opts.state_dir.join("wal")).map_err(|e| {

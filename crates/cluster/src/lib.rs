@@ -15,7 +15,9 @@
 //! in `docs/format.md` §11–15. openraft stays behind this crate: no other crate names its types.
 
 mod catalog;
-mod codec;
+/// Record bodies of the log (public for the `cluster_entry` fuzz target).
+#[doc(hidden)]
+pub mod codec;
 mod engine;
 mod log_store;
 mod state_machine;

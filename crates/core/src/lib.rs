@@ -29,6 +29,7 @@ pub mod check;
 pub mod chunk;
 pub mod copy;
 pub mod crypto;
+pub mod dir;
 mod error;
 pub mod forget;
 pub mod id;

@@ -42,8 +42,12 @@ pub struct StateDir {
 impl StateDir {
     /// Creates or opens `path`, takes its lock, and checks (or records) what it belongs to.
     /// `path: None` in `owner` skips the path check (`recover` works without the source).
+    ///
+    /// The directory and each missing parent are created mode 0700 (paths and metadata of the
+    /// watched tree are in the clear in it) and fsynced into their parents, so the log written
+    /// inside survives a crash; existing directories keep their mode.
     pub fn open(path: &Path, owner: &WatchJson, check_path: bool) -> Result<Self> {
-        fs::create_dir_all(path).map_err(|e| Error::io("creating state directory", path, e))?;
+        create_state_dir(path)?;
         let lock_path = path.join("lock");
         let f = OpenOptions::new()
             .create(true)
@@ -106,6 +110,15 @@ impl StateDir {
     }
 }
 
+/// Creates a state directory and its missing parents, mode 0700, each fsynced into its parent.
+fn create_state_dir(path: &Path) -> Result<()> {
+    tidemark_core::dir::create_all(path, STATE_DIR_MODE)
+        .map_err(|e| Error::io("creating state directory", path, e))
+}
+
+/// The mode of the directories tidemark creates for its state: the owner's alone.
+const STATE_DIR_MODE: u32 = 0o700;
+
 /// Writes `bytes` to `path` through a temporary file and a rename (readers never see half).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -114,4 +127,47 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("writing", &tmp, e))?;
     f.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io("renaming", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        p.metadata().unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn state_dir_and_missing_parents_are_created_0700() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        fs::create_dir(&home).unwrap();
+        fs::set_permissions(&home, fs::Permissions::from_mode(0o755)).unwrap();
+        let path = default_state_dir(
+            &home.join(".local/state"),
+            &"ab".repeat(32),
+            Path::new("/w"),
+        );
+        let owner = WatchJson {
+            version: 1,
+            repository: "/repo".into(),
+            repository_id: "ab".repeat(32),
+            path: "/w".into(),
+        };
+        let state = StateDir::open(&path, &owner, true).unwrap();
+        for p in [
+            home.join(".local"),
+            home.join(".local/state"),
+            home.join(".local/state/tidemark"),
+            path.clone(),
+        ] {
+            assert_eq!(mode(&p), 0o700, "{}", p.display());
+        }
+        assert_eq!(mode(&home), 0o755, "an existing parent keeps its mode");
+        drop(state);
+        // Opening again: the directory exists, nothing changes.
+        StateDir::open(&path, &owner, true).unwrap();
+        assert_eq!(mode(&path), 0o700);
+    }
 }

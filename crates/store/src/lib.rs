@@ -1,13 +1,16 @@
 //! `Store` adapters for tidemark repositories. [`LocalStore`]: a directory on a local or mounted
-//! filesystem, with atomic, durable puts (write temp, fsync, rename, fsync directory).
-//! [`S3Store`]: a prefix of an S3-compatible bucket.
+//! filesystem, with atomic, durable puts (write temp, fsync, rename, fsync directory) and durable
+//! deletes (unlink, fsync directory). [`S3Store`]: a prefix of an S3-compatible bucket.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rand::RngCore;
+use tidemark_core::dir::{self as durable_dir, sync as sync_dir};
 use tidemark_core::id::ObjectId;
 use tidemark_core::store::{Kind, Store, CONFIG_ID};
 use tidemark_core::{Error, Result};
@@ -19,12 +22,20 @@ pub use s3::{S3Location, S3Store, MULTIPART_OVER};
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    /// Object directories known to be durable, with every directory between them and the root:
+    /// fsynced into their parents by this process. A directory that merely exists may have been
+    /// made a moment ago by another writer that has not fsynced its parent yet, so an object put
+    /// into it is not acknowledged before this process has fsynced that parent itself, once.
+    durable_dirs: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl LocalStore {
     /// A store rooted at `root`; directories are created on first write.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalStore { root: root.into() }
+        LocalStore {
+            root: root.into(),
+            durable_dirs: Arc::default(),
+        }
     }
 
     /// The root directory.
@@ -47,10 +58,28 @@ impl LocalStore {
             self.dir(kind, id).join(id.to_hex())
         }
     }
-}
 
-fn sync_dir(path: &Path) -> std::io::Result<()> {
-    File::open(path)?.sync_all()
+    /// Creates `dir` (an object directory: the root, or below it) if missing, and makes sure its
+    /// entry, and each one between it and the root, is durable before anything in it is
+    /// acknowledged (see `durable_dirs`).
+    fn durable_dir(&self, dir: &Path) -> Result<()> {
+        let mut known = self
+            .durable_dirs
+            .lock()
+            .expect("no panics while it is held");
+        if known.contains(dir) {
+            return Ok(());
+        }
+        durable_dir::create_all(dir, 0o777).map_err(|e| Error::io("creating directory", dir, e))?;
+        let mut d = dir;
+        while d != self.root {
+            let Some(parent) = d.parent() else { break };
+            sync_dir(parent).map_err(|e| Error::io("syncing directory", parent, e))?;
+            d = parent;
+        }
+        known.insert(dir.to_path_buf());
+        Ok(())
+    }
 }
 
 impl Store for LocalStore {
@@ -58,15 +87,12 @@ impl Store for LocalStore {
         let dir = self.dir(kind, id);
         let final_path = self.path(kind, id);
         if kind != Kind::Config && final_path.exists() {
-            return Ok(()); // same id, same bytes
+            // Same id, same bytes. But a concurrent put may have renamed it into place and not yet
+            // fsynced the directory: acknowledge only once the name is durable.
+            self.durable_dir(&dir)?;
+            return sync_dir(&dir).map_err(|e| Error::io("syncing directory", &dir, e));
         }
-        let created = !dir.exists();
-        fs::create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
-        if created {
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent).map_err(|e| Error::io("syncing directory", parent, e))?;
-            }
-        }
+        self.durable_dir(&dir)?;
         let tmp = dir.join(format!(".tmp-{:016x}", rand::thread_rng().next_u64()));
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
@@ -84,7 +110,7 @@ impl Store for LocalStore {
     fn put_new(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<bool> {
         let dir = self.dir(kind, id);
         let final_path = self.path(kind, id);
-        fs::create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
+        self.durable_dir(&dir)?;
         let tmp = dir.join(format!(".tmp-{:016x}", rand::thread_rng().next_u64()));
         // link(2) fails if the name exists, so of two racing creators exactly one wins.
         let write = || -> std::io::Result<bool> {
@@ -160,9 +186,17 @@ impl Store for LocalStore {
     fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
         let p = self.path(kind, id);
         match fs::remove_file(&p) {
+            Ok(()) => {}
+            // Missing: a concurrent delete may have unlinked it and not fsynced the directory
+            // yet, so the directory is synced here too before the object is reported gone.
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("deleting", &p, e)),
+        }
+        let dir = durable_dir::parent_of(&p);
+        match sync_dir(dir) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("deleting", &p, e)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()), // never created: nothing to delete
+            Err(e) => Err(Error::io("syncing directory", dir, e)),
         }
     }
 
@@ -211,9 +245,13 @@ impl LocalStore {
                     continue;
                 };
                 let len = if with_len {
-                    e.metadata()
-                        .map_err(|err| Error::io("stat", e.path(), err))?
-                        .len()
+                    match e.metadata() {
+                        Ok(m) => m.len(),
+                        // Deleted between the directory read and the stat: not listed, as if
+                        // the listing had been taken a moment later.
+                        Err(err) if err.kind() == ErrorKind::NotFound => continue,
+                        Err(err) => return Err(Error::io("stat", e.path(), err)),
+                    }
                 } else {
                     0
                 };
@@ -233,6 +271,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         tidemark_testkit::store_suite(&LocalStore::new(dir.path().join("repo")));
         tidemark_testkit::store_create_race(&LocalStore::new(dir.path().join("race")));
+    }
+
+    #[test]
+    fn listing_tolerates_entries_deleted_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        tidemark_testkit::store_list_while_deleting(&LocalStore::new(dir.path()));
     }
 
     #[test]

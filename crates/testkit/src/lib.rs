@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use rand::{RngCore, SeedableRng};
@@ -296,6 +296,61 @@ pub fn store_create_race(store: &dyn Store) {
     });
     assert_eq!(wins, 1, "exactly one put_new of the config wins");
     store.delete(Kind::Config, &CONFIG_ID).unwrap();
+}
+
+/// Listing while another thread deletes: an object deleted between the directory read and its
+/// `stat` is simply not listed (not an error), an object never deleted is always listed with its
+/// size, and no listing names an object twice. Leaves the store empty.
+pub fn store_list_while_deleting(store: &dyn Store) {
+    let object = |i: u32, stays: bool| {
+        let mut id = [u8::from(stays); 32];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        ObjectId(id)
+    };
+    for kind in [Kind::Index, Kind::Pack] {
+        let stay: Vec<ObjectId> = (0..20).map(|i| object(i, true)).collect();
+        let go: Vec<ObjectId> = (0..400).map(|i| object(i, false)).collect();
+        for id in stay.iter().chain(&go) {
+            store.put(kind, id, b"0123").unwrap();
+        }
+        let done = AtomicBool::new(false);
+        let listings = std::thread::scope(|s| {
+            let lister = s.spawn(|| {
+                let mut listings = 0;
+                // At least a few listings even if the deleter finishes first.
+                while listings < 3 || !done.load(Ordering::SeqCst) {
+                    let mut listed = store
+                        .list(kind)
+                        .unwrap_or_else(|e| panic!("{kind}: listing while deleting: {e}"));
+                    assert!(listed.iter().all(|(_, len)| *len == 4), "{kind}: sizes");
+                    listed.sort();
+                    let n = listed.len();
+                    listed.dedup();
+                    assert_eq!(listed.len(), n, "{kind}: an object is listed twice");
+                    for id in &stay {
+                        assert!(
+                            listed.binary_search(&(*id, 4)).is_ok(),
+                            "{kind}: an object never deleted is missing from a listing"
+                        );
+                    }
+                    listings += 1;
+                }
+                listings
+            });
+            for id in &go {
+                store.delete(kind, id).unwrap();
+            }
+            done.store(true, Ordering::SeqCst);
+            lister.join().unwrap()
+        });
+        assert!(listings >= 3);
+        let mut listed = store.list_ids(kind).unwrap();
+        listed.sort();
+        assert_eq!(listed, stay, "{kind}: what is left after the deletes");
+        for id in &stay {
+            store.delete(kind, id).unwrap();
+        }
+    }
 }
 
 /// Deterministic pseudo-random bytes.

@@ -189,7 +189,7 @@ impl SnapshotList {
     }
 
     /// The file's plaintext (§16), before sealing.
-    fn encode(&self, repository: &ObjectId) -> Vec<u8> {
+    pub fn encode(&self, repository: &ObjectId) -> Vec<u8> {
         let len: usize = self
             .entries
             .iter()
@@ -217,8 +217,9 @@ impl SnapshotList {
         out
     }
 
-    /// Parses a file's plaintext; the decompressed entries become the buffer they point into.
-    fn decode(plain: &[u8], repository: &ObjectId) -> std::result::Result<Self, String> {
+    /// Parses a file's plaintext (after opening); the decompressed entries become the buffer
+    /// they point into. Never panics, whatever the bytes (the `snapshot_cache` fuzz target).
+    pub fn decode(plain: &[u8], repository: &ObjectId) -> std::result::Result<Self, String> {
         if plain.len() < HEADER_LEN + CHECK_LEN {
             return Err(format!("{} bytes is too short", plain.len()));
         }

@@ -50,10 +50,12 @@ pub struct FileLogDir {
 }
 
 impl FileLogDir {
-    /// Segments in `path`, which is created if missing.
+    /// Segments in `path`, which is created if missing: mode 0700 (the log holds the watched
+    /// tree's paths in the clear), with each directory created fsynced into its parent so that
+    /// segments synced inside it survive a crash.
     pub fn new(path: impl Into<PathBuf>) -> io::Result<Self> {
         let path = path.into();
-        fs::create_dir_all(&path)?;
+        crate::dir::create_all(&path, 0o700)?;
         Ok(FileLogDir { path })
     }
 
