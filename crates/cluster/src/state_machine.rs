@@ -542,6 +542,51 @@ impl StateMachine {
     }
 }
 
+/// Applies a batch's edits to the catalog's open transaction and records `log_id` as applied. A
+/// put whose chunks are not all `present` is skipped, as is a move from a path the catalog does
+/// not have: their paths are returned for capture to rescan.
+fn apply_edits(
+    catalog: &mut Catalog,
+    log_id: &LogId,
+    batch: &Batch,
+    present: &mut dyn FnMut(&BlobId) -> Result<bool>,
+) -> Result<ApplyResult> {
+    let mut result = ApplyResult {
+        index: log_id.index,
+        rescan: Vec::new(),
+    };
+    let mut txn = catalog.begin()?;
+    for edit in &batch.edits {
+        match edit {
+            Edit::Put { path, node } => {
+                let mut have_all = true;
+                if node.kind() == NodeType::File {
+                    for id in &node.content {
+                        have_all &= present(id)?;
+                    }
+                }
+                if !have_all {
+                    tracing::warn!(path = %String::from_utf8_lossy(path), "put refers to chunks the repository does not have; rescanning");
+                    result.rescan.push(path.clone());
+                    continue;
+                }
+                txn.put(path, node)?;
+            }
+            Edit::Delete { path } => {
+                txn.delete(path)?;
+            }
+            Edit::Move { from, to } => {
+                if !txn.rename(from, to)? {
+                    result.rescan.push(to.clone());
+                }
+            }
+        }
+    }
+    txn.set_meta("applied", &LogIdJson::from(log_id))?;
+    txn.commit(false)?;
+    Ok(result)
+}
+
 impl SmInner {
     /// Applies one entry. A store failure is not an error here: the state machine falls behind
     /// (which covers this entry too, from the log) and the entry counts as applied.
@@ -704,10 +749,6 @@ impl SmInner {
 
     /// Applies a batch while behind: catalog edits only; its blobs stay in the log.
     fn apply_deferred(&mut self, log_id: &LogId, batch: &Batch) -> Result<ApplyResult> {
-        let mut result = ApplyResult {
-            index: log_id.index,
-            rescan: Vec::new(),
-        };
         let behind = self
             .behind
             .as_mut()
@@ -720,46 +761,17 @@ impl SmInner {
             self.seal_start = Some(chrono::Utc::now());
         }
         let repo = self.packer.repo.read().expect("repo lock");
-        let mut txn = self.catalog.begin()?;
-        for edit in &batch.edits {
-            match edit {
-                Edit::Put { path, node } => {
-                    // Present: stored, or in the log since the seal, or in a condemned pack (the
-                    // catch-up copies it out, or finds it gone and has the path rescanned).
-                    let have_all = node.kind() != NodeType::File
-                        || node.content.iter().all(|id| {
-                            behind.deferred.contains(id) || repo.index().get(id).is_some()
-                        });
-                    if !have_all {
-                        result.rescan.push(path.clone());
-                        continue;
-                    }
-                    txn.put(path, node)?;
-                }
-                Edit::Delete { path } => {
-                    txn.delete(path)?;
-                }
-                Edit::Move { from, to } => {
-                    if !txn.rename(from, to)? {
-                        result.rescan.push(to.clone());
-                    }
-                }
-            }
-        }
-        txn.set_meta("applied", &LogIdJson::from(log_id))?;
-        txn.commit(false)?;
+        // Present: stored, or in the log since the seal, or in a condemned pack (the catch-up
+        // copies it out, or finds it gone and has the path rescanned).
+        let result = apply_edits(&mut self.catalog, log_id, batch, &mut |id| {
+            Ok(behind.deferred.contains(id) || repo.index().get(id).is_some())
+        })?;
         drop(repo);
-        self.stats.edits_since_seal += batch.edits.len() as u64;
-        self.stats.skipped += result.rescan.len() as u64;
-        self.stats.last_captured_ns = batch.captured_ns;
+        self.count_applied(batch, &result);
         Ok(result)
     }
 
     fn apply_batch(&mut self, log_id: &LogId, batch: &Batch) -> Result<ApplyResult> {
-        let mut result = ApplyResult {
-            index: log_id.index,
-            rescan: Vec::new(),
-        };
         if self.seal_start.is_none() {
             self.seal_start = Some(chrono::Utc::now());
         }
@@ -767,39 +779,18 @@ impl SmInner {
             self.packer.add_blob(b)?;
             self.stats.bytes_since_seal += b.envelope.len() as u64;
         }
-        let mut txn = self.catalog.begin()?;
-        for edit in &batch.edits {
-            match edit {
-                Edit::Put { path, node } => {
-                    let mut have_all = true;
-                    if node.kind() == NodeType::File {
-                        for id in &node.content {
-                            have_all &= self.packer.ensure_live(id)?;
-                        }
-                    }
-                    if !have_all {
-                        tracing::warn!(path = %String::from_utf8_lossy(path), "put refers to chunks the repository does not have; rescanning");
-                        result.rescan.push(path.clone());
-                        continue;
-                    }
-                    txn.put(path, node)?;
-                }
-                Edit::Delete { path } => {
-                    txn.delete(path)?;
-                }
-                Edit::Move { from, to } => {
-                    if !txn.rename(from, to)? {
-                        result.rescan.push(to.clone());
-                    }
-                }
-            }
-        }
-        txn.set_meta("applied", &LogIdJson::from(log_id))?;
-        txn.commit(false)?;
+        let packer = &mut self.packer;
+        let result = apply_edits(&mut self.catalog, log_id, batch, &mut |id| {
+            packer.ensure_live(id)
+        })?;
+        self.count_applied(batch, &result);
+        Ok(result)
+    }
+
+    fn count_applied(&mut self, batch: &Batch, result: &ApplyResult) {
         self.stats.edits_since_seal += batch.edits.len() as u64;
         self.stats.skipped += result.rescan.len() as u64;
         self.stats.last_captured_ns = batch.captured_ns;
-        Ok(result)
     }
 
     fn set_applied(&mut self, log_id: &LogId, membership: Option<StoredMembership>) -> Result<()> {

@@ -150,3 +150,22 @@ pub fn assert_complete(
         report.errors
     );
 }
+
+/// Engine options for a watched `/srv/share` on host `nas`, state in `state`.
+pub fn options(state: &std::path::Path) -> tidemark_cluster::EngineOptions {
+    let sm = tidemark_cluster::SmOptions {
+        watched: "/srv/share".into(),
+        hostname: "nas".into(),
+        ..tidemark_cluster::SmOptions::default()
+    };
+    tidemark_cluster::EngineOptions::new(state.to_path_buf(), sm)
+}
+
+/// A runtime like the daemon's.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}

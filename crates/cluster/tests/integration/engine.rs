@@ -1,23 +1,14 @@
 //! The engine over a real repository: writes become snapshots, restarts replay the log, and the
 //! sealed tree matches the catalog.
 
-use tidemark_cluster::{Engine, EngineOptions, SmOptions};
+use tidemark_cluster::Engine;
 use tidemark_core::batch::{Batch, Edit};
 use tidemark_core::repo::Repository;
 use tidemark_core::snapshot::Node;
 
 use std::collections::BTreeMap;
 
-use super::common::{assert_complete, dir, put_files, repo};
-
-fn options(state: &std::path::Path) -> EngineOptions {
-    let sm = SmOptions {
-        watched: "/srv/share".into(),
-        hostname: "nas".into(),
-        ..SmOptions::default()
-    };
-    EngineOptions::new(state.to_path_buf(), sm)
-}
+use super::common::{assert_complete, dir, options, put_files, repo, rt};
 
 /// `path → (type, size)` for every entry below the watched directory in the snapshot.
 fn snapshot_listing(
@@ -71,14 +62,6 @@ fn catalog_listing(engine: &Engine) -> Vec<(String, String, u64)> {
 /// Builds a batch without holding the repository lock across the write (the state machine needs it).
 fn batch(repo: &std::sync::RwLock<Repository>, files: &[(&str, &[u8])]) -> Batch {
     put_files(&repo.read().unwrap(), files)
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]

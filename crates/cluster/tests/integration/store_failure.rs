@@ -7,22 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
-use tidemark_cluster::{Engine, EngineOptions, SmOptions};
+use tidemark_cluster::Engine;
 use tidemark_core::batch::{Batch, Edit};
 use tidemark_core::crypto::KdfParams;
 use tidemark_core::repo::{InitOptions, Repository};
 use tidemark_testkit::{seeded_bytes, FlakyStore, MemStore};
 
-use super::common::{assert_complete, put_files};
-
-fn options(state: &std::path::Path) -> EngineOptions {
-    let sm = SmOptions {
-        watched: "/srv/share".into(),
-        hostname: "nas".into(),
-        ..SmOptions::default()
-    };
-    EngineOptions::new(state.to_path_buf(), sm)
-}
+use super::common::{assert_complete, options, put_files, rt};
 
 /// A repository with small packs, so that applies flush packs too, over a store that fails after
 /// `budget` writes.
@@ -108,14 +99,6 @@ async fn run_scenario(engine: &Engine, repo: &RwLock<Repository>) -> Scenario {
     }
     let _ = engine.seal().await;
     Scenario { want }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// How many store writes the scenario makes when nothing fails.
