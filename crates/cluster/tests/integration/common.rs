@@ -15,6 +15,14 @@ use tidemark_testkit::MemStore;
 
 /// A repository with a cheap key derivation (tests unlock it many times).
 pub fn repo() -> Arc<RwLock<Repository>> {
+    Arc::new(RwLock::new(init_repo(
+        Arc::new(MemStore::new()),
+        InitOptions::default().pack_size,
+    )))
+}
+
+/// A repository in `store` with a cheap key derivation and packs of `pack_size`, index loaded.
+pub fn init_repo(store: Arc<dyn tidemark_core::store::Store>, pack_size: u32) -> Repository {
     let opts = InitOptions {
         password: Some(b"pw".to_vec().into()),
         kdf: KdfParams {
@@ -22,11 +30,12 @@ pub fn repo() -> Arc<RwLock<Repository>> {
             t_cost: 1,
             p_cost: 1,
         },
+        pack_size,
         ..InitOptions::default()
     };
-    let mut r = Repository::init(Arc::new(MemStore::new()), &opts).unwrap();
+    let mut r = Repository::init(store, &opts).unwrap();
     r.load_index().unwrap();
-    Arc::new(RwLock::new(r))
+    r
 }
 
 /// A file node holding `data` as one chunk, and the sealed chunk.
@@ -83,18 +92,19 @@ pub fn dir() -> Node {
     }
 }
 
-/// Every file of snapshot `id` below the watched directory, with its content.
-pub fn snapshot_files(repo: &Repository, id: &SnapshotId) -> BTreeMap<String, Vec<u8>> {
+/// Every entry of snapshot `id` below the watched directory `/srv/share`, as `(path, node)`.
+pub fn snapshot_nodes(repo: &Repository, id: &SnapshotId) -> Vec<(String, Node)> {
     let snap = repo.load_snapshot(id).unwrap();
+    assert_eq!(snap.paths, ["/srv/share"]);
     let mut tree = repo.load_tree(&snap.tree).unwrap();
     for name in ["srv", "share"] {
         let n = tree.find(name.as_bytes()).expect("ancestor").clone();
         tree = repo.load_tree(&n.subtree.unwrap()).unwrap();
     }
-    let mut out = BTreeMap::new();
+    let mut out = Vec::new();
     let mut stack = vec![(String::new(), tree)];
     while let Some((prefix, t)) = stack.pop() {
-        for n in &t.nodes {
+        for n in t.nodes {
             let name = String::from_utf8(n.name_bytes().unwrap()).unwrap();
             let path = if prefix.is_empty() {
                 name
@@ -102,21 +112,30 @@ pub fn snapshot_files(repo: &Repository, id: &SnapshotId) -> BTreeMap<String, Ve
                 format!("{prefix}/{name}")
             };
             if let Some(sub) = n.subtree {
-                stack.push((path, repo.load_tree(&sub).unwrap()));
-            } else {
-                let mut content = Vec::new();
-                for c in &n.content {
-                    content.extend(
-                        repo.read_blob(c).unwrap_or_else(|e| {
-                            panic!("{path}: chunk {} unreadable: {e}", c.short())
-                        }),
-                    );
-                }
-                out.insert(path, content);
+                stack.push((path.clone(), repo.load_tree(&sub).unwrap()));
             }
+            out.push((path, n));
         }
     }
     out
+}
+
+/// Every file of snapshot `id` below the watched directory, with its content.
+pub fn snapshot_files(repo: &Repository, id: &SnapshotId) -> BTreeMap<String, Vec<u8>> {
+    snapshot_nodes(repo, id)
+        .into_iter()
+        .filter(|(_, n)| n.subtree.is_none())
+        .map(|(path, n)| {
+            let mut content = Vec::new();
+            for c in &n.content {
+                content.extend(
+                    repo.read_blob(c)
+                        .unwrap_or_else(|e| panic!("{path}: chunk {} unreadable: {e}", c.short())),
+                );
+            }
+            (path, content)
+        })
+        .collect()
 }
 
 /// Asserts that snapshot `id` holds exactly `want`, byte for byte, and that the repository passes

@@ -8,36 +8,17 @@ use tidemark_core::snapshot::Node;
 
 use std::collections::BTreeMap;
 
-use super::common::{assert_complete, dir, options, put_files, repo, rt};
+use super::common::{assert_complete, dir, options, put_files, repo, rt, snapshot_nodes};
 
 /// `path → (type, size)` for every entry below the watched directory in the snapshot.
 fn snapshot_listing(
     repo: &Repository,
     id: &tidemark_core::id::SnapshotId,
 ) -> Vec<(String, String, u64)> {
-    let snap = repo.load_snapshot(id).unwrap();
-    assert_eq!(snap.paths, ["/srv/share"]);
-    let mut tree = repo.load_tree(&snap.tree).unwrap();
-    for name in ["srv", "share"] {
-        let n = tree.find(name.as_bytes()).expect("ancestor").clone();
-        tree = repo.load_tree(&n.subtree.unwrap()).unwrap();
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![(String::new(), tree)];
-    while let Some((prefix, t)) = stack.pop() {
-        for n in &t.nodes {
-            let name = String::from_utf8(n.name_bytes().unwrap()).unwrap();
-            let path = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
-            if let Some(sub) = n.subtree {
-                stack.push((path.clone(), repo.load_tree(&sub).unwrap()));
-            }
-            out.push((path, format!("{:?}", n.kind()), n.size));
-        }
-    }
+    let mut out: Vec<_> = snapshot_nodes(repo, id)
+        .into_iter()
+        .map(|(path, n)| (path, format!("{:?}", n.kind()), n.size))
+        .collect();
     out.sort();
     out
 }

@@ -9,28 +9,16 @@ use std::sync::{Arc, RwLock};
 
 use tidemark_cluster::Engine;
 use tidemark_core::batch::{Batch, Edit};
-use tidemark_core::crypto::KdfParams;
-use tidemark_core::repo::{InitOptions, Repository};
+use tidemark_core::repo::Repository;
 use tidemark_testkit::{seeded_bytes, FlakyStore, MemStore};
 
-use super::common::{assert_complete, options, put_files, rt};
+use super::common::{assert_complete, init_repo, options, put_files, rt};
 
 /// A repository with small packs, so that applies flush packs too, over a store that fails after
 /// `budget` writes.
 fn flaky_repo(budget: usize) -> (Arc<FlakyStore<MemStore>>, Arc<RwLock<Repository>>) {
     let store = Arc::new(FlakyStore::new(MemStore::new(), usize::MAX));
-    let opts = InitOptions {
-        password: Some(b"pw".to_vec().into()),
-        kdf: KdfParams {
-            m_cost_kib: 64,
-            t_cost: 1,
-            p_cost: 1,
-        },
-        pack_size: 64 * 1024,
-        ..InitOptions::default()
-    };
-    let mut r = Repository::init(store.clone(), &opts).unwrap();
-    r.load_index().unwrap();
+    let r = init_repo(store.clone(), 64 * 1024);
     // The budget counts from here: init's own writes always go through.
     store.fail_after(budget);
     (store, Arc::new(RwLock::new(r)))
