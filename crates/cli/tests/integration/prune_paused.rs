@@ -111,6 +111,21 @@ fn prune_twice(repo: &Repo) -> Vec<serde_json::Value> {
     out
 }
 
+/// Stops `writer` (SIGSTOP) and, once it is stopped, prunes twice past its lease; asserts that the
+/// second prune deleted packs, or the pause would test nothing.
+fn stop_and_prune_twice(repo: &Repo, writer: &std::process::Child) {
+    signal(writer, Signal::SIGSTOP);
+    while !stopped(writer) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let prunes = prune_twice(repo);
+    assert!(
+        prunes[1]["packs_deleted"].as_u64().unwrap() > 0,
+        "the second prune deleted nothing, so the pause tested nothing: {}",
+        prunes[1]
+    );
+}
+
 /// `check --read-data` passes and every snapshot restores.
 fn assert_repository_intact(repo: &Repo) {
     repo.ok(&["check", "--read-data"]);
@@ -182,16 +197,7 @@ fn prune_twice_while_a_backup_is_stopped_past_its_lease() {
         assert!(t.elapsed() < Duration::from_secs(120), "no pack stored");
         std::thread::sleep(Duration::from_millis(2));
     }
-    signal(&backup, Signal::SIGSTOP);
-    while !stopped(&backup) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let prunes = prune_twice(&repo);
-    assert!(
-        prunes[1]["packs_deleted"].as_u64().unwrap() > 0,
-        "the second prune deleted nothing, so the pause tested nothing: {}",
-        prunes[1]
-    );
+    stop_and_prune_twice(&repo, &backup);
     signal(&backup, Signal::SIGCONT);
     let status = backup.wait().unwrap();
     std::thread::sleep(Duration::from_millis(100));
@@ -261,16 +267,7 @@ fn prune_twice_while_watch_is_stopped_past_its_lease() {
     wait_seal(seals());
     repo.ok(&["forget", "--keep-last", "1"]);
 
-    signal(&watch, Signal::SIGSTOP);
-    while !stopped(&watch) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let prunes = prune_twice(&repo);
-    assert!(
-        prunes[1]["packs_deleted"].as_u64().unwrap() > 0,
-        "the second prune deleted nothing, so the pause tested nothing: {}",
-        prunes[1]
-    );
+    stop_and_prune_twice(&repo, &watch);
     // The same bytes again: a watch that still trusts its old index would reuse the deleted blob.
     std::fs::write(src.join("x"), &x).unwrap();
     let before = seals();
