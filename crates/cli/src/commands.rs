@@ -163,7 +163,7 @@ fn backup(g: &Global, a: &BackupArgs, cancel: &Arc<AtomicBool>) -> Result<Outcom
     let est_stop = Arc::new(AtomicBool::new(false));
     let estimator = (mode != Mode::None).then(|| {
         let (p, c, paths) = (Arc::clone(&progress), Arc::clone(&est_stop), paths.clone());
-        let ex = backup::Excludes::new(&opts.excludes).unwrap_or_default();
+        let ex = tidemark_core::source::Excludes::new(&opts.excludes).unwrap_or_default();
         std::thread::spawn(move || backup::estimate(&paths, &ex, &p, &c))
     });
     let p = Arc::clone(&progress);

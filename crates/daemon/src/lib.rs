@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tidemark_cluster::{Engine, EngineOptions, EngineStatus, SealedSnapshot, SmOptions};
-use tidemark_core::backup::{node_from_metadata, Excludes};
 use tidemark_core::batch::Batch;
 use tidemark_core::capture::{CaptureOptions, CaptureStats, Capturer, LiveTree, Sink};
 use tidemark_core::id::SnapshotId;
 use tidemark_core::repo::Repository;
+use tidemark_core::source::{node_from_metadata, Excludes};
 use tidemark_core::wal::{Recovery, WalOptions};
 use tidemark_core::watch::{Change, CoalesceOptions, Coalescer, Event};
 

@@ -16,26 +16,23 @@
 //! write are indexed (every 32 packs, or adopted from their headers by the next backup).
 
 mod prefetch;
-mod source;
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-pub use source::{node_from_metadata, read_xattrs, unchanged, Excludes};
-
 use crate::error::{Error, Result};
 use crate::id::{BlobId, SnapshotId};
 use crate::pack::BlobKind;
 use crate::repo::{BlobWriter, FinishedPack, Repository};
 use crate::snapshot::{Node, NodeType, Snapshot, Summary, Tree};
+use crate::source::{node_from_metadata, open_noatime, read_xattrs, stable, unchanged, Excludes};
 
 /// What to back up and how.
 #[derive(Debug, Clone, Default)]
@@ -526,11 +523,11 @@ impl Ctx<'_> {
         for attempt in 1..=ATTEMPTS {
             match self.read_once(sinks, &job.path, buf) {
                 Ok((content, before, after, bytes)) => {
-                    let stable = before.size() == after.size()
-                        && before.mtime() == after.mtime()
-                        && before.mtime_nsec() == after.mtime_nsec()
-                        && before.ctime_nsec() == after.ctime_nsec()
-                        && after.size() == bytes;
+                    let stable = stable(
+                        &node_from_metadata(&before),
+                        &node_from_metadata(&after),
+                        bytes,
+                    );
                     if stable || attempt == ATTEMPTS {
                         if !stable {
                             self.source_error(&job.path, "file kept changing while being read; the last read is stored and may mix versions");
@@ -628,21 +625,6 @@ impl Ctx<'_> {
             })?;
         let after = file.metadata()?;
         Ok((content, before, after, bytes))
-    }
-}
-
-/// Opens for reading without updating atime where permitted (owner or root).
-pub(crate) fn open_noatime(path: &Path) -> std::io::Result<File> {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)
-        .open(path)
-    {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path),
-        r => r,
     }
 }
 

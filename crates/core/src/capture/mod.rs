@@ -16,11 +16,9 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use crate::backup::{node_from_metadata, read_xattrs, unchanged, Excludes};
 use crate::batch::{path_problem, Batch, Edit, NewBlob, MAX_PATH};
 use crate::chunk::Chunker;
 use crate::crypto::Crypto;
@@ -29,6 +27,7 @@ use crate::id::BlobId;
 use crate::pack::BlobKind;
 use crate::repo::Repository;
 use crate::snapshot::{Node, NodeType};
+use crate::source::{stable, unchanged, Excludes, Fs, StdFs};
 use crate::watch::Change;
 
 /// Read access to the live tree as applied so far (the catalog).
@@ -86,6 +85,8 @@ pub struct CaptureStats {
 /// The capture stage of one watched directory.
 pub struct Capturer {
     root: PathBuf,
+    /// The disk, as capture reads it.
+    fs: Arc<dyn Fs>,
     repo: Arc<RwLock<Repository>>,
     crypto: Crypto,
     chunker: Chunker,
@@ -147,6 +148,17 @@ impl Capturer {
         excludes: Excludes,
         opts: CaptureOptions,
     ) -> Self {
+        Self::with_fs(root, repo, excludes, opts, Arc::new(StdFs))
+    }
+
+    /// A capturer that reads the disk through `fs` (a [`crate::source::MemFs`] in tests).
+    pub fn with_fs(
+        root: PathBuf,
+        repo: Arc<RwLock<Repository>>,
+        excludes: Excludes,
+        opts: CaptureOptions,
+        fs: Arc<dyn Fs>,
+    ) -> Self {
         let (crypto, chunker, compressor) = {
             let r = repo.read().expect("repo lock");
             (r.crypto().clone(), r.chunker().clone(), r.compressor())
@@ -154,6 +166,7 @@ impl Capturer {
         let buf = chunker.buffer();
         Capturer {
             root,
+            fs,
             repo,
             crypto,
             chunker,
@@ -295,7 +308,10 @@ impl Capturer {
         for dir in dirs.iter().rev() {
             // Only directories that still are: a directory that went away or became something
             // else has its own event.
-            let is_dir = std::fs::symlink_metadata(self.abs(dir)).is_ok_and(|m| m.is_dir());
+            let is_dir = self
+                .fs
+                .lstat(&self.abs(dir))
+                .is_ok_and(|n| n.kind() == NodeType::Dir);
             if is_dir && !self.excluded(dir) {
                 self.read_path(dir, tree, sink)?;
             }
@@ -370,11 +386,10 @@ impl Capturer {
     /// Anything else is left to the events that follow (or the next rescan).
     fn refresh_moved(&mut self, t: &[u8], old: &Node) {
         let abs = self.abs(t);
-        let Ok(meta) = std::fs::symlink_metadata(&abs) else {
+        let Ok(mut node) = self.fs.lstat(&abs) else {
             return;
         };
-        let mut node = node_from_metadata(&meta);
-        node.xattrs = read_xattrs(&abs).unwrap_or_default();
+        node.xattrs = self.fs.xattrs(&abs).unwrap_or_default();
         let same_file = node.kind() == old.kind()
             && node.size == old.size
             && node.mtime_ns == old.mtime_ns
@@ -416,8 +431,8 @@ impl Capturer {
         }
         self.fresh_view(rel, false, sink)?;
         let abs = self.abs(rel);
-        let meta = match std::fs::symlink_metadata(&abs) {
-            Ok(m) => m,
+        let mut node = match self.fs.lstat(&abs) {
+            Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if !rel.is_empty() && tree.node(rel)?.is_some() {
                     self.push(Edit::Delete { path: rel.to_vec() });
@@ -430,8 +445,7 @@ impl Capturer {
             }
         };
         let old = tree.node(rel)?;
-        let mut node = node_from_metadata(&meta);
-        match read_xattrs(&abs) {
+        match self.fs.xattrs(&abs) {
             Ok(x) => node.xattrs = x,
             Err(e) => self.error(&abs, format!("reading extended attributes: {e}")),
         }
@@ -467,7 +481,7 @@ impl Capturer {
             }
             _ => {
                 if node.kind() == NodeType::Symlink {
-                    match std::fs::read_link(&abs) {
+                    match self.fs.read_link(&abs) {
                         Ok(t) => node.set_target(t.as_os_str()),
                         Err(e) => {
                             self.error(&abs, e);
@@ -495,7 +509,7 @@ impl Capturer {
     fn rescan(&mut self, rel: &[u8], tree: &dyn LiveTree, sink: &mut dyn Sink) -> Result<()> {
         self.read_path(rel, tree, sink)?;
         let abs = self.abs(rel);
-        if std::fs::symlink_metadata(&abs).is_ok_and(|m| m.is_dir()) && !self.excluded(rel) {
+        if self.fs.lstat(&abs).is_ok_and(|n| n.kind() == NodeType::Dir) && !self.excluded(rel) {
             self.rescan_children(rel, &abs, tree, sink)?;
         }
         Ok(())
@@ -508,10 +522,8 @@ impl Capturer {
         tree: &dyn LiveTree,
         sink: &mut dyn Sink,
     ) -> Result<()> {
-        let mut names: Vec<Vec<u8>> = match std::fs::read_dir(abs) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok().map(|e| e.file_name().as_bytes().to_vec()))
-                .collect(),
+        let mut names: Vec<Vec<u8>> = match self.fs.read_dir(abs) {
+            Ok(names) => names.into_iter().map(|n| n.as_bytes().to_vec()).collect(),
             Err(e) => {
                 self.error(abs, format!("listing: {e}"));
                 return Ok(());
@@ -539,7 +551,7 @@ impl Capturer {
                 self.flush(sink)?;
             }
             let p = self.abs(&child);
-            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            if self.fs.lstat(&p).is_ok_and(|n| n.kind() == NodeType::Dir) {
                 // read_path rescanned a new directory already; a known one is descended here.
                 if tree
                     .node(&child)?
@@ -557,7 +569,7 @@ impl Capturer {
     /// whenever it reaches the batch size). `None` when the file vanished or kept changing.
     fn read_file(&mut self, rel: &[u8], abs: &Path, sink: &mut dyn Sink) -> Result<Option<Node>> {
         for _ in 0..self.opts.attempts.max(1) {
-            let mut file = match crate::backup::open_noatime(abs) {
+            let mut file = match self.fs.open(abs) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => {
@@ -565,8 +577,8 @@ impl Capturer {
                     return Ok(None);
                 }
             };
-            let before = file.metadata().map_err(|e| Error::io("stat", abs, e))?;
-            if !before.is_file() {
+            let before = file.stat().map_err(|e| Error::io("stat", abs, e))?;
+            if before.kind() != NodeType::File {
                 return Ok(None);
             }
             let mut content = Vec::new();
@@ -586,7 +598,7 @@ impl Capturer {
                 followups,
                 ..
             } = self;
-            let read = chunker.stream(&mut file, buf, |chunk| {
+            let read = chunker.stream(&mut *file, buf, |chunk| {
                 let id = crypto.blob_id(chunk);
                 content.push(id);
                 stats.bytes_read += chunk.len() as u64;
@@ -640,17 +652,11 @@ impl Capturer {
                 }
             };
             self.stats.files_read += 1;
-            let after = file.metadata().map_err(|e| Error::io("stat", abs, e))?;
-            let stable = before.size() == after.size()
-                && before.mtime() == after.mtime()
-                && before.mtime_nsec() == after.mtime_nsec()
-                && before.ctime() == after.ctime()
-                && before.ctime_nsec() == after.ctime_nsec()
-                && after.size() == bytes;
-            if stable {
-                let mut node = node_from_metadata(&after);
+            let after = file.stat().map_err(|e| Error::io("stat", abs, e))?;
+            if stable(&before, &after, bytes) {
+                let mut node = after;
                 node.content = content;
-                node.xattrs = read_xattrs(abs).unwrap_or_default();
+                node.xattrs = self.fs.xattrs(abs).unwrap_or_default();
                 return Ok(Some(node));
             }
         }
@@ -665,3 +671,6 @@ fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
+
+#[cfg(test)]
+mod tests;
