@@ -596,7 +596,8 @@ fn watch_inner(
                 .map_or(Duration::from_millis(50), |d| d.saturating_sub(t))
                 .min(Duration::from_millis(50));
             let mut raw_events = Vec::new();
-            if !stopping {
+            // Stopping still waits for the events that explain paths capture found gone.
+            if !stopping || capturer.unresolved() > 0 {
                 if let Ok(ev) = raw.events.recv_timeout(wait) {
                     raw_events.push(ev);
                 }
@@ -756,7 +757,11 @@ fn watch_inner(
                 };
                 last_stats = Instant::now();
             }
-            if stopping && coalescer.pending() == 0 && capturer.pending_edits() == 0 {
+            if stopping
+                && coalescer.pending() == 0
+                && capturer.pending_edits() == 0
+                && capturer.unresolved() == 0
+            {
                 return Ok(());
             }
         }

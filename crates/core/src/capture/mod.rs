@@ -11,13 +11,22 @@
 //! `put`, so it appears at once. Moves become `move` edits when the live tree has the source (no
 //! re-read: the moved node keeps its chunks when size, mtime and inode still match); anything the
 //! live tree cannot explain becomes a rescan of that subtree.
+//!
+//! A path that is gone when capture looks at it (ENOENT, ENOTDIR) is not taken as deleted: it
+//! may have been carried away by the move of an ancestor whose event has not been handled yet
+//! (issue 15). It is remembered as *vanished* instead. The `Remove` of it (or of an ancestor)
+//! settles it; a `Move` from it (or from an ancestor) carries it to the new path, where it is
+//! read (or rescanned) again; only when no event has explained it after
+//! [`CaptureOptions::vanish_grace`] and two more rounds is it looked at once more and, if still
+//! gone, deleted.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::batch::{path_problem, Batch, Edit, NewBlob, MAX_PATH};
 use crate::chunk::Chunker;
@@ -52,6 +61,9 @@ pub struct CaptureOptions {
     pub batch_bytes: usize,
     /// Reads of a file that keeps changing before it is deferred.
     pub attempts: usize,
+    /// How long a path found gone waits for the event that explains it (its removal, or the
+    /// move of an ancestor) before it is looked at again and deleted if still gone (1 s).
+    pub vanish_grace: Duration,
 }
 
 impl Default for CaptureOptions {
@@ -59,6 +71,7 @@ impl Default for CaptureOptions {
         CaptureOptions {
             batch_bytes: 4 << 20,
             attempts: 3,
+            vanish_grace: Duration::from_secs(1),
         }
     }
 }
@@ -109,10 +122,41 @@ pub struct Capturer {
     pending_paths: HashSet<Vec<u8>>,
     /// Strict ancestors of `pending_paths`: their listings are stale.
     pending_above: HashSet<Vec<u8>>,
+    /// Paths found gone that no event has explained yet (see the module doc).
+    vanished: BTreeMap<Vec<u8>, Vanished>,
+    /// Rounds finished so far.
+    round: u64,
+    /// Set while a vanished path whose grace ran out is looked at again: gone now means deleted.
+    confirming: bool,
     /// Counters.
     pub stats: CaptureStats,
     /// The last error met, for status output.
     pub last_error: Option<String>,
+}
+
+/// A path found gone while capture worked on it.
+#[derive(Debug, Clone, Copy)]
+struct Vanished {
+    /// It was to be rescanned (a directory's subtree), not only read.
+    subtree: bool,
+    /// The round it was last found gone in, and when.
+    round: u64,
+    at: Instant,
+}
+
+/// Whether an error says the path is not there (itself, or an ancestor is no directory now).
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+/// Whether `path` is `root` or lies below it (by components; `""` is above everything).
+fn at_or_below(root: &[u8], path: &[u8]) -> bool {
+    root.is_empty()
+        || path == root
+        || (path.starts_with(root) && path.get(root.len()) == Some(&b'/'))
 }
 
 fn rel_bytes(p: &Path) -> &[u8] {
@@ -183,6 +227,9 @@ impl Capturer {
             touched_dirs: std::collections::BTreeSet::new(),
             pending_paths: HashSet::new(),
             pending_above: HashSet::new(),
+            vanished: BTreeMap::new(),
+            round: 0,
+            confirming: false,
             stats: CaptureStats::default(),
             last_error: None,
         }
@@ -200,6 +247,59 @@ impl Capturer {
     /// Edits waiting in the pending batch.
     pub fn pending_edits(&self) -> usize {
         self.pending.edits.len()
+    }
+
+    /// Paths found gone that no event has explained yet; capture is not done before this is 0.
+    pub fn unresolved(&self) -> usize {
+        self.vanished.len()
+    }
+
+    /// Remembers that `rel` was gone when capture looked (see the module doc).
+    fn vanish(&mut self, rel: &[u8], subtree: bool) {
+        let (round, at) = (self.round, Instant::now());
+        self.vanished
+            .entry(rel.to_vec())
+            .and_modify(|v| {
+                v.subtree |= subtree;
+                (v.round, v.at) = (round, at);
+            })
+            .or_insert(Vanished { subtree, round, at });
+    }
+
+    /// Takes the vanished entries at or below `root`.
+    fn take_vanished(&mut self, root: &[u8]) -> Vec<(Vec<u8>, Vanished)> {
+        let keys: Vec<Vec<u8>> = self
+            .vanished
+            .range(root.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(root))
+            .filter(|(k, _)| at_or_below(root, k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter()
+            .map(|k| {
+                let v = self.vanished.remove(&k).expect("just listed");
+                (k, v)
+            })
+            .collect()
+    }
+
+    /// `rel` is gone: while confirming, a delete (if the live tree has it); otherwise vanished.
+    fn gone(
+        &mut self,
+        rel: &[u8],
+        subtree: bool,
+        tree: &dyn LiveTree,
+        sink: &mut dyn Sink,
+    ) -> Result<()> {
+        if !self.confirming {
+            self.vanish(rel, subtree);
+            return Ok(());
+        }
+        self.fresh_view(rel, false, sink)?;
+        if !rel.is_empty() && tree.node(rel)?.is_some() {
+            self.push(Edit::Delete { path: rel.to_vec() });
+        }
+        Ok(())
     }
 
     fn abs(&self, rel: &[u8]) -> PathBuf {
@@ -308,15 +408,55 @@ impl Capturer {
         for dir in dirs.iter().rev() {
             // Only directories that still are: a directory that went away or became something
             // else has its own event.
-            let is_dir = self
-                .fs
-                .lstat(&self.abs(dir))
-                .is_ok_and(|n| n.kind() == NodeType::Dir);
+            let is_dir = match self.fs.lstat(&self.abs(dir)) {
+                Ok(n) => n.kind() == NodeType::Dir,
+                Err(e) => {
+                    // Gone because an ancestor moved: its new mtime is read where it went.
+                    if is_gone(&e) {
+                        self.vanish(dir, false);
+                    }
+                    false
+                }
+            };
             if is_dir && !self.excluded(dir) {
                 self.read_path(dir, tree, sink)?;
             }
         }
+        self.round += 1;
+        self.confirm_vanished(tree, sink)?;
         self.flush(sink)
+    }
+
+    /// Looks again at the vanished paths no event explained within the grace: still gone now
+    /// means deleted.
+    fn confirm_vanished(&mut self, tree: &dyn LiveTree, sink: &mut dyn Sink) -> Result<()> {
+        let grace = self.opts.vanish_grace;
+        let round = self.round;
+        let due: Vec<Vec<u8>> = self
+            .vanished
+            .iter()
+            .filter(|(_, v)| v.round + 2 <= round && v.at.elapsed() >= grace)
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.confirming = true;
+        let mut result = Ok(());
+        for path in due {
+            let Some(v) = self.vanished.remove(&path) else {
+                continue; // settled by an entry above it
+            };
+            let settled = if v.subtree {
+                self.take_vanished(&path);
+                self.rescan(&path, tree, sink)
+            } else {
+                self.read_path(&path, tree, sink)
+            };
+            if let Err(e) = settled {
+                result = Err(e);
+                break;
+            }
+        }
+        self.confirming = false;
+        result
     }
 
     /// Handles one change. Edits collect in the pending batch; before the live tree is consulted
@@ -339,9 +479,17 @@ impl Capturer {
             }
         }
         match change {
-            Change::Read(p) => self.read_path(rel_bytes(p), tree, sink),
+            Change::Read(p) => {
+                let p = rel_bytes(p);
+                match self.vanished.remove(p) {
+                    Some(v) if v.subtree => self.rescan(p, tree, sink),
+                    _ => self.read_path(p, tree, sink),
+                }
+            }
             Change::Remove(p) => {
                 let p = rel_bytes(p);
+                // What vanished there is explained: it was deleted.
+                self.take_vanished(p);
                 self.fresh_view(p, false, sink)?;
                 if !p.is_empty() && tree.node(p)?.is_some() {
                     self.push(Edit::Delete { path: p.to_vec() });
@@ -350,33 +498,58 @@ impl Capturer {
             }
             Change::Move { from, to } => {
                 let (f, t) = (rel_bytes(from), rel_bytes(to));
-                self.fresh_view(f, false, sink)?;
-                self.fresh_view(t, true, sink)?;
-                let old = if f.is_empty() { None } else { tree.node(f)? };
-                match old {
-                    Some(old)
-                        if !self.excluded(t)
-                            && path_problem(t).is_none()
-                            && t.len() <= MAX_PATH =>
-                    {
-                        self.push(Edit::Move {
-                            from: f.to_vec(),
-                            to: t.to_vec(),
-                        });
-                        self.refresh_moved(t, &old);
-                        Ok(())
-                    }
-                    old => {
-                        if old.is_some() {
-                            self.push(Edit::Delete { path: f.to_vec() });
-                        }
-                        self.rescan(t, tree, sink)
+                // What was at the target is replaced; what vanished below the source went along.
+                self.take_vanished(t);
+                let carried = if f.is_empty() {
+                    Vec::new()
+                } else {
+                    self.take_vanished(f)
+                };
+                self.moved(f, t, tree, sink)?;
+                // Look at what vanished where it is now (a later move may carry it further).
+                for (path, v) in carried {
+                    let new = [t, &path[f.len()..]].concat();
+                    if v.subtree {
+                        self.rescan(&new, tree, sink)?;
+                    } else {
+                        self.read_path(&new, tree, sink)?;
                     }
                 }
+                Ok(())
             }
             Change::Rescan(p) => {
+                self.take_vanished(rel_bytes(p));
                 self.fresh_view(rel_bytes(p), true, sink)?;
                 self.rescan(rel_bytes(p), tree, sink)
+            }
+        }
+    }
+
+    /// The live tree's side of a move from `f` to `t`.
+    fn moved(
+        &mut self,
+        f: &[u8],
+        t: &[u8],
+        tree: &dyn LiveTree,
+        sink: &mut dyn Sink,
+    ) -> Result<()> {
+        self.fresh_view(f, false, sink)?;
+        self.fresh_view(t, true, sink)?;
+        let old = if f.is_empty() { None } else { tree.node(f)? };
+        match old {
+            Some(old) if !self.excluded(t) && path_problem(t).is_none() && t.len() <= MAX_PATH => {
+                self.push(Edit::Move {
+                    from: f.to_vec(),
+                    to: t.to_vec(),
+                });
+                self.refresh_moved(t, &old);
+                Ok(())
+            }
+            old => {
+                if old.is_some() {
+                    self.push(Edit::Delete { path: f.to_vec() });
+                }
+                self.rescan(t, tree, sink)
             }
         }
     }
@@ -386,8 +559,15 @@ impl Capturer {
     /// Anything else is left to the events that follow (or the next rescan).
     fn refresh_moved(&mut self, t: &[u8], old: &Node) {
         let abs = self.abs(t);
-        let Ok(mut node) = self.fs.lstat(&abs) else {
-            return;
+        let mut node = match self.fs.lstat(&abs) {
+            Ok(n) => n,
+            Err(e) => {
+                // Moved on again (or removed): the event that says so settles it.
+                if is_gone(&e) {
+                    self.vanish(t, false);
+                }
+                return;
+            }
         };
         node.xattrs = self.fs.xattrs(&abs).unwrap_or_default();
         let same_file = node.kind() == old.kind()
@@ -433,12 +613,7 @@ impl Capturer {
         let abs = self.abs(rel);
         let mut node = match self.fs.lstat(&abs) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if !rel.is_empty() && tree.node(rel)?.is_some() {
-                    self.push(Edit::Delete { path: rel.to_vec() });
-                }
-                return Ok(());
-            }
+            Err(e) if is_gone(&e) => return self.gone(rel, false, tree, sink),
             Err(e) => {
                 self.error(&abs, e);
                 return Ok(());
@@ -456,7 +631,7 @@ impl Capturer {
                         return Ok(());
                     }
                 }
-                if let Some(file) = self.read_file(rel, &abs, sink)? {
+                if let Some(file) = self.read_file(rel, &abs, tree, sink)? {
                     self.push(Edit::Put {
                         path: rel.to_vec(),
                         node: file,
@@ -483,6 +658,7 @@ impl Capturer {
                 if node.kind() == NodeType::Symlink {
                     match self.fs.read_link(&abs) {
                         Ok(t) => node.set_target(t.as_os_str()),
+                        Err(e) if is_gone(&e) => return self.gone(rel, false, tree, sink),
                         Err(e) => {
                             self.error(&abs, e);
                             return Ok(());
@@ -508,6 +684,10 @@ impl Capturer {
     /// what is new or changed (by size, mtime, ctime, inode), descends into directories.
     fn rescan(&mut self, rel: &[u8], tree: &dyn LiveTree, sink: &mut dyn Sink) -> Result<()> {
         self.read_path(rel, tree, sink)?;
+        if let Some(v) = self.vanished.get_mut(rel) {
+            v.subtree = true; // the subtree is still to be compared, wherever it went
+            return Ok(());
+        }
         let abs = self.abs(rel);
         if self.fs.lstat(&abs).is_ok_and(|n| n.kind() == NodeType::Dir) && !self.excluded(rel) {
             self.rescan_children(rel, &abs, tree, sink)?;
@@ -524,6 +704,7 @@ impl Capturer {
     ) -> Result<()> {
         let mut names: Vec<Vec<u8>> = match self.fs.read_dir(abs) {
             Ok(names) => names.into_iter().map(|n| n.as_bytes().to_vec()).collect(),
+            Err(e) if is_gone(&e) => return self.gone(rel, true, tree, sink),
             Err(e) => {
                 self.error(abs, format!("listing: {e}"));
                 return Ok(());
@@ -547,6 +728,10 @@ impl Capturer {
                 continue;
             }
             self.read_path(&child, tree, sink)?;
+            if let Some(v) = self.vanished.get_mut(&child) {
+                v.subtree = true;
+                continue;
+            }
             if self.pending_bytes >= self.opts.batch_bytes || self.pending.edits.len() >= 4096 {
                 self.flush(sink)?;
             }
@@ -567,11 +752,20 @@ impl Capturer {
 
     /// Reads a file into chunk ids, sealing new chunks into the pending batch (written out
     /// whenever it reaches the batch size). `None` when the file vanished or kept changing.
-    fn read_file(&mut self, rel: &[u8], abs: &Path, sink: &mut dyn Sink) -> Result<Option<Node>> {
+    fn read_file(
+        &mut self,
+        rel: &[u8],
+        abs: &Path,
+        tree: &dyn LiveTree,
+        sink: &mut dyn Sink,
+    ) -> Result<Option<Node>> {
         for _ in 0..self.opts.attempts.max(1) {
             let mut file = match self.fs.open(abs) {
                 Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) if is_gone(&e) => {
+                    self.gone(rel, false, tree, sink)?;
+                    return Ok(None);
+                }
                 Err(e) => {
                     self.error(abs, e);
                     return Ok(None);

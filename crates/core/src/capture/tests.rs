@@ -397,3 +397,71 @@ fn a_directory_created_with_files_is_scanned_whole() {
     t.round(&[rescan("fresh")]);
     t.assert_matches_disk();
 }
+
+/// Issue 15: changes queued under `clients/client0` (a file modified, a temp file created and
+/// deleted in `PM`, so `PM`'s mtime moved, and `PM`'s own metadata) are handled after the
+/// directory moved on disk; the move itself is handled only in the next round.
+#[test]
+fn issue_15_changes_queued_under_a_directory_that_moved() {
+    let mut t = office();
+    let pm = "clients/client0/~dmtmp/PM";
+    t.fs.change(|f| {
+        f.write(abs(&format!("{pm}/T1.XLS")), b"t1 version 2")?;
+        f.write(abs(&format!("{pm}/~tmp1.TMP")), b"scratch")?;
+        f.set_xattr(abs(pm), "user.x", b"1")
+    })
+    .expect("change the tree");
+    // Step 1 sees the disk before the move.
+    t.handle(&read(pm));
+    // Between two steps: the temp file goes, then the client's directory moves.
+    t.fs.change(|f| {
+        f.remove(abs(&format!("{pm}/~tmp1.TMP")))?;
+        f.rename(abs("clients/client0"), abs("client0-moved"))
+    })
+    .expect("move");
+    t.handle(&read(&format!("{pm}/T1.XLS")));
+    t.handle(&read(&format!("{pm}/~tmp1.TMP")));
+    t.finish();
+    // The next round brings the events of the removal and of the move.
+    t.round(&[
+        remove(&format!("{pm}/~tmp1.TMP")),
+        move_("clients/client0", "client0-moved"),
+    ]);
+    t.assert_matches_disk();
+}
+
+/// Issue 15, the same race in the middle of a rescan: the directory moves after its listing was
+/// read and before its children are, and the move of an ancestor arrives later.
+#[test]
+fn issue_15_a_directory_moves_while_it_is_rescanned() {
+    let mut t = office();
+    let pm = "clients/client0/~dmtmp/PM";
+    t.fs.change(|f| f.write(abs(&format!("{pm}/EVENTS.DOC")), b"events, longer"))
+        .expect("write");
+    t.fs.trap(abs(&format!("{pm}/EVENTS.DOC")), |f| {
+        f.rename(abs("clients"), abs("elsewhere")).expect("move");
+    });
+    t.round(&[rescan("clients")]);
+    t.round(&[move_("clients", "elsewhere")]);
+    t.assert_matches_disk();
+}
+
+/// A path that vanished with no event to explain it (its removal was never reported) is
+/// deleted once the grace has passed, so nothing is left behind for ever.
+#[test]
+fn a_vanished_path_no_event_explains_is_deleted_after_the_grace() {
+    let mut t = office();
+    t.cap.opts.vanish_grace = std::time::Duration::ZERO;
+    let inv = "clients/client0/~dmtmp/ACCESS/INV.PRN";
+    t.fs.change(|f| f.remove(abs(inv))).expect("remove");
+    t.round(&[read(inv)]);
+    assert!(
+        t.model.nodes.borrow().contains_key(inv.as_bytes()),
+        "deleted at once"
+    );
+    assert_eq!(t.cap.unresolved(), 1);
+    t.round(&[]);
+    t.round(&[]);
+    assert_eq!(t.cap.unresolved(), 0);
+    t.assert_matches_disk();
+}
