@@ -9,6 +9,7 @@ mod integration {
     pub mod forget;
     pub mod full_disk;
     pub mod golden;
+    pub mod issue_15;
     pub mod kill;
     pub mod logging;
     pub mod mount;

@@ -159,7 +159,22 @@ impl Translator {
                     ev.paths.first().and_then(|p| self.rel(p)),
                     ev.paths.get(1).and_then(|p| self.rel(p)),
                 ) {
-                    (Some(from), Some(to)) => out.push(Event::Moved { from, to }),
+                    (Some(from), Some(to)) => {
+                        // A directory moved: inotify may have missed what was created in it
+                        // while it had no watch yet (it moved before notify added one), so its
+                        // new place is compared with the catalog (by metadata: nothing
+                        // unchanged is read again).
+                        let is_dir = ev.paths.get(1).is_some_and(|p| {
+                            std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+                        });
+                        out.push(Event::Moved {
+                            from,
+                            to: to.clone(),
+                        });
+                        if is_dir {
+                            out.push(Event::Rescan(to));
+                        }
+                    }
                     (None, Some(to)) => out.push(Event::Rescan(to)),
                     (Some(from), None) => out.push(Event::Removed(from)),
                     (None, None) => {}
