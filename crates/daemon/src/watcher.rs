@@ -265,6 +265,37 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_directory_is_also_rescanned_where_it_went() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("b")).expect("mkdir");
+        std::fs::write(dir.path().join("g"), b"file").expect("write");
+        let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        let mut t = Translator::new(dir.path().to_path_buf());
+        let mut out = Vec::new();
+        for (from, to) in [("a", "b"), ("f", "g")] {
+            let e = ev(both, &[], Some(1))
+                .add_path(dir.path().join(from))
+                .add_path(dir.path().join(to));
+            t.translate(&e, Duration::ZERO, &mut out);
+        }
+        assert_eq!(
+            out,
+            vec![
+                Event::Moved {
+                    from: "a".into(),
+                    to: "b".into()
+                },
+                Event::Rescan("b".into()),
+                Event::Moved {
+                    from: "f".into(),
+                    to: "g".into()
+                },
+            ],
+            "a directory's move brings a rescan of its new place, a file's does not"
+        );
+    }
+
+    #[test]
     fn kinds() {
         let out = run(&[
             ev(EventKind::Create(CreateKind::Folder), &["/w/d"], None),
