@@ -24,6 +24,7 @@ use tidemark_core::repo::Repository;
 use tidemark_core::wal::{FileLogDir, Recovery, Wal, WalOptions, WalStats};
 
 use crate::catalog::{Catalog, CatalogStats};
+use crate::request::Request;
 use crate::state_machine::{ApplyResult, SealedSnapshot, SmOptions, SmStats, StateMachine};
 use crate::{Error, LogStore, Result, TypeConfig, Vote, STANDALONE_NODE};
 
@@ -175,7 +176,7 @@ impl Engine {
     pub async fn write(&self, batch: Batch) -> Result<ApplyResult> {
         let resp = self
             .raft
-            .client_write(Arc::new(batch))
+            .client_write(Request::from(batch))
             .await
             .map_err(|e| self.raft_error(&e))?;
         Ok(resp.data)
@@ -209,20 +210,34 @@ impl Engine {
     /// Seals what was applied so far (no-op when nothing changed) and purges the log up to it.
     /// Returns the repository snapshot, if there is one.
     ///
-    /// The seal runs here, on the blocking pool, before openraft is asked for a snapshot: a
-    /// store failure comes back as [`Error::Store`] and leaves the engine running (behind, and
-    /// retried by the next call), whereas a failed snapshot build would stop openraft. openraft's
-    /// build then finds the seal done and only purges the log.
+    /// A seal is a log entry ([`crate::Seal`], stamped here by the proposer with [`now_ns`] and this
+    /// replica's options), so that every replica seals the same revision and root tree at the
+    /// same index. Before proposing it, the open data pack is stored on the blocking pool
+    /// ([`StateMachine::prepare_seal`]), so applying the entry only writes trees, the index and
+    /// the snapshot. A store failure comes back as [`Error::Store`] and leaves the engine running
+    /// (behind; the next call proposes a new seal entry, whose apply first stores this one with
+    /// its own stamp). After a seal, openraft is asked for a snapshot: it finds the seal done and
+    /// purges the log up to it.
     pub async fn seal(&self) -> Result<Option<SealedSnapshot>> {
         if self.sm.stats().applied.is_none() {
             return Ok(None);
         }
         if self.sm.changed_since_seal() || self.sm.store_error().is_some() {
             let sm = self.sm.clone();
-            let sealed = tokio::task::spawn_blocking(move || sm.seal())
+            tokio::task::spawn_blocking(move || sm.prepare_seal())
                 .await
                 .map_err(|e| Error::Invalid(format!("the seal task failed: {e}")))??;
-            let target = sealed.meta.last_log_id.map(|l| l.index);
+            let stamp = self.opts.sm.stamp(now_ns());
+            let applied = self
+                .raft
+                .client_write(Request::Seal(Arc::new(stamp)))
+                .await
+                .map_err(|e| self.raft_error(&e))?
+                .data;
+            if let Some(why) = applied.store_error {
+                return Err(Error::Store(why));
+            }
+            let target = Some(applied.index);
             self.raft
                 .trigger()
                 .snapshot()
@@ -277,6 +292,14 @@ impl Engine {
             .map_err(|e| Error::Raft(e.to_string()))?;
         Ok(sealed)
     }
+}
+
+/// The one clock of the engine: a seal's stamp (and, outside the engine, a state machine's own
+/// seal) takes its time from here, ns since the epoch.
+pub(crate) fn now_ns() -> i64 {
+    chrono::Utc::now()
+        .timestamp_nanos_opt()
+        .expect("the clock is between 1677 and 2262")
 }
 
 /// The network of a group of one: there is nobody to talk to.

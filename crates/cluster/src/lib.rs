@@ -20,22 +20,19 @@ mod catalog;
 pub mod codec;
 mod engine;
 mod log_store;
+mod request;
 mod state_machine;
-
-use std::sync::Arc;
 
 pub use catalog::{check_row, Catalog, CatalogStats, ROOT_DIR};
 pub use engine::{Engine, EngineOptions, EngineStatus, SealTrigger};
 pub use log_store::LogStore;
+pub use request::{Request, Seal};
 pub use state_machine::{ApplyResult, SealedSnapshot, SmOptions, SmStats, StateMachine};
 
-/// The payload of a normal entry: a batch, shared so that openraft's clones are cheap.
-pub type Payload = Arc<tidemark_core::batch::Batch>;
-
 openraft::declare_raft_types!(
-    /// tidemark's Raft types: node ids are `u64`, entries carry [`Payload`].
+    /// tidemark's Raft types: node ids are `u64`, normal entries carry a [`Request`].
     pub TypeConfig:
-        D = Payload,
+        D = Request,
         R = ApplyResult,
         NodeId = u64,
         Node = openraft::impls::BasicNode,

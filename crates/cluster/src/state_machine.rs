@@ -1,11 +1,14 @@
 //! The state machine: applies committed batches to the catalog and the blob store, and seals.
 //!
 //! Applying a batch packs its new blobs (already compressed and encrypted at capture) and edits
-//! the catalog in one non-durable redb commit. A seal — openraft's `build_snapshot` — first stores
-//! the open pack of file data without the lock, then writes the changed trees bottom-up, stores
-//! their pack and an index file, then the snapshot object with its revision, and commits the
-//! catalog durably: the repository snapshot is the Raft snapshot, and after a crash the catalog is
-//! back at the last seal while the log, purged only up to it, replays the rest.
+//! the catalog in one non-durable redb commit. A seal is a log entry carrying its stamp
+//! (`docs/format.md` §15.2): the proposer first stores the open pack of file data without the
+//! lock ([`StateMachine::prepare_seal`]); applying the entry writes the changed trees bottom-up,
+//! stores their pack and an index file, then the snapshot object with the entry's index as its
+//! revision, and commits the catalog durably. Nothing it decides on comes from this process, so
+//! every replica seals the same root at the same index. The repository snapshot is the Raft
+//! snapshot (openraft's `build_snapshot` hands over the last seal), and after a crash the catalog
+//! is back at the last seal while the log, purged only up to it, replays the rest.
 //!
 //! Store failures (a full disk, EIO, an object store outage, a permission change) are not fatal.
 //! The state machine *falls behind*: it rewinds the catalog to the last seal (nothing since is
@@ -20,7 +23,8 @@
 //!   Normal ────────────────────────────────────────────────▶ Behind { reason, deferred blob ids }
 //!     ▲        rewind to the seal, replay the log without storing      │
 //!     └────────────────────────────────────────────────────────────────┘
-//!            seal: rewind, replay the log storing packs; then seal as usual
+//!            seal entry: rewind, replay the log storing packs (earlier seal entries seal
+//!            with their own stamps); then seal as usual
 //! ```
 
 use std::collections::HashSet;
@@ -43,11 +47,12 @@ use tidemark_core::store::Kind;
 use crate::catalog::Catalog;
 use crate::codec::{LogIdJson, MembershipJson, StoredMembershipJson};
 use crate::log_store::LogStore;
+use crate::request::{Request, Seal};
 use crate::{io_err, Error, LogId, Result, StoredMembership, TypeConfig};
 
 type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 type RaftSnapshot = openraft::alias::SnapshotOf<TypeConfig, SealedSnapshot>;
-type Payload = EntryPayload<crate::Payload, u64, openraft::impls::BasicNode>;
+type Payload = EntryPayload<Request, u64, openraft::impls::BasicNode>;
 
 /// What a seal produced: the Raft snapshot's data is the id of a repository snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,16 +69,24 @@ pub struct ApplyResult {
     /// Paths whose edit could not be applied (a move from a path the catalog does not have, or a
     /// file whose chunks are missing): the capture stage rescans them.
     pub rescan: Vec<Vec<u8>>,
+    /// A seal entry: the repository snapshot that stands for it (a new one, or the last seal's
+    /// when the root tree did not change). `None` for other entries and for a seal not stored.
+    pub sealed: Option<SnapshotId>,
+    /// A seal entry whose repository write failed, in one line: this replica is behind, and a
+    /// later seal entry stores this one (with this entry's stamp, at this entry's index) first.
+    pub store_error: Option<String>,
 }
 
-/// Where the state machine's snapshots come from and what they are stamped with.
+/// Where this replica's snapshots come from. The watched path, its ancestors and the hostname
+/// go into the seals this replica proposes ([`SmOptions::stamp`]); a seal entry is applied with
+/// its own stamp, whoever proposed it. The user and group are this replica's.
 #[derive(Debug, Clone, Default)]
 pub struct SmOptions {
     /// The watched directory (absolute).
     pub watched: PathBuf,
     /// Its ancestor directories, outermost first, each with its name (`docs/format.md` §14).
     pub ancestors: Vec<Node>,
-    /// Recorded in snapshots.
+    /// Stamped on the seals this replica proposes.
     pub hostname: String,
     /// Recorded in snapshots.
     pub username: String,
@@ -81,6 +94,19 @@ pub struct SmOptions {
     pub uid: u32,
     /// Recorded in snapshots.
     pub gid: u32,
+}
+
+impl SmOptions {
+    /// The stamp of a seal proposed at `time_ns` (ns since the epoch) by this replica.
+    pub fn stamp(&self, time_ns: i64) -> Seal {
+        Seal {
+            version: 1,
+            time_ns,
+            host: self.hostname.clone(),
+            path: self.watched.to_string_lossy().into_owned(),
+            ancestors: self.ancestors.clone(),
+        }
+    }
 }
 
 /// Counters for `status` and the seal trigger.
@@ -478,34 +504,50 @@ impl StateMachine {
         }
     }
 
-    /// Seals now (what openraft's snapshot builder calls): returns the snapshot meta and data.
+    /// Prepares a seal before it is proposed: stores the open pack (the file data applied since
+    /// the last seal) without the lock. Its fsync is the slow part of a seal (58 ms measured
+    /// under a 100/s writer, while the log's own syncs took 0.3 ms); holding the lock through it,
+    /// or doing it while applying the seal entry, stalls capture, which waits for apply. This is
+    /// what an apply does when a pack fills, minus the lock: the catalog is not touched, the
+    /// pack's blobs count as known meanwhile, and its index file is written by the seal entry,
+    /// which then only stores the trees' small pack, the index and the snapshot. Skipping this
+    /// changes nothing a seal produces (pack boundaries do not reach trees).
     ///
-    /// The open pack (the file data applied since the last seal) is stored first, without the
-    /// lock: its fsync is the slow part of a seal (58 ms measured under a 100/s writer, while the
-    /// log's own syncs took 0.3 ms), and holding the lock through it stalled capture, which waits
-    /// for apply. This is what an apply does when a pack fills, minus the lock: the catalog is
-    /// not touched, the pack's blobs count as known meanwhile, and its index file is written by
-    /// the seal proper, which then only stores the trees' small pack, the index and the snapshot.
-    ///
-    /// While the state machine is behind (a store failure), the seal first catches up: it
-    /// replays the log since the last seal into packs. A store failure returns [`Error::Store`]
-    /// and leaves the state machine behind and working; other errors are fatal.
-    pub fn seal(&self) -> Result<RaftSnapshot> {
+    /// A store failure returns [`Error::Store`] and leaves the state machine behind and working.
+    pub fn prepare_seal(&self) -> Result<()> {
         let _one = self.sealing.lock().expect("seal lock");
-        let started = Instant::now();
-        {
-            let mut g = self.lock();
-            if g.behind.is_some() {
-                g.catch_up()?;
+        self.store_open_pack()
+    }
+
+    /// Applies one entry and records it as applied. A seal entry waits for a seal being
+    /// prepared ([`Self::prepare_seal`]), so that its snapshot never names a pack not yet stored.
+    fn apply_one(&self, log_id: &LogId, payload: &Payload) -> Result<ApplyResult> {
+        let _one = matches!(payload, EntryPayload::Normal(Request::Seal(_)))
+            .then(|| self.sealing.lock().expect("seal lock"));
+        let mut g = self.lock();
+        let result = g.apply_entry(log_id, payload)?;
+        g.applied = Some(*log_id);
+        g.stats.applied = Some(log_id.index);
+        Ok(result)
+    }
+
+    /// The Raft snapshot for openraft (after a seal entry, the engine asks for one to purge the
+    /// log): the last seal. Entries applied after it that changed nothing (blank, membership)
+    /// move the seal up to them, keeping its snapshot; changes are left to the next seal entry,
+    /// which stamps them. Only a state machine that was never sealed through the log (openraft's
+    /// storage suite drives it directly) seals here with its own stamp.
+    fn build(&self) -> Result<RaftSnapshot> {
+        let _one = self.sealing.lock().expect("seal lock");
+        let mut g = self.lock();
+        let at = g.applied;
+        let changed = g.stats.edits_since_seal > 0 || !g.catalog.is_sealed()?;
+        if let Some(cur) = g.current() {
+            if g.behind.is_some() || changed || cur.meta.last_log_id == at {
+                return Ok(cur);
             }
         }
-        self.store_open_pack()?;
-        let mut g = self.lock();
-        if let Some(b) = &g.behind {
-            // An apply failed while the data pack was being stored.
-            return Err(Error::Store(b.reason.clone()));
-        }
-        match g.seal(started) {
+        let stamp = g.opts.stamp(crate::engine::now_ns());
+        match g.seal(at.as_ref(), &stamp, Instant::now()) {
             Ok(s) => Ok(s),
             Err(e) => Err(g.store_failed(e)),
         }
@@ -553,7 +595,7 @@ fn apply_edits(
 ) -> Result<ApplyResult> {
     let mut result = ApplyResult {
         index: log_id.index,
-        rescan: Vec::new(),
+        ..ApplyResult::default()
     };
     let mut txn = catalog.begin()?;
     for edit in &batch.edits {
@@ -590,19 +632,28 @@ fn apply_edits(
 impl SmInner {
     /// Applies one entry. A store failure is not an error here: the state machine falls behind
     /// (which covers this entry too, from the log) and the entry counts as applied.
+    ///
+    /// A seal entry applied while behind first catches up (replays the log since the last seal,
+    /// storing, which seals the earlier seal entries with their own stamps); if the store still
+    /// fails, the seal entry too is only recorded, and its result says why.
     fn apply_entry(&mut self, log_id: &LogId, payload: &Payload) -> Result<ApplyResult> {
+        if matches!(payload, EntryPayload::Normal(Request::Seal(_))) && self.behind.is_some() {
+            match self.catch_up() {
+                Ok(()) | Err(Error::Store(_)) => {}
+                Err(fatal) => return Err(fatal),
+            }
+        }
         match self.apply_payload(log_id, payload) {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.applied = Some(*log_id);
-                let e = self.store_failed(e);
-                if matches!(e, Error::Store(_)) {
-                    Ok(ApplyResult {
+                match self.store_failed(e) {
+                    Error::Store(why) => Ok(ApplyResult {
                         index: log_id.index,
-                        rescan: Vec::new(),
-                    })
-                } else {
-                    Err(e)
+                        store_error: Some(why),
+                        ..ApplyResult::default()
+                    }),
+                    fatal => Err(fatal),
                 }
             }
         }
@@ -614,7 +665,7 @@ impl SmInner {
                 self.set_applied(log_id, None)?;
                 Ok(ApplyResult {
                     index: log_id.index,
-                    rescan: Vec::new(),
+                    ..ApplyResult::default()
                 })
             }
             EntryPayload::Membership(m) => {
@@ -624,14 +675,32 @@ impl SmInner {
                 )?;
                 Ok(ApplyResult {
                     index: log_id.index,
-                    rescan: Vec::new(),
+                    ..ApplyResult::default()
                 })
             }
-            EntryPayload::Normal(batch) if self.behind.is_some() => {
+            EntryPayload::Normal(Request::Batch(batch)) if self.behind.is_some() => {
                 self.apply_deferred(log_id, batch)
             }
-            EntryPayload::Normal(batch) => self.apply_batch(log_id, batch),
+            EntryPayload::Normal(Request::Batch(batch)) => self.apply_batch(log_id, batch),
+            EntryPayload::Normal(Request::Seal(stamp)) => self.apply_seal(log_id, stamp),
         }
+    }
+
+    /// Seals at `log_id` with the entry's stamp. While behind it is only recorded as applied:
+    /// the catch-up replays it, storing, and seals it then.
+    fn apply_seal(&mut self, log_id: &LogId, stamp: &Seal) -> Result<ApplyResult> {
+        let mut result = ApplyResult {
+            index: log_id.index,
+            ..ApplyResult::default()
+        };
+        if let Some(b) = &self.behind {
+            result.store_error = Some(b.reason.clone());
+            self.set_applied(log_id, None)?;
+            return Ok(result);
+        }
+        let sealed = self.seal(Some(log_id), stamp, Instant::now())?;
+        result.sealed = Some(sealed.snapshot.id);
+        Ok(result)
     }
 
     /// Handles a failed operation: a catalog failure (the state directory) is returned as it is
@@ -816,17 +885,11 @@ impl SmInner {
         })
     }
 
-    /// The seal proper, under the lock; `started` is when [`StateMachine::seal`] began, so the
-    /// reported seal time includes storing the data pack.
-    fn seal(&mut self, started: Instant) -> Result<RaftSnapshot> {
-        if self.catalog.is_sealed()?
-            && self.sealed.as_ref().map(|s| s.log)
-                == Some(self.applied.as_ref().map(LogIdJson::from))
-        {
-            if let Some(cur) = self.current() {
-                return Ok(cur);
-            }
-        }
+    /// The seal proper, under the lock: seals the live tree as of log entry `at` (the seal
+    /// entry; `None` only for a state machine that applied nothing) with `stamp`. Everything that decides the root tree id and the snapshot's revision,
+    /// time, host and path comes from the log; only the snapshot's user, parent and summary are
+    /// this replica's.
+    fn seal(&mut self, at: Option<&LogId>, stamp: &Seal, started: Instant) -> Result<RaftSnapshot> {
         let mut txn = self.catalog.begin()?;
         let packer = &mut self.packer;
         let crypto = packer.repo.read().expect("repo lock").crypto().clone();
@@ -835,9 +898,8 @@ impl SmInner {
         })?;
         // Wrap the watched directory in its ancestors, as `backup` does (`docs/format.md` §8):
         // recorded metadata where the caller gave it, a plain directory otherwise.
-        let components: Vec<&std::ffi::OsStr> = self
-            .opts
-            .watched
+        let watched = std::path::Path::new(&stamp.path);
+        let components: Vec<&std::ffi::OsStr> = watched
             .components()
             .filter_map(|c| match c {
                 std::path::Component::Normal(n) => Some(n),
@@ -854,7 +916,7 @@ impl SmInner {
             let mut tree = Tree::new();
             tree.nodes.push(node);
             let id = packer.store_tree(&tree)?;
-            node = match self.opts.ancestors.get(i) {
+            node = match stamp.ancestors.get(i) {
                 Some(a) if a.os_name() == **name => a.clone(),
                 _ => crate::catalog::default_dir(),
             };
@@ -877,15 +939,16 @@ impl SmInner {
             s.snapshot.clone()
         } else {
             let now = chrono::Utc::now();
+            let time = chrono::DateTime::from_timestamp_nanos(stamp.time_ns);
             let o = &self.opts;
             let snap = Snapshot {
                 version: 1,
-                time: now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-                hostname: o.hostname.clone(),
+                time: time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                hostname: stamp.host.clone(),
                 username: o.username.clone(),
                 uid: o.uid,
                 gid: o.gid,
-                paths: vec![o.watched.to_string_lossy().into_owned()],
+                paths: vec![stamp.path.clone()],
                 tags: Vec::new(),
                 parent: self
                     .sealed
@@ -907,8 +970,8 @@ impl SmInner {
                     end: now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
                     ..Summary::default()
                 },
-                revision: self.applied.map(|a| a.index),
-                log: self.applied.map(|a| LogPosition {
+                revision: at.map(|a| a.index),
+                log: at.map(|a| LogPosition {
                     term: a.leader_id.term,
                     node: a.leader_id.node_id,
                 }),
@@ -927,11 +990,11 @@ impl SmInner {
         let sealed = SealedMeta {
             snapshot: snapshot_id,
             tree: tree.to_hex(),
-            log: self.applied.as_ref().map(LogIdJson::from),
+            log: at.map(LogIdJson::from),
             membership,
         };
         txn.set_meta("sealed", &sealed)?;
-        if let Some(a) = &self.applied {
+        if let Some(a) = at {
             txn.set_meta("applied", &LogIdJson::from(a))?;
         }
         txn.set_meta("membership", &StoredMembershipJson::from(&self.membership))?;
@@ -946,7 +1009,7 @@ impl SmInner {
         s.last_seal_at = Some(Instant::now());
         s.edits_since_seal = 0;
         s.bytes_since_seal = 0;
-        s.sealed = self.applied.map(|a| a.index);
+        s.sealed = at.map(|a| a.index);
         s.sealed_snapshot = self.sealed.as_ref().map(|x| x.snapshot.clone());
         Ok(self.current().expect("just sealed"))
     }
@@ -1024,7 +1087,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // A store failure leaves the state machine behind, not broken: hand openraft the last
         // seal (it ignores a snapshot no newer than the one it has), and the engine retries.
         let sm = self.clone();
-        tokio::task::spawn_blocking(move || match sm.seal() {
+        tokio::task::spawn_blocking(move || match sm.build() {
             Err(Error::Store(why)) => sm.lock().current().ok_or(Error::Store(why)),
             other => other,
         })
@@ -1052,12 +1115,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
-            let mut g = self.lock();
-            let log_id = entry.log_id;
-            let result = g.apply_entry(&log_id, &entry.payload).map_err(io_err)?;
-            g.applied = Some(log_id);
-            g.stats.applied = Some(log_id.index);
-            drop(g);
+            let result = if matches!(entry.payload, EntryPayload::Normal(Request::Seal(_))) {
+                // A seal blocks for its fsyncs: on the blocking pool it holds up no runtime
+                // worker (see `build_snapshot`).
+                let sm = self.clone();
+                tokio::task::spawn_blocking(move || sm.apply_one(&entry.log_id, &entry.payload))
+                    .await
+                    .map_err(|e| io::Error::other(format!("the seal task failed: {e}")))?
+            } else {
+                self.apply_one(&entry.log_id, &entry.payload)
+            };
+            let result = result.map_err(io_err)?;
             if let Some(r) = responder {
                 r.send(result);
             }
