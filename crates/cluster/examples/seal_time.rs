@@ -10,7 +10,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use tidemark_cluster::{Engine, EngineOptions, SmOptions};
+use tidemark_cluster::{Engine, EngineOptions, EngineParts, SmOptions};
 use tidemark_core::batch::{Batch, Edit};
 use tidemark_core::repo::{InitOptions, Repository};
 use tidemark_core::snapshot::{Node, NodeType, NodeTypeField};
@@ -72,7 +72,16 @@ fn main() {
             ..SmOptions::default()
         };
         rt.block_on(async {
-            let (engine, _) = Engine::open(repo, EngineOptions::new(tmp.path().to_path_buf(), sm))
+            let parts = EngineParts::standalone(tmp.path()).unwrap();
+            let (engine, _) = Engine::open(parts, repo, EngineOptions::new(sm))
+                .await
+                .unwrap();
+            engine
+                .initialize(Engine::standalone_members())
+                .await
+                .unwrap();
+            engine
+                .ready(std::time::Duration::from_secs(30))
                 .await
                 .unwrap();
             for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {

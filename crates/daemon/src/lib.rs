@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tidemark_cluster::{Engine, EngineOptions, EngineStatus, SealedSnapshot, SmOptions};
+use tidemark_cluster::{
+    Engine, EngineOptions, EngineParts, EngineStatus, SealedSnapshot, SmOptions,
+};
 use tidemark_core::backup::{node_from_metadata, Excludes};
 use tidemark_core::batch::Batch;
 use tidemark_core::capture::{CaptureOptions, CaptureStats, Capturer, LiveTree, Sink};
@@ -344,6 +346,22 @@ fn sm_options(root: &Path, hostname: &str, username: &str) -> SmOptions {
     }
 }
 
+/// Opens the engine of a standalone device (a group of one) in `state_dir`, initialises its
+/// group when new, and waits until it leads with every change of its log applied.
+async fn open_standalone(
+    state_dir: &Path,
+    repo: Arc<RwLock<Repository>>,
+    opts: EngineOptions,
+) -> Result<(Engine, tidemark_core::wal::Recovery)> {
+    let parts = EngineParts::standalone(state_dir)?;
+    let (engine, recovery) = Engine::open(parts, repo, opts).await?;
+    if !engine.is_initialized().await? {
+        engine.initialize(Engine::standalone_members()).await?;
+    }
+    engine.ready(std::time::Duration::from_secs(300)).await?;
+    Ok((engine, recovery))
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -365,12 +383,9 @@ pub fn recover(
     let repo = Arc::new(RwLock::new(repo));
     let rt = runtime()?;
     rt.block_on(async {
-        let mut opts = EngineOptions::new(
-            state_dir.to_path_buf(),
-            sm_options(&owner.path, hostname, ""),
-        );
+        let mut opts = EngineOptions::new(sm_options(&owner.path, hostname, ""));
         opts.wal = wal;
-        let (engine, recovery) = Engine::open(repo, opts).await?;
+        let (engine, recovery) = open_standalone(state_dir, repo, opts).await?;
         let sealed = engine.shutdown().await?;
         Ok(Report {
             recovery,
@@ -427,14 +442,12 @@ fn watch_inner(
     let excludes = Excludes::new(&excludes)?;
     let repo = Arc::new(RwLock::new(repo));
     let rt = runtime()?;
-    let mut engine_opts = EngineOptions::new(
-        state.path().to_path_buf(),
-        sm_options(&root, &opts.hostname, &opts.username),
-    );
+    let mut engine_opts = EngineOptions::new(sm_options(&root, &opts.hostname, &opts.username));
     engine_opts.wal = opts.wal;
     engine_opts.seal_interval = opts.seal_interval;
     engine_opts.seal_bytes = opts.seal_bytes;
-    let (engine, recovery) = rt.block_on(Engine::open(repo.clone(), engine_opts))?;
+    let (engine, recovery) =
+        rt.block_on(open_standalone(state.path(), repo.clone(), engine_opts))?;
     let engine = Arc::new(engine);
     // After a crash, what reached the log is sealed before anything new is captured (unless the
     // repository cannot be written: then the seal schedule retries it).

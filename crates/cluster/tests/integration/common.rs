@@ -2,6 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tidemark_cluster::{Engine, EngineParts};
+use tidemark_core::wal::Recovery;
 
 use tidemark_core::batch::{Batch, Edit, NewBlob};
 use tidemark_core::check::{check, CheckOptions};
@@ -170,14 +174,32 @@ pub fn assert_complete(
     );
 }
 
-/// Engine options for a watched `/srv/share` on host `nas`, state in `state`.
-pub fn options(state: &std::path::Path) -> tidemark_cluster::EngineOptions {
+/// Engine options for a watched `/srv/share` on host `nas`.
+pub fn options() -> tidemark_cluster::EngineOptions {
     let sm = tidemark_cluster::SmOptions {
         watched: "/srv/share".into(),
         hostname: "nas".into(),
         ..tidemark_cluster::SmOptions::default()
     };
-    tidemark_cluster::EngineOptions::new(state.to_path_buf(), sm)
+    tidemark_cluster::EngineOptions::new(sm)
+}
+
+/// A standalone engine with its state in `state`, as the daemon opens one: a group of one,
+/// initialised when new, leading and with its log replayed.
+pub async fn open_engine(
+    repo: Arc<RwLock<Repository>>,
+    state: &std::path::Path,
+) -> (Engine, Recovery) {
+    let parts = EngineParts::standalone(state).unwrap();
+    let (engine, recovery) = Engine::open(parts, repo, options()).await.unwrap();
+    if !engine.is_initialized().await.unwrap() {
+        engine
+            .initialize(Engine::standalone_members())
+            .await
+            .unwrap();
+    }
+    engine.ready(Duration::from_secs(30)).await.unwrap();
+    (engine, recovery)
 }
 
 /// A runtime like the daemon's.

@@ -8,7 +8,7 @@ use tidemark_core::snapshot::Node;
 
 use std::collections::BTreeMap;
 
-use super::common::{assert_complete, dir, options, put_files, repo, rt, snapshot_nodes};
+use super::common::{assert_complete, dir, open_engine, put_files, repo, rt, snapshot_nodes};
 
 /// `path → (type, size)` for every entry below the watched directory in the snapshot.
 fn snapshot_listing(
@@ -50,9 +50,7 @@ fn writes_become_a_snapshot_that_matches_the_catalog() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = repo();
     rt().block_on(async {
-        let (engine, _) = Engine::open(repo.clone(), options(tmp.path()))
-            .await
-            .unwrap();
+        let (engine, _) = open_engine(repo.clone(), tmp.path()).await;
         // A new catalog has never been sealed: its first seal is the empty tree.
         assert!(engine.seal_due().is_some());
         engine.seal().await.unwrap().expect("the empty tree");
@@ -130,9 +128,7 @@ fn a_restart_replays_what_was_not_sealed() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = repo();
     let first = rt().block_on(async {
-        let (engine, _) = Engine::open(repo.clone(), options(tmp.path()))
-            .await
-            .unwrap();
+        let (engine, _) = open_engine(repo.clone(), tmp.path()).await;
         engine.write(batch(&repo, &[("a", b"one")])).await.unwrap();
         let first = engine.seal().await.unwrap().unwrap();
         engine
@@ -151,9 +147,7 @@ fn a_restart_replays_what_was_not_sealed() {
         first
     });
     rt().block_on(async {
-        let (engine, rec) = Engine::open(repo.clone(), options(tmp.path()))
-            .await
-            .unwrap();
+        let (engine, rec) = open_engine(repo.clone(), tmp.path()).await;
         assert_eq!(rec.torn_bytes, 0);
         let want = vec![
             ("b".to_string(), "File".to_string(), 3),

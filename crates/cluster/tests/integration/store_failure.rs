@@ -12,7 +12,7 @@ use tidemark_core::batch::{Batch, Edit};
 use tidemark_core::repo::Repository;
 use tidemark_testkit::{seeded_bytes, FlakyStore, MemStore};
 
-use super::common::{assert_complete, init_repo, options, put_files, rt};
+use super::common::{assert_complete, init_repo, open_engine, put_files, rt};
 
 /// A repository with small packs, so that applies flush packs too, over a store that fails after
 /// `budget` writes.
@@ -95,9 +95,7 @@ fn writes_of_a_clean_run() -> usize {
     let (store, repo) = flaky_repo(usize::MAX);
     let before = store.writes.load(Ordering::SeqCst);
     rt().block_on(async {
-        let (engine, _) = Engine::open(repo.clone(), options(tmp.path()))
-            .await
-            .unwrap();
+        let (engine, _) = open_engine(repo.clone(), tmp.path()).await;
         let s = run_scenario(&engine, &repo).await;
         let sealed = engine.shutdown().await.unwrap().unwrap();
         assert_complete(&repo.read().unwrap(), &sealed.id, &s.want, "clean run");
@@ -118,9 +116,7 @@ fn issue_9_store_failure_at_every_write_then_the_store_recovers() {
         let tmp = tempfile::tempdir().unwrap();
         let (store, repo) = flaky_repo(k);
         rt().block_on(async {
-            let (engine, _) = Engine::open(repo.clone(), options(tmp.path()))
-                .await
-                .unwrap();
+            let (engine, _) = open_engine(repo.clone(), tmp.path()).await;
             let s = run_scenario(&engine, &repo).await;
             assert!(
                 store.refused.load(Ordering::SeqCst) > 0,
@@ -164,9 +160,7 @@ fn issue_9_store_failure_at_every_write_then_a_restart() {
         let tmp = tempfile::tempdir().unwrap();
         let (store, repo) = flaky_repo(k);
         let s = rt().block_on(async {
-            let (engine, _) = Engine::open(repo.clone(), options(tmp.path()))
-                .await
-                .unwrap();
+            let (engine, _) = open_engine(repo.clone(), tmp.path()).await;
             let s = run_scenario(&engine, &repo).await;
             engine.stop_without_seal().await.unwrap();
             s
@@ -177,9 +171,7 @@ fn issue_9_store_failure_at_every_write_then_a_restart() {
         fresh.load_index().unwrap();
         let repo = Arc::new(RwLock::new(fresh));
         rt().block_on(async {
-            let (engine, _) = Engine::open(repo.clone(), options(tmp.path()))
-                .await
-                .unwrap();
+            let (engine, _) = open_engine(repo.clone(), tmp.path()).await;
             let sealed = engine.shutdown().await.unwrap().unwrap();
             assert_complete(
                 &repo.read().unwrap(),
