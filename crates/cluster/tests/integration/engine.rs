@@ -165,3 +165,77 @@ fn a_restart_replays_what_was_not_sealed() {
         assert_complete(&repo.read().unwrap(), &sealed.id, &contents, "replayed");
     });
 }
+
+/// Issue 10: a state directory from the release before seals were entries opens. Its log holds
+/// bare batches (request version 1); they replay and seal as before.
+#[test]
+fn issue_10_a_log_of_the_previous_release_still_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = repo();
+    rt().block_on(async {
+        let (engine, _) = open_engine(repo.clone(), tmp.path()).await;
+        let last = engine.log().wal().last_index().unwrap().unwrap();
+        let leader = engine.log().read_entries(last, last + 1).unwrap()[0].log_id;
+        engine.stop_without_seal().await.unwrap();
+        // The previous release's encoder: term ‖ node ‖ type 1 ‖ the batch's own bytes.
+        let old = batch(&repo, &[("old", b"from the last release")]);
+        let mut body = Vec::new();
+        body.extend_from_slice(&leader.leader_id.term.to_le_bytes());
+        body.extend_from_slice(&leader.leader_id.node_id.to_le_bytes());
+        body.push(1);
+        old.encode_into(&mut body);
+        let dir = tidemark_core::wal::FileLogDir::new(tmp.path().join("wal")).unwrap();
+        let (wal, _) = tidemark_core::wal::Wal::open(
+            std::sync::Arc::new(dir),
+            tidemark_core::wal::WalOptions::default(),
+        )
+        .unwrap();
+        let lsn = wal.append([(last + 1, body)]).unwrap();
+        wal.sync(lsn).unwrap();
+        drop(wal);
+
+        let (engine, _) = open_engine(repo.clone(), tmp.path()).await;
+        assert!(catalog_listing(&engine).contains(&("old".into(), "File".into(), 21)));
+        let sealed = engine.seal().await.unwrap().expect("a seal");
+        let want = BTreeMap::from([("old".to_string(), b"from the last release".to_vec())]);
+        assert_complete(&repo.read().unwrap(), &sealed.id, &want, "old log");
+        engine.shutdown().await.unwrap();
+    });
+}
+
+/// Issue 10: leadership is observable; a group of one leads once initialised.
+#[test]
+fn issue_10_leadership_after_initialize() {
+    let tmp = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let parts = tidemark_cluster::EngineParts::standalone(tmp.path()).unwrap();
+        let (engine, _) = Engine::open(parts, repo(), super::common::options())
+            .await
+            .unwrap();
+        let mut leadership = engine.leadership();
+        assert!(
+            !leadership.borrow().leading,
+            "nobody leads an uninitialised group"
+        );
+        assert!(!engine.is_initialized().await.unwrap());
+        engine
+            .initialize(Engine::standalone_members())
+            .await
+            .unwrap();
+        let led = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            leadership.wait_for(|l| l.leading),
+        )
+        .await
+        .expect("leads within 30 s")
+        .map(|l| *l)
+        .unwrap();
+        assert_eq!(led.leader, Some(tidemark_cluster::STANDALONE_NODE));
+        assert!(led.term >= 1);
+        assert!(matches!(
+            engine.initialize(Engine::standalone_members()).await,
+            Err(tidemark_cluster::Error::Refused(_))
+        ));
+        engine.shutdown().await.unwrap();
+    });
+}
