@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -101,10 +101,7 @@ pub struct Engine {
 impl Engine {
     /// Opens (or creates) the state in `opts.state_dir`, replays the log, and becomes the leader of
     /// its group of one. Everything that reached the log before a crash is applied on return.
-    pub async fn open(
-        repo: Arc<RwLock<Repository>>,
-        opts: EngineOptions,
-    ) -> Result<(Engine, Recovery)> {
+    pub async fn open(repo: Repository, opts: EngineOptions) -> Result<(Engine, Recovery)> {
         // Mode 0700, each new directory fsynced into its parent (as the daemon's StateDir does).
         tidemark_core::dir::create_all(&opts.state_dir, 0o700).map_err(|e| {
             tidemark_core::Error::io("creating state directory", &opts.state_dir, e)

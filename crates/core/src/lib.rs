@@ -27,6 +27,7 @@ pub mod batch;
 pub mod capture;
 pub mod check;
 pub mod chunk;
+pub mod clock;
 pub mod copy;
 pub mod crypto;
 pub mod dir;

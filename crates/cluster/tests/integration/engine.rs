@@ -40,9 +40,9 @@ fn catalog_listing(engine: &Engine) -> Vec<(String, String, u64)> {
     v
 }
 
-/// Builds a batch without holding the repository lock across the write (the state machine needs it).
-fn batch(repo: &std::sync::RwLock<Repository>, files: &[(&str, &[u8])]) -> Batch {
-    put_files(&repo.read().unwrap(), files)
+/// Builds a batch of files.
+fn batch(repo: &Repository, files: &[(&str, &[u8])]) -> Batch {
+    put_files(repo, files)
 }
 
 #[test]
@@ -58,7 +58,7 @@ fn writes_become_a_snapshot_that_matches_the_catalog() {
         engine.seal().await.unwrap().expect("the empty tree");
         assert_eq!(engine.seal_due(), None, "nothing changed since");
         let b = put_files(
-            &repo.read().unwrap(),
+            &repo,
             &[
                 ("docs/a.txt", b"hello"),
                 ("docs/sub/b.txt", b"world!"),
@@ -104,15 +104,11 @@ fn writes_become_a_snapshot_that_matches_the_catalog() {
             ("moved/b.txt".into(), "File".into(), 6),
         ];
         assert_eq!(catalog_listing(&engine), want);
-        assert_eq!(snapshot_listing(&repo.read().unwrap(), &sealed.id), want);
-        let snap = repo.read().unwrap().load_snapshot(&sealed.id).unwrap();
+        assert_eq!(snapshot_listing(&repo, &sealed.id), want);
+        let snap = repo.load_snapshot(&sealed.id).unwrap();
         assert!(snap.revision.unwrap() >= 2);
         // The file's bytes are in the repository.
-        let tree_blob = repo
-            .read()
-            .unwrap()
-            .read_blob(&repo.read().unwrap().crypto().blob_id(b"world!"))
-            .unwrap();
+        let tree_blob = repo.read_blob(&repo.crypto().blob_id(b"world!")).unwrap();
         assert_eq!(tree_blob, b"world!");
         let status = engine.status().unwrap();
         assert_eq!(status.state_machine.seals, 2);
@@ -163,11 +159,11 @@ fn a_restart_replays_what_was_not_sealed() {
         assert_eq!(catalog_listing(&engine), want, "the log was replayed");
         let sealed = engine.shutdown().await.unwrap().unwrap();
         assert_ne!(sealed.id, first.id);
-        assert_eq!(snapshot_listing(&repo.read().unwrap(), &sealed.id), want);
+        assert_eq!(snapshot_listing(&repo, &sealed.id), want);
         let contents: BTreeMap<String, Vec<u8>> = [("b", &b"two"[..]), ("c/d", b"three")]
             .into_iter()
             .map(|(p, d)| (p.to_string(), d.to_vec()))
             .collect();
-        assert_complete(&repo.read().unwrap(), &sealed.id, &contents, "replayed");
+        assert_complete(&repo, &sealed.id, &contents, "replayed");
     });
 }
