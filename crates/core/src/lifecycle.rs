@@ -664,6 +664,101 @@ mod tests {
         assert!(s.check().is_err() && s.renew().is_err());
     }
 
+    /// A store whose session puts, once `slow` is set, wait until `release` is set: an S3 put
+    /// that hangs.
+    #[derive(Default)]
+    struct SlowSessionPuts {
+        mem: Mem,
+        slow: std::sync::atomic::AtomicBool,
+        /// (a put is waiting, released)
+        gate: (Mutex<(bool, bool)>, Condvar),
+    }
+
+    impl Store for SlowSessionPuts {
+        fn put(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<()> {
+            if kind == Kind::Session && self.slow.load(std::sync::atomic::Ordering::SeqCst) {
+                let (lock, cv) = &self.gate;
+                let mut g = lock.lock().unwrap();
+                g.0 = true;
+                cv.notify_all();
+                while !g.1 {
+                    g = cv.wait(g).unwrap();
+                }
+            }
+            self.mem.put(kind, id, bytes)
+        }
+        fn get(
+            &self,
+            kind: Kind,
+            id: &ObjectId,
+            range: Option<std::ops::Range<u64>>,
+        ) -> Result<Vec<u8>> {
+            self.mem.get(kind, id, range)
+        }
+        fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
+            self.mem.list(kind)
+        }
+        fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
+            self.mem.delete(kind, id)
+        }
+        fn location(&self) -> String {
+            "slow".into()
+        }
+    }
+
+    /// Issue 10: a renewal whose put hangs does not block the lease check every write makes
+    /// (it used to hold the session's lock across the put).
+    #[test]
+    fn issue_10_a_hanging_renewal_does_not_block_lease_checks() {
+        let store = Arc::new(SlowSessionPuts::default());
+        let crypto = Crypto::plain([7; 32]);
+        let s = Arc::new(
+            Session::start_every(
+                Arc::clone(&store) as Arc<dyn Store>,
+                &crypto,
+                "watch",
+                "h",
+                Duration::from_secs(3600),
+            )
+            .unwrap(),
+        );
+        store.slow.store(true, std::sync::atomic::Ordering::SeqCst);
+        let renewing = {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || s.renew())
+        };
+        {
+            let (lock, cv) = &store.gate;
+            let mut g = lock.lock().unwrap();
+            while !g.0 {
+                g = cv.wait(g).unwrap();
+            }
+        }
+        // The renewal is inside its put now; a check must answer while it hangs.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let checker = {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                let ok = s.check().is_ok();
+                let _ = s.info();
+                tx.send(ok).unwrap();
+            })
+        };
+        let answered = rx.recv_timeout(Duration::from_secs(5));
+        {
+            let (lock, cv) = &store.gate;
+            lock.lock().unwrap().1 = true;
+            cv.notify_all();
+        }
+        renewing.join().unwrap().unwrap();
+        checker.join().unwrap();
+        assert_eq!(
+            answered,
+            Ok(true),
+            "the lease check waited for a hanging renewal"
+        );
+    }
+
     fn info(writer: &str, refreshed: &str) -> SessionInfo {
         SessionInfo {
             version: 1,
