@@ -167,3 +167,96 @@ fn a_restart_replays_what_was_not_sealed() {
         assert_complete(&repo, &sealed.id, &contents, "replayed");
     });
 }
+
+/// A store that counts pack puts, and those made on one of the async runtime's worker threads
+/// (where `Handle::block_on` refuses to run).
+struct WorkerWatch {
+    inner: tidemark_testkit::MemStore,
+    packs: std::sync::atomic::AtomicUsize,
+    on_worker: std::sync::atomic::AtomicUsize,
+}
+
+impl tidemark_core::store::Store for WorkerWatch {
+    fn put(
+        &self,
+        kind: tidemark_core::store::Kind,
+        id: &tidemark_core::id::ObjectId,
+        bytes: &[u8],
+    ) -> tidemark_core::Result<()> {
+        use std::sync::atomic::Ordering;
+        if kind == tidemark_core::store::Kind::Pack {
+            self.packs.fetch_add(1, Ordering::SeqCst);
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let blocking = std::panic::catch_unwind(|| handle.block_on(async {}));
+                if blocking.is_err() {
+                    self.on_worker.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        self.inner.put(kind, id, bytes)
+    }
+    fn get(
+        &self,
+        kind: tidemark_core::store::Kind,
+        id: &tidemark_core::id::ObjectId,
+        range: Option<std::ops::Range<u64>>,
+    ) -> tidemark_core::Result<Vec<u8>> {
+        self.inner.get(kind, id, range)
+    }
+    fn list(
+        &self,
+        kind: tidemark_core::store::Kind,
+    ) -> tidemark_core::Result<Vec<(tidemark_core::id::ObjectId, u64)>> {
+        self.inner.list(kind)
+    }
+    fn delete(
+        &self,
+        kind: tidemark_core::store::Kind,
+        id: &tidemark_core::id::ObjectId,
+    ) -> tidemark_core::Result<()> {
+        self.inner.delete(kind, id)
+    }
+    fn location(&self) -> String {
+        "worker-watch".into()
+    }
+}
+
+/// Issue 10: the packs an apply fills are stored off the async runtime's worker threads, and
+/// the snapshot still holds every file.
+#[test]
+fn issue_10_apply_stores_packs_off_the_runtime_workers() {
+    use std::sync::atomic::Ordering;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(WorkerWatch {
+        inner: tidemark_testkit::MemStore::new(),
+        packs: 0.into(),
+        on_worker: 0.into(),
+    });
+    let repo = super::common::init_repo(store.clone(), 64 * 1024);
+    let files: Vec<(String, Vec<u8>)> = (0..12u64)
+        .map(|i| (format!("f{i}"), tidemark_testkit::seeded_bytes(30_000, i)))
+        .collect();
+    rt().block_on(async {
+        let (engine, _) = Engine::open(repo.clone(), options(tmp.path()))
+            .await
+            .unwrap();
+        for pair in files.chunks(2) {
+            let refs: Vec<(&str, &[u8])> = pair
+                .iter()
+                .map(|(p, d)| (p.as_str(), d.as_slice()))
+                .collect();
+            engine.write(batch(&repo, &refs)).await.unwrap();
+        }
+        let before_seal = store.packs.load(Ordering::SeqCst);
+        let sealed = engine.seal().await.unwrap().expect("a snapshot");
+        let want: BTreeMap<String, Vec<u8>> = files.iter().cloned().collect();
+        assert_complete(&repo, &sealed.id, &want, "packs stored off the runtime");
+        engine.shutdown().await.unwrap();
+        assert!(before_seal >= 4, "applies filled {before_seal} packs");
+    });
+    assert_eq!(
+        store.on_worker.load(Ordering::SeqCst),
+        0,
+        "pack puts ran on an async worker"
+    );
+}
