@@ -386,7 +386,9 @@ impl SnapshotFs {
         let mut at = 0u64;
         offsets.push(at);
         for id in &entry.node.content {
-            let Some((_, loc)) = repo.index().get(id) else {
+            // The index guard is dropped here: reload_index below replaces the index.
+            let found = repo.index().get(id);
+            let Some((_, loc)) = found else {
                 // Perhaps in an index file written since; else the file is damaged.
                 self.reload_index();
                 if self.repo.index().get(id).is_some() {
