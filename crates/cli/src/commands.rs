@@ -420,7 +420,7 @@ fn type_char(t: NodeType) -> char {
 }
 
 fn ls(g: &Global, a: &LsArgs) -> Result<Outcome> {
-    let mut repo = open::open(g)?;
+    let repo = open::open(g)?;
     repo.load_index()?;
     let (_, snap) = repo.find_snapshot(&a.snapshot)?;
     let start = a.path.clone().unwrap_or_else(|| PathBuf::from("/"));
@@ -486,7 +486,7 @@ fn print_node(g: &Global, long: bool, path: &Path, n: &Node) {
 }
 
 fn diff(g: &Global, a: &DiffArgs) -> Result<Outcome> {
-    let mut repo = open::open(g)?;
+    let repo = open::open(g)?;
     repo.load_index()?;
     let (id1, s1) = repo.find_snapshot(&a.first)?;
     let (id2, s2) = repo.find_snapshot(&a.second)?;
@@ -626,7 +626,7 @@ fn pick_snapshot(g: &Global, repo: &Repository, a: &RestoreArgs) -> Result<(Snap
 }
 
 fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
-    let mut repo = open::open(g)?;
+    let repo = open::open(g)?;
     let (id, snap) = pick_snapshot(g, &repo, a)?;
     repo.load_index()?;
     let t0 = Instant::now();
@@ -784,7 +784,7 @@ fn parse_object_id(kind: &str, id: Option<&String>) -> Result<ObjectId> {
 }
 
 fn cat(g: &Global, a: &CatArgs) -> Result<Outcome> {
-    let mut repo = open::open(g)?;
+    let repo = open::open(g)?;
     let store = Arc::clone(repo.store());
     match a.kind.as_str() {
         "config" => {
@@ -851,7 +851,7 @@ fn cat(g: &Global, a: &CatArgs) -> Result<Outcome> {
 }
 
 fn stats(g: &Global, snap: Option<&str>) -> Result<Outcome> {
-    let mut repo = open::open(g)?;
+    let repo = open::open(g)?;
     repo.load_index()?;
     if let Some(spec) = snap {
         let (id, s) = repo.find_snapshot(spec)?;

@@ -224,7 +224,7 @@ pub fn watch(g: &Global, a: &WatchArgs, cancel: &AtomicBool) -> Result<Outcome> 
     let mut seals_since = 0u64;
     let mut last_line = Instant::now();
     let mut last_seal = None;
-    let report = tidemark_daemon::watch(repo, &opts, cancel, &mut |n| match n {
+    let report = tidemark_daemon::watch(&repo, &opts, cancel, &mut |n| match n {
         Notice::Started {
             recovery,
             sealed,

@@ -16,6 +16,7 @@ mod integration {
     pub mod prune;
     pub mod prune_paused;
     pub mod repair;
+    pub mod repo_handle;
     pub mod restore_race;
     pub mod s3;
     pub mod snapshots;

@@ -7,7 +7,7 @@
 //! The repository is in memory (the seal's own cost); with `SEAL_STORE=local` it is a local
 //! directory next to the state, so every seal also pays its fsyncs (pack, index, snapshot, catalog).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tidemark_cluster::{Engine, EngineOptions, EngineParts, SmOptions};
@@ -64,9 +64,8 @@ fn main() {
             } else {
                 Arc::new(MemStore::new())
             };
-        let mut repo = Repository::init(store, &InitOptions::default()).unwrap();
+        let repo = Repository::init(store, &InitOptions::default()).unwrap();
         repo.load_index().unwrap();
-        let repo = Arc::new(RwLock::new(repo));
         let sm = SmOptions {
             watched: "/srv/share".into(),
             ..SmOptions::default()

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -168,7 +168,7 @@ impl Engine {
     /// [`Self::initialize`], and [`Self::ready`] waits until the log is replayed.
     pub async fn open<N>(
         parts: EngineParts<N>,
-        repo: Arc<RwLock<Repository>>,
+        repo: Repository,
         opts: EngineOptions,
     ) -> Result<(Engine, Recovery)>
     where

@@ -30,7 +30,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, TryStreamExt};
@@ -39,7 +39,7 @@ use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tidemark_core::batch::{Batch, Edit, NewBlob};
 use tidemark_core::id::{BlobId, PackId, SnapshotId};
-use tidemark_core::pack::{BlobEntry, BlobKind, PackBuilder};
+use tidemark_core::pack::{BlobKind, FinishedPack, Packer};
 use tidemark_core::repo::Repository;
 use tidemark_core::snapshot::{LogPosition, Node, NodeType, Snapshot, Summary, Tree};
 use tidemark_core::store::Kind;
@@ -158,17 +158,24 @@ struct SealedMeta {
     membership: StoredMembershipJson,
 }
 
-/// Packs blobs for the state machine: one open pack, flushed when full and at each seal.
+/// Packs blobs for the state machine: core's [`Packer`] with one open pack, stored when full
+/// and at each seal, with the state machine's view of which blobs are known.
 ///
-/// A failed flush loses the open pack: [`SmInner::fall_behind`] then forgets its blobs (and those
-/// of a pack a seal was storing), so no later batch or tree dedups against blobs that are gone.
-struct Packer {
-    repo: Arc<RwLock<Repository>>,
-    pack: PackBuilder,
+/// A full pack closed by an apply is not stored there: it waits in `full` (its blobs counted as
+/// known through `storing`) until the apply stores it off the async runtime
+/// ([`StateMachine::store_full_packs`]). A failed store loses the open pack: [`SmInner::fall_behind`]
+/// then forgets its blobs (and those of a pack being stored), so no later batch or tree dedups
+/// against blobs that are gone.
+struct SmPacker {
+    repo: Repository,
+    packer: Packer,
     in_pack: HashSet<BlobId>,
-    /// Blobs of the pack a seal is storing outside the lock ([`StateMachine::seal`]).
+    /// Blobs of packs being stored outside the lock (by a seal's first step or an apply).
     storing: HashSet<BlobId>,
-    unindexed: Vec<(PackId, Vec<BlobEntry>)>,
+    /// Packs an apply closed, to be stored by it outside the lock.
+    full: Vec<FinishedPack>,
+    /// Packs being stored outside the lock by applies; a seal waits for them.
+    in_flight: usize,
     compressor: Option<zstd::bulk::Compressor<'static>>,
     packs: u64,
     trees_new: u64,
@@ -179,31 +186,23 @@ struct Packer {
     copied: u64,
 }
 
-impl Packer {
+impl SmPacker {
     fn known(&self, id: &BlobId) -> bool {
-        self.in_pack.contains(id)
-            || self.storing.contains(id)
-            || self.repo.read().expect("repo lock").index().contains(id)
+        self.in_pack.contains(id) || self.storing.contains(id) || self.repo.index().contains(id)
     }
 
-    fn add(
-        &mut self,
-        id: BlobId,
-        kind: BlobKind,
-        flags: u8,
-        raw_len: u32,
-        envelope: &[u8],
-    ) -> Result<()> {
+    fn add(&mut self, id: BlobId, kind: BlobKind, flags: u8, raw_len: u32, envelope: &[u8]) {
         if self.known(&id) {
-            return Ok(());
+            return;
         }
-        let target = self.repo.read().expect("repo lock").config().pack_size as usize;
-        if !self.pack.is_empty() && self.pack.len() + envelope.len() > target {
-            self.flush()?;
+        if let Some(full) = self.packer.add(id, kind, flags, raw_len, envelope) {
+            for e in &full.entries {
+                self.in_pack.remove(&e.id);
+                self.storing.insert(e.id);
+            }
+            self.full.push(full);
         }
-        self.pack.add(id, kind, flags, raw_len, envelope);
         self.in_pack.insert(id);
-        Ok(())
     }
 
     /// Whether blob `id` is usable: known and live, or copied now out of a pack that prune
@@ -213,8 +212,7 @@ impl Packer {
         if self.known(id) {
             return Ok(true);
         }
-        let read = self.repo.read().expect("repo lock").read_envelope(id);
-        let (loc, envelope) = match read {
+        let (loc, envelope) = match self.repo.read_envelope(id) {
             Ok((_, loc, envelope)) => (loc, envelope),
             // Not indexed, or its pack deleted or cut short meanwhile: the blob is gone.
             Err(tidemark_core::Error::NotFound { .. } | tidemark_core::Error::Corrupt { .. }) => {
@@ -222,66 +220,77 @@ impl Packer {
             }
             Err(e) => return Err(e.into()),
         };
-        self.add(*id, loc.kind(), loc.flags(), loc.raw_len, &envelope)?;
+        self.add(*id, loc.kind(), loc.flags(), loc.raw_len, &envelope);
         self.copied += 1;
         Ok(true)
     }
 
-    fn add_blob(&mut self, b: &NewBlob) -> Result<()> {
+    fn add_blob(&mut self, b: &NewBlob) {
         if !self.known(&b.id) {
             self.data_new += 1;
             self.data_added += u64::from(b.raw_len);
             self.data_packed += b.envelope.len() as u64;
         }
-        self.add(b.id, b.kind, b.flags, b.raw_len, &b.envelope)
+        self.add(b.id, b.kind, b.flags, b.raw_len, &b.envelope);
     }
 
-    fn store_tree(&mut self, tree: &Tree) -> Result<BlobId> {
+    fn store_tree(&mut self, tree: &Tree) -> BlobId {
         let plain = tree.encode();
-        let repo = self.repo.clone();
-        let repo = repo.read().expect("repo lock");
-        let id = repo.crypto().blob_id(&plain);
+        let id = self.repo.crypto().blob_id(&plain);
         if !self.known(&id) {
-            let (flags, env) = repo.encode_blob(self.compressor.as_mut(), &plain);
-            drop(repo);
+            let (flags, env) = self.repo.encode_blob(self.compressor.as_mut(), &plain);
             self.trees_new += 1;
-            self.add(id, BlobKind::Tree, flags, plain.len() as u32, &env)?;
+            self.add(id, BlobKind::Tree, flags, plain.len() as u32, &env);
         }
-        Ok(id)
+        id
     }
 
+    /// Stores every closed and open pack here, under the caller's lock (a seal proper, a
+    /// revalidation or a catch-up: all on blocking threads).
     fn flush(&mut self) -> Result<()> {
-        if self.pack.is_empty() {
-            return Ok(());
+        let mut packs = std::mem::take(&mut self.full);
+        packs.extend(self.packer.flush());
+        for pack in packs {
+            // On failure the pack is gone and `in_pack`/`storing` still name its blobs: the
+            // caller falls behind, which clears them.
+            store_pack(&self.repo, &pack)?;
+            self.stored(pack);
         }
-        let pack = std::mem::take(&mut self.pack);
-        let mut repo = self.repo.write().expect("repo lock");
-        let (id, bytes, entries) = pack.finish(repo.crypto());
-        // On failure the pack is gone and `in_pack` still names its blobs: the caller falls
-        // behind, which clears it.
-        repo.store().put(Kind::Pack, &id, &bytes)?;
-        repo.index_add(id, &entries);
-        self.unindexed.push((id, entries));
         self.in_pack.clear();
-        self.packs += 1;
         Ok(())
     }
 
+    /// Takes in a stored pack: indexed in memory, its index file written at the next seal.
+    fn stored(&mut self, pack: FinishedPack) {
+        for e in &pack.entries {
+            self.storing.remove(&e.id);
+        }
+        self.repo.index_add(pack.id, &pack.entries);
+        self.packer.stored(pack);
+        self.packs += 1;
+    }
+
     fn write_index(&mut self) -> Result<()> {
-        if !self.unindexed.is_empty() {
-            self.repo
-                .read()
-                .expect("repo lock")
-                .write_index(&self.unindexed)?;
-            self.unindexed.clear();
+        let unindexed = self.packer.take_unindexed();
+        if !unindexed.is_empty() {
+            if let Err(e) = self.repo.write_index(&unindexed) {
+                // Written by the next seal, or by the catch-up after a failure.
+                self.packer.put_back_unindexed(unindexed);
+                return Err(e.into());
+            }
         }
         Ok(())
     }
 }
 
+/// Stores one pack (no lock of the repository is held: the index learns it afterwards).
+fn store_pack(repo: &Repository, pack: &FinishedPack) -> Result<()> {
+    Ok(repo.store().put(Kind::Pack, &pack.id, &pack.bytes)?)
+}
+
 struct SmInner {
     catalog: Catalog,
-    packer: Packer,
+    packer: SmPacker,
     opts: SmOptions,
     applied: Option<LogId>,
     membership: StoredMembership,
@@ -339,12 +348,14 @@ pub struct StateMachine {
     inner: Arc<Mutex<SmInner>>,
     /// One seal at a time (its first step runs without `inner`'s lock).
     sealing: Arc<Mutex<()>>,
+    /// Notified when an apply's packs are stored ([`SmPacker::in_flight`] went down).
+    idle: Arc<Condvar>,
 }
 
 impl StateMachine {
     /// Opens the state machine over `catalog` and `repo` (whose index must be loaded). Its applied
     /// state is the catalog's last durable commit, i.e. the last seal.
-    pub fn open(catalog: Catalog, repo: Arc<RwLock<Repository>>, opts: SmOptions) -> Result<Self> {
+    pub fn open(catalog: Catalog, repo: Repository, opts: SmOptions) -> Result<Self> {
         let applied = catalog
             .meta::<LogIdJson>("applied")?
             .map(LogIdJson::to_log_id);
@@ -355,7 +366,13 @@ impl StateMachine {
             None => StoredMembership::default(),
         };
         let sealed: Option<SealedMeta> = catalog.meta("sealed")?;
-        let compressor = repo.read().expect("repo lock").compressor();
+        let compressor = repo.compressor();
+        let packer = Packer::new(
+            repo.crypto().clone(),
+            repo.config().pack_size as usize,
+            1,
+            usize::MAX,
+        );
         let stats = SmStats {
             applied: applied.map(|a| a.index),
             sealed: sealed.as_ref().and_then(|s| s.log.map(|l| l.index)),
@@ -364,12 +381,13 @@ impl StateMachine {
         };
         let mut inner = SmInner {
             catalog,
-            packer: Packer {
+            packer: SmPacker {
                 repo,
-                pack: PackBuilder::new(),
+                packer,
                 in_pack: HashSet::new(),
                 storing: HashSet::new(),
-                unindexed: Vec::new(),
+                full: Vec::new(),
+                in_flight: 0,
                 compressor,
                 packs: 0,
                 trees_new: 0,
@@ -417,6 +435,7 @@ impl StateMachine {
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(inner)),
             sealing: Arc::new(Mutex::new(())),
+            idle: Arc::new(Condvar::new()),
         })
     }
 
@@ -439,6 +458,52 @@ impl StateMachine {
 
     fn lock(&self) -> MutexGuard<'_, SmInner> {
         self.inner.lock().expect("state machine lock")
+    }
+
+    /// The lock, once no apply is storing packs: everything applied so far is stored and
+    /// indexed in memory (a seal or a revalidation then writes the index file).
+    fn lock_idle(&self) -> MutexGuard<'_, SmInner> {
+        let mut g = self.lock();
+        while g.packer.in_flight > 0 {
+            g = self.idle.wait(g).expect("state machine lock");
+        }
+        g
+    }
+
+    /// Stores the packs an apply closed, on a blocking thread (not on the async runtime's
+    /// workers, and without the state machine's lock); then indexes them in memory. A store
+    /// failure makes the state machine fall behind, as a failed apply does; only a fatal error
+    /// is returned.
+    async fn store_full_packs(&self, full: Vec<FinishedPack>, repo: Repository) -> Result<()> {
+        let sm = self.clone();
+        let n = full.len();
+        tokio::task::spawn_blocking(move || {
+            let mut failed = None;
+            let mut done = Vec::with_capacity(n);
+            for pack in full {
+                match store_pack(&repo, &pack) {
+                    Ok(()) => done.push(pack),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            let mut g = sm.lock();
+            for pack in done {
+                g.packer.stored(pack);
+            }
+            g.packer.in_flight -= n;
+            let result = match failed.map(|e| g.store_failed(e)) {
+                None | Some(Error::Store(_)) => Ok(()),
+                Some(fatal) => Err(fatal),
+            };
+            drop(g);
+            sm.idle.notify_all();
+            result
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("storing a pack: {e}")))?
     }
 
     /// Counters.
@@ -478,12 +543,8 @@ impl StateMachine {
     /// copied into a new pack, which is stored and indexed before this returns. Afterwards this
     /// writer no longer depends on them. Returns the number of blobs copied.
     pub fn revalidate(&self, packs: &[(PackId, chrono::DateTime<chrono::Utc>)]) -> Result<u64> {
-        let mut g = self.lock();
-        g.packer
-            .repo
-            .write()
-            .expect("repo lock")
-            .condemn_packs(packs);
+        let mut g = self.lock_idle();
+        g.packer.repo.condemn_packs(packs);
         if let Some(b) = &g.behind {
             // The catch-up replay copies what is needed, as apply does.
             return Err(Error::Store(b.reason.clone()));
@@ -522,9 +583,10 @@ impl StateMachine {
     /// Applies one entry and records it as applied. A seal entry waits for a seal being
     /// prepared ([`Self::prepare_seal`]), so that its snapshot never names a pack not yet stored.
     fn apply_one(&self, log_id: &LogId, payload: &Payload) -> Result<ApplyResult> {
-        let _one = matches!(payload, EntryPayload::Normal(Request::Seal(_)))
-            .then(|| self.sealing.lock().expect("seal lock"));
-        let mut g = self.lock();
+        let seal = matches!(payload, EntryPayload::Normal(Request::Seal(_)));
+        let _one = seal.then(|| self.sealing.lock().expect("seal lock"));
+        // A seal names every pack applied so far: it waits for the applies' stores.
+        let mut g = if seal { self.lock_idle() } else { self.lock() };
         let result = g.apply_entry(log_id, payload)?;
         g.applied = Some(*log_id);
         g.stats.applied = Some(log_id.index);
@@ -538,7 +600,7 @@ impl StateMachine {
     /// storage suite drives it directly) seals here with its own stamp.
     fn build(&self) -> Result<RaftSnapshot> {
         let _one = self.sealing.lock().expect("seal lock");
-        let mut g = self.lock();
+        let mut g = self.lock_idle();
         let at = g.applied;
         let changed = g.stats.edits_since_seal > 0 || !g.catalog.is_sealed()?;
         if let Some(cur) = g.current() {
@@ -553,34 +615,41 @@ impl StateMachine {
         }
     }
 
-    /// Stores the open pack without holding the state machine's lock.
+    /// The packs applies closed, counted as in flight until [`Self::store_full_packs`] has
+    /// stored them; `None` when there are none.
+    fn take_full(&self) -> Option<(Vec<FinishedPack>, Repository)> {
+        let mut g = self.lock();
+        if g.packer.full.is_empty() {
+            return None;
+        }
+        let full = std::mem::take(&mut g.packer.full);
+        g.packer.in_flight += full.len();
+        Some((full, g.packer.repo.clone()))
+    }
+
+    /// Stores the open pack without holding the state machine's lock (sealed there too).
     fn store_open_pack(&self) -> Result<()> {
-        let (pack, repo) = {
+        let (open, repo) = {
             let mut g = self.lock();
-            if g.packer.pack.is_empty() {
+            let open = g.packer.packer.take_open();
+            if open.is_empty() {
                 return Ok(());
             }
-            let pack = std::mem::take(&mut g.packer.pack);
-            g.packer.storing = std::mem::take(&mut g.packer.in_pack);
-            (pack, Arc::clone(&g.packer.repo))
+            let in_pack = std::mem::take(&mut g.packer.in_pack);
+            g.packer.storing.extend(in_pack);
+            (open, g.packer.repo.clone())
         };
-        let (store, crypto) = {
-            let r = repo.read().expect("repo lock");
-            (Arc::clone(r.store()), r.crypto().clone())
-        };
-        let (id, bytes, entries) = pack.finish(&crypto);
-        let put = store.put(Kind::Pack, &id, &bytes);
-        let mut g = self.lock();
-        match put {
-            Ok(()) => {
-                repo.write().expect("repo lock").index_add(id, &entries);
-                g.packer.unindexed.push((id, entries));
-                g.packer.storing.clear();
-                g.packer.packs += 1;
-                Ok(())
+        for builder in open {
+            let (id, bytes, entries) = builder.finish(repo.crypto());
+            let pack = FinishedPack { id, bytes, entries };
+            let put = store_pack(&repo, &pack);
+            let mut g = self.lock();
+            match put {
+                Ok(()) => g.packer.stored(pack),
+                Err(e) => return Err(g.store_failed(e)),
             }
-            Err(e) => Err(g.store_failed(e.into())),
         }
+        Ok(())
     }
 }
 
@@ -766,7 +835,8 @@ impl SmInner {
     fn rewind(&mut self) -> Result<()> {
         self.catalog.rewind()?;
         let p = &mut self.packer;
-        p.pack = PackBuilder::new();
+        p.packer.discard();
+        p.full.clear();
         p.in_pack.clear();
         p.storing.clear();
         (p.trees_new, p.data_new, p.data_added, p.data_packed) = (0, 0, 0, 0);
@@ -829,13 +899,12 @@ impl SmInner {
         if self.seal_start.is_none() {
             self.seal_start = Some(chrono::Utc::now());
         }
-        let repo = self.packer.repo.read().expect("repo lock");
+        let repo = &self.packer.repo;
         // Present: stored, or in the log since the seal, or in a condemned pack (the catch-up
         // copies it out, or finds it gone and has the path rescanned).
         let result = apply_edits(&mut self.catalog, log_id, batch, &mut |id| {
             Ok(behind.deferred.contains(id) || repo.index().get(id).is_some())
         })?;
-        drop(repo);
         self.count_applied(batch, &result);
         Ok(result)
     }
@@ -845,7 +914,7 @@ impl SmInner {
             self.seal_start = Some(chrono::Utc::now());
         }
         for b in &batch.blobs {
-            self.packer.add_blob(b)?;
+            self.packer.add_blob(b);
             self.stats.bytes_since_seal += b.envelope.len() as u64;
         }
         let packer = &mut self.packer;
@@ -892,8 +961,8 @@ impl SmInner {
     fn seal(&mut self, at: Option<&LogId>, stamp: &Seal, started: Instant) -> Result<RaftSnapshot> {
         let mut txn = self.catalog.begin()?;
         let packer = &mut self.packer;
-        let crypto = packer.repo.read().expect("repo lock").crypto().clone();
-        let (_, mut node) = txn.seal_trees(&mut |t| packer.store_tree(t), &|name| {
+        let crypto = packer.repo.crypto().clone();
+        let (_, mut node) = txn.seal_trees(&mut |t| Ok(packer.store_tree(t)), &|name| {
             crypto.ends_page(name)
         })?;
         // Wrap the watched directory in its ancestors, as `backup` does (`docs/format.md` §8):
@@ -915,7 +984,7 @@ impl SmInner {
         for (i, name) in ancestors.iter().enumerate().rev() {
             let mut tree = Tree::new();
             tree.nodes.push(node);
-            let id = packer.store_tree(&tree)?;
+            let id = packer.store_tree(&tree);
             node = match stamp.ancestors.get(i) {
                 Some(a) if a.os_name() == **name => a.clone(),
                 _ => crate::catalog::default_dir(),
@@ -925,7 +994,7 @@ impl SmInner {
         }
         let mut top = Tree::new();
         top.nodes.push(node);
-        let tree = packer.store_tree(&top)?;
+        let tree = packer.store_tree(&top);
         packer.flush()?;
         packer.write_index()?;
 
@@ -980,12 +1049,7 @@ impl SmInner {
                 ))
                 .ok(),
             };
-            packer
-                .repo
-                .read()
-                .expect("repo lock")
-                .save_snapshot(&snap)?
-                .to_hex()
+            packer.repo.save_snapshot(&snap)?.to_hex()
         };
         let sealed = SealedMeta {
             snapshot: snapshot_id,
@@ -1016,7 +1080,6 @@ impl SmInner {
 
     fn install(&mut self, meta: &SnapshotMeta, data: &SealedSnapshot) -> Result<()> {
         let repo = self.packer.repo.clone();
-        let repo = repo.read().expect("repo lock");
         let snap = repo.load_snapshot(&data.id)?;
         // Descend from the top tree through the ancestors to the watched directory's node.
         let watched: Vec<Vec<u8>> =
@@ -1126,6 +1189,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.apply_one(&entry.log_id, &entry.payload)
             };
             let result = result.map_err(io_err)?;
+            // Packs the apply filled are stored off the runtime's workers, without the lock.
+            if let Some((full, repo)) = self.take_full() {
+                self.store_full_packs(full, repo).await.map_err(io_err)?;
+            }
             if let Some(r) = responder {
                 r.send(result);
             }

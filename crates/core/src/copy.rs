@@ -104,9 +104,7 @@ pub fn copy(
         writer.finish_all()?
     };
     report.packs = stats.packs;
-    for (pack, entries) in &indexed {
-        to.index_add(*pack, entries);
-    }
+    to.shared_index().add_packs(&indexed);
     for (_, s) in todo {
         let mut snap = s.clone();
         if !same {

@@ -19,8 +19,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::id::{BlobId, ObjectId, PackId};
-use crate::lifecycle::{self, DeletionRecord, LeaseClock, Liveness, Session, SystemClock};
-use crate::pack::{BlobEntry, PackBuilder};
+use crate::lifecycle::{self, DeletionRecord, LeaseClock, Liveness, Session};
+use crate::pack::{BlobEntry, FinishedPack, Packer};
 use crate::repo::Repository;
 use crate::store::Kind;
 
@@ -114,7 +114,8 @@ const PACKS_PER_INDEX: usize = 4096;
 
 /// Runs prune on `repo` (opened, index not necessarily loaded).
 pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> {
-    prune_with_clock(repo, opts, &SystemClock)
+    let clock = std::sync::Arc::clone(repo.clock());
+    prune_with_clock(repo, opts, &*clock)
 }
 
 /// Like [`prune`], judging times by `clock` (tests: prune's clock against skewed writers').
@@ -429,18 +430,13 @@ fn run(
     // 5. Repack: copy used blobs, envelopes unchanged, into new packs.
     let mut new_packs: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
     let mut copied: HashSet<BlobId> = HashSet::new();
-    let mut builder = PackBuilder::new();
-    let mut flush =
-        |builder: &mut PackBuilder, new_packs: &mut Vec<(PackId, Vec<BlobEntry>)>| -> Result<()> {
-            if builder.is_empty() {
-                return Ok(());
-            }
-            let (id, bytes, entries) = std::mem::take(builder).finish(&crypto);
-            store.put(Kind::Pack, &id, &bytes)?;
-            report.bytes_written += bytes.len() as u64;
-            new_packs.push((id, entries));
-            Ok(())
-        };
+    let packer = Packer::new(crypto.clone(), target as usize, 1, usize::MAX);
+    let mut store_pack = |pack: FinishedPack| -> Result<()> {
+        store.put(Kind::Pack, &pack.id, &pack.bytes)?;
+        report.bytes_written += pack.bytes.len() as u64;
+        packer.stored(pack);
+        Ok(())
+    };
     for id in &repack {
         let bytes = store.get(Kind::Pack, id, None)?;
         if ObjectId::of(&bytes) != *id {
@@ -463,13 +459,15 @@ fn run(
                     format!("blob {} lies past the end", e.id.short()),
                 )
             })?;
-            if !builder.is_empty() && builder.len() + envelope.len() > target as usize {
-                flush(&mut builder, &mut new_packs)?;
+            if let Some(full) = packer.add(e.id, e.kind, e.flags, e.raw_len, envelope) {
+                store_pack(full)?;
             }
-            builder.add(e.id, e.kind, e.flags, e.raw_len, envelope);
         }
     }
-    flush(&mut builder, &mut new_packs)?;
+    for last in packer.flush() {
+        store_pack(last)?;
+    }
+    new_packs.extend(packer.take_unindexed());
     report.packs_new = new_packs.len();
 
     // 6. New index files: every pack not deleted, condemned ones included, and the new packs.

@@ -48,7 +48,7 @@ pub fn check_all(repo: &Repository) -> tidemark_core::check::CheckReport {
 }
 
 pub fn open(store: Arc<dyn Store>) -> Repository {
-    let mut r = Repository::open(store, &mut || Ok(b"pw".to_vec())).unwrap();
+    let r = Repository::open(store, &mut || Ok(b"pw".to_vec())).unwrap();
     r.load_index().unwrap();
     r
 }

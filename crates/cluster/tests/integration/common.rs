@@ -1,7 +1,7 @@
 //! Shared set-up: a small encrypted repository in memory and helpers to build batches.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tidemark_cluster::{Engine, EngineParts};
@@ -18,11 +18,8 @@ use tidemark_core::snapshot::{Node, NodeType, NodeTypeField};
 use tidemark_testkit::MemStore;
 
 /// A repository with a cheap key derivation (tests unlock it many times).
-pub fn repo() -> Arc<RwLock<Repository>> {
-    Arc::new(RwLock::new(init_repo(
-        Arc::new(MemStore::new()),
-        InitOptions::default().pack_size,
-    )))
+pub fn repo() -> Repository {
+    init_repo(Arc::new(MemStore::new()), InitOptions::default().pack_size)
 }
 
 /// A repository in `store` with a cheap key derivation and packs of `pack_size`, index loaded.
@@ -37,7 +34,7 @@ pub fn init_repo(store: Arc<dyn tidemark_core::store::Store>, pack_size: u32) ->
         pack_size,
         ..InitOptions::default()
     };
-    let mut r = Repository::init(store, &opts).unwrap();
+    let r = Repository::init(store, &opts).unwrap();
     r.load_index().unwrap();
     r
 }
@@ -187,7 +184,7 @@ pub fn options() -> tidemark_cluster::EngineOptions {
 /// A standalone engine with its state in `state`, as the daemon opens one: a group of one,
 /// initialised when new, leading and with its log replayed.
 pub async fn open_engine(
-    repo: Arc<RwLock<Repository>>,
+    repo: Repository,
     state: &std::path::Path,
 ) -> (Engine, Recovery) {
     let parts = EngineParts::standalone(state).unwrap();

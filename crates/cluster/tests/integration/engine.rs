@@ -40,9 +40,9 @@ fn catalog_listing(engine: &Engine) -> Vec<(String, String, u64)> {
     v
 }
 
-/// Builds a batch without holding the repository lock across the write (the state machine needs it).
-fn batch(repo: &std::sync::RwLock<Repository>, files: &[(&str, &[u8])]) -> Batch {
-    put_files(&repo.read().unwrap(), files)
+/// Builds a batch of files.
+fn batch(repo: &Repository, files: &[(&str, &[u8])]) -> Batch {
+    put_files(repo, files)
 }
 
 #[test]
@@ -56,7 +56,7 @@ fn writes_become_a_snapshot_that_matches_the_catalog() {
         engine.seal().await.unwrap().expect("the empty tree");
         assert_eq!(engine.seal_due(), None, "nothing changed since");
         let b = put_files(
-            &repo.read().unwrap(),
+            &repo,
             &[
                 ("docs/a.txt", b"hello"),
                 ("docs/sub/b.txt", b"world!"),
@@ -102,15 +102,11 @@ fn writes_become_a_snapshot_that_matches_the_catalog() {
             ("moved/b.txt".into(), "File".into(), 6),
         ];
         assert_eq!(catalog_listing(&engine), want);
-        assert_eq!(snapshot_listing(&repo.read().unwrap(), &sealed.id), want);
-        let snap = repo.read().unwrap().load_snapshot(&sealed.id).unwrap();
+        assert_eq!(snapshot_listing(&repo, &sealed.id), want);
+        let snap = repo.load_snapshot(&sealed.id).unwrap();
         assert!(snap.revision.unwrap() >= 2);
         // The file's bytes are in the repository.
-        let tree_blob = repo
-            .read()
-            .unwrap()
-            .read_blob(&repo.read().unwrap().crypto().blob_id(b"world!"))
-            .unwrap();
+        let tree_blob = repo.read_blob(&repo.crypto().blob_id(b"world!")).unwrap();
         assert_eq!(tree_blob, b"world!");
         let status = engine.status().unwrap();
         assert_eq!(status.state_machine.seals, 2);
@@ -157,12 +153,12 @@ fn a_restart_replays_what_was_not_sealed() {
         assert_eq!(catalog_listing(&engine), want, "the log was replayed");
         let sealed = engine.shutdown().await.unwrap().unwrap();
         assert_ne!(sealed.id, first.id);
-        assert_eq!(snapshot_listing(&repo.read().unwrap(), &sealed.id), want);
+        assert_eq!(snapshot_listing(&repo, &sealed.id), want);
         let contents: BTreeMap<String, Vec<u8>> = [("b", &b"two"[..]), ("c/d", b"three")]
             .into_iter()
             .map(|(p, d)| (p.to_string(), d.to_vec()))
             .collect();
-        assert_complete(&repo.read().unwrap(), &sealed.id, &contents, "replayed");
+        assert_complete(&repo, &sealed.id, &contents, "replayed");
     });
 }
 
@@ -198,7 +194,7 @@ fn issue_10_a_log_of_the_previous_release_still_opens() {
         assert!(catalog_listing(&engine).contains(&("old".into(), "File".into(), 21)));
         let sealed = engine.seal().await.unwrap().expect("a seal");
         let want = BTreeMap::from([("old".to_string(), b"from the last release".to_vec())]);
-        assert_complete(&repo.read().unwrap(), &sealed.id, &want, "old log");
+        assert_complete(&repo, &sealed.id, &want, "old log");
         engine.shutdown().await.unwrap();
     });
 }
@@ -238,4 +234,95 @@ fn issue_10_leadership_after_initialize() {
         ));
         engine.shutdown().await.unwrap();
     });
+}
+
+/// A store that counts pack puts, and those made on one of the async runtime's worker threads
+/// (where `Handle::block_on` refuses to run).
+struct WorkerWatch {
+    inner: tidemark_testkit::MemStore,
+    packs: std::sync::atomic::AtomicUsize,
+    on_worker: std::sync::atomic::AtomicUsize,
+}
+
+impl tidemark_core::store::Store for WorkerWatch {
+    fn put(
+        &self,
+        kind: tidemark_core::store::Kind,
+        id: &tidemark_core::id::ObjectId,
+        bytes: &[u8],
+    ) -> tidemark_core::Result<()> {
+        use std::sync::atomic::Ordering;
+        if kind == tidemark_core::store::Kind::Pack {
+            self.packs.fetch_add(1, Ordering::SeqCst);
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let blocking = std::panic::catch_unwind(|| handle.block_on(async {}));
+                if blocking.is_err() {
+                    self.on_worker.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        self.inner.put(kind, id, bytes)
+    }
+    fn get(
+        &self,
+        kind: tidemark_core::store::Kind,
+        id: &tidemark_core::id::ObjectId,
+        range: Option<std::ops::Range<u64>>,
+    ) -> tidemark_core::Result<Vec<u8>> {
+        self.inner.get(kind, id, range)
+    }
+    fn list(
+        &self,
+        kind: tidemark_core::store::Kind,
+    ) -> tidemark_core::Result<Vec<(tidemark_core::id::ObjectId, u64)>> {
+        self.inner.list(kind)
+    }
+    fn delete(
+        &self,
+        kind: tidemark_core::store::Kind,
+        id: &tidemark_core::id::ObjectId,
+    ) -> tidemark_core::Result<()> {
+        self.inner.delete(kind, id)
+    }
+    fn location(&self) -> String {
+        "worker-watch".into()
+    }
+}
+
+/// Issue 10: the packs an apply fills are stored off the async runtime's worker threads, and
+/// the snapshot still holds every file.
+#[test]
+fn issue_10_apply_stores_packs_off_the_runtime_workers() {
+    use std::sync::atomic::Ordering;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(WorkerWatch {
+        inner: tidemark_testkit::MemStore::new(),
+        packs: 0.into(),
+        on_worker: 0.into(),
+    });
+    let repo = super::common::init_repo(store.clone(), 64 * 1024);
+    let files: Vec<(String, Vec<u8>)> = (0..12u64)
+        .map(|i| (format!("f{i}"), tidemark_testkit::seeded_bytes(30_000, i)))
+        .collect();
+    rt().block_on(async {
+        let (engine, _) = open_engine(repo.clone(), tmp.path()).await;
+        for pair in files.chunks(2) {
+            let refs: Vec<(&str, &[u8])> = pair
+                .iter()
+                .map(|(p, d)| (p.as_str(), d.as_slice()))
+                .collect();
+            engine.write(batch(&repo, &refs)).await.unwrap();
+        }
+        let before_seal = store.packs.load(Ordering::SeqCst);
+        let sealed = engine.seal().await.unwrap().expect("a snapshot");
+        let want: BTreeMap<String, Vec<u8>> = files.iter().cloned().collect();
+        assert_complete(&repo, &sealed.id, &want, "packs stored off the runtime");
+        engine.shutdown().await.unwrap();
+        assert!(before_seal >= 4, "applies filled {before_seal} packs");
+    });
+    assert_eq!(
+        store.on_worker.load(Ordering::SeqCst),
+        0,
+        "pack puts ran on an async worker"
+    );
 }

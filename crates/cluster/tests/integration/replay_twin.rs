@@ -7,7 +7,7 @@
 //! same revision, root tree, time, host and path in both repositories.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::raft::AppendEntriesRequest;
@@ -52,7 +52,7 @@ fn issue_10_replay_twin_seals_the_same_roots() {
     rt().block_on(async {
         // Engine A: standalone, on a store that can fail, keeping its whole log to hand it on.
         let store_a = Arc::new(FlakyStore::new(MemStore::new(), usize::MAX));
-        let repo_a = Arc::new(RwLock::new(init_repo(store_a.clone(), 64 * 1024)));
+        let repo_a = init_repo(store_a.clone(), 64 * 1024);
         let mut opts = options();
         opts.sm.ancestors = vec![ancestor("srv", 0o711)];
         opts.log_tail = 1 << 20;
@@ -64,7 +64,7 @@ fn issue_10_replay_twin_seals_the_same_roots() {
         let mut want = BTreeMap::new();
         let files = |spec: &[(&str, Vec<u8>)]| -> Batch {
             let refs: Vec<(&str, &[u8])> = spec.iter().map(|(p, d)| (*p, d.as_slice())).collect();
-            put_files(&repo_a.read().unwrap(), &refs)
+            put_files(&repo_a, &refs)
         };
         let put = |spec: Vec<(&str, Vec<u8>)>, want: &mut BTreeMap<String, Vec<u8>>| {
             let b = files(&spec);
@@ -141,8 +141,8 @@ fn issue_10_replay_twin_seals_the_same_roots() {
         // Space again: the next seal first stores the failed one, with its own stamp.
         store_a.heal();
         let last_a = a.seal().await.unwrap().expect("a seal after the recovery");
-        assert_complete(&repo_a.read().unwrap(), &last_a.id, &want, "engine A");
-        let a_seals = seals(&repo_a.read().unwrap());
+        assert_complete(&repo_a, &last_a.id, &want, "engine A");
+        let a_seals = seals(&repo_a);
         assert!(
             a_seals.contains_key(&failed_at),
             "the failed seal at {failed_at} was stored by the catch-up: {:?}",
@@ -161,7 +161,7 @@ fn issue_10_replay_twin_seals_the_same_roots() {
         // Engine B: same master key, its own repository, catalog, log and local options.
         let password = b"twin".to_vec();
         let master = Repository::master_key(store_a.inner(), b"pw").unwrap();
-        let mut repo_b = Repository::init(
+        let repo_b = Repository::init(
             Arc::new(MemStore::new()),
             &InitOptions {
                 password: Some(password.into()),
@@ -179,10 +179,9 @@ fn issue_10_replay_twin_seals_the_same_roots() {
         repo_b.load_index().unwrap();
         assert_ne!(
             repo_b.config().id,
-            repo_a.read().unwrap().config().id,
+            repo_a.config().id,
             "B has its own repository"
         );
-        let repo_b = Arc::new(RwLock::new(repo_b));
         let mut opts_b = options();
         opts_b.sm = SmOptions {
             watched: "/mnt/copy/share".into(),
@@ -224,10 +223,10 @@ fn issue_10_replay_twin_seals_the_same_roots() {
         assert_eq!(sm.stats().applied, Some(last), "B applied A's whole log");
         assert_eq!(sm.stats().store_error, None);
 
-        let b_seals = seals(&repo_b.read().unwrap());
+        let b_seals = seals(&repo_b);
         assert_eq!(b_seals, a_seals, "every seal is the same in both replicas");
         let last_b = sm.seal_snapshot_id().expect("B sealed");
-        assert_complete(&repo_b.read().unwrap(), &last_b, &want, "engine B");
+        assert_complete(&repo_b, &last_b, &want, "engine B");
         b.stop_without_seal().await.unwrap();
     });
 }

@@ -18,7 +18,6 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
 
 use crate::backup::{node_from_metadata, read_xattrs, unchanged, Excludes};
 use crate::batch::{path_problem, Batch, Edit, NewBlob, MAX_PATH};
@@ -86,7 +85,7 @@ pub struct CaptureStats {
 /// The capture stage of one watched directory.
 pub struct Capturer {
     root: PathBuf,
-    repo: Arc<RwLock<Repository>>,
+    repo: Repository,
     crypto: Crypto,
     chunker: Chunker,
     compressor: Option<zstd::bulk::Compressor<'static>>,
@@ -141,16 +140,12 @@ fn same_meta(old: &Node, new: &Node) -> bool {
 
 impl Capturer {
     /// A capturer for the directory `root` (absolute) writing into `repo` (index loaded).
-    pub fn new(
-        root: PathBuf,
-        repo: Arc<RwLock<Repository>>,
-        excludes: Excludes,
-        opts: CaptureOptions,
-    ) -> Self {
-        let (crypto, chunker, compressor) = {
-            let r = repo.read().expect("repo lock");
-            (r.crypto().clone(), r.chunker().clone(), r.compressor())
-        };
+    pub fn new(root: PathBuf, repo: Repository, excludes: Excludes, opts: CaptureOptions) -> Self {
+        let (crypto, chunker, compressor) = (
+            repo.crypto().clone(),
+            repo.chunker().clone(),
+            repo.compressor(),
+        );
         let buf = chunker.buffer();
         Capturer {
             root,
@@ -593,13 +588,12 @@ impl Capturer {
                 if sent.contains(&id) {
                     return Ok(());
                 }
-                let r = repo.read().expect("repo lock");
-                if r.index().contains(&id) {
+                if repo.index().contains(&id) {
                     return Ok(());
                 }
                 let mut envelope = Vec::new();
-                let flags = r.encode_blob_into(compressor.as_mut(), chunk, scratch, &mut envelope);
-                drop(r);
+                let flags =
+                    repo.encode_blob_into(compressor.as_mut(), chunk, scratch, &mut envelope);
                 *pending_bytes += envelope.len();
                 pending.blobs.push(NewBlob {
                     id,
