@@ -420,6 +420,16 @@ fn forget_prune_and_check_from_the_command_line() {
     let dry: serde_json::Value =
         serde_json::from_str(&repo.ok(&["--json", "prune", "--dry-run"])).unwrap();
     assert_eq!(dry["blobs_unused"], 0, "{dry}");
+    repo.ok(&["forget", "--keep-last", "1"]);
+    // A dry run prints the plan, pack by pack, and changes nothing.
+    let out = repo.ok(&["prune", "--dry-run"]);
+    assert!(out.contains("would condemn pack"), "{out}");
+    let dry: serde_json::Value =
+        serde_json::from_str(&repo.ok(&["--json", "prune", "--dry-run"])).unwrap();
+    assert!(
+        !dry["plan"]["condemn"].as_array().unwrap().is_empty(),
+        "{dry}"
+    );
     let out = repo.ok(&["forget", "--keep-last", "1", "--prune"]);
     assert!(out.contains("condemned"), "{out}");
     let out: serde_json::Value =
