@@ -14,9 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cache::{CacheStats, SnapshotList};
 pub use diff::{diff, Change, ChangeKind};
-pub use tree::{
-    paginate, Node, NodeType, NodeTypeField, PageRef, Tree, Xattr, PAGED_OVER, PAGE_SPAN,
-};
+pub use tree::{paginate, Node, NodeType, NodeTypeField, PageRef, Tree, Xattr, PAGED_OVER};
 
 use crate::crypto::{Crypto, Domain};
 use crate::error::{Error, Result};
