@@ -12,14 +12,14 @@ use tidemark_core::backup::{self, BackupOptions, BackupProgress};
 use tidemark_core::check::{self, CheckOptions, DataSubset};
 use tidemark_core::chunk::ChunkerParams;
 use tidemark_core::crypto::KdfParams;
-use tidemark_core::id::{BlobId, ObjectId, SnapshotId};
+use tidemark_core::id::{BlobId, Kind, ObjectId, SnapshotId};
 use tidemark_core::repo::{InitOptions, Repository, DEFAULT_PACK_SIZE, DEFAULT_ZSTD_LEVEL};
 use tidemark_core::restore::{self, RestoreOptions, RestoreProgress};
 use tidemark_core::snapshot::{
     self, CacheStats, ChangeKind, LogPosition, Node, NodeType, Selector, Snapshot, SnapshotFilter,
     Summary,
 };
-use tidemark_core::store::{Kind, CONFIG_ID};
+use tidemark_core::store::CONFIG_ID;
 
 use crate::args::{
     BackupArgs, CatArgs, CheckArgs, Cli, Command, DiffArgs, Global, InitArgs, KeyCommand, LsArgs,

@@ -7,9 +7,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
 use tidemark_core::forget::{self, Decision, GroupBy, Policy, Span, StoredPolicy, Zone};
-use tidemark_core::id::SnapshotId;
+use tidemark_core::id::{Kind, SnapshotId};
 use tidemark_core::snapshot::Snapshot;
-use tidemark_core::store::Kind;
 
 use crate::args::Global;
 use crate::open;

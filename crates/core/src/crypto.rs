@@ -16,8 +16,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Error, Result};
-use crate::id::BlobId;
-use crate::store::Kind;
+use crate::id::{BlobId, Kind};
 
 /// Bytes an envelope adds: a 24-byte nonce and a 16-byte tag.
 pub const ENVELOPE_OVERHEAD: usize = 40;

@@ -22,11 +22,11 @@ use serde::Serialize;
 
 use crate::crypto::Crypto;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, ObjectId, PackId};
+use crate::id::{BlobId, Kind, ObjectId, PackId};
 use crate::lifecycle::{self, DeletionRecord, LeaseClock, Liveness, Session, SystemClock};
 use crate::pack::{BlobEntry, PackBuilder};
 use crate::repo::Repository;
-use crate::store::{Kind, Store};
+use crate::store::Store;
 
 /// How `prune` decides.
 #[derive(Debug, Clone)]

@@ -17,11 +17,10 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::id::{ObjectId, PackId};
+use crate::id::{Kind, ObjectId, PackId};
 use crate::lifecycle::{self, Liveness, Session};
 use crate::pack::BlobEntry;
 use crate::repo::{index, Repository};
-use crate::store::Kind;
 
 /// Packs per rebuilt index file.
 const PACKS_PER_INDEX_FILE: usize = 256;

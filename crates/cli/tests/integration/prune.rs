@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidemark_core::id::ObjectId;
+use tidemark_core::id::{Kind, ObjectId};
 use tidemark_core::lifecycle::{self, LeaseClock, ManualClock, Session};
 use tidemark_core::prune::{prune, prune_with_clock, PruneOptions};
 use tidemark_core::repair::repair_index;
 use tidemark_core::repo::Repository;
 use tidemark_core::restore::{restore, RestoreOptions, RestoreProgress};
-use tidemark_core::store::{Kind, Store};
+use tidemark_core::store::Store;
 use tidemark_core::{Error, Result};
 use tidemark_testkit::MemStore;
 

@@ -4,8 +4,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use tidemark_core::id::Kind;
 use tidemark_core::repair::repair_index;
-use tidemark_core::store::{Kind, Store};
+use tidemark_core::store::Store;
 
 use super::common::{every_kind_tree, restored, tree_difference_except_atime, Repo};
 use super::crash::open;

@@ -26,14 +26,14 @@ use crate::chunk::{Chunker, ChunkerParams};
 use crate::crypto::{Crypto, Domain, KdfParams, KeyFile, MasterKey, EMPTY_PASSWORD};
 use crate::error::{Error, Result};
 use crate::forget::StoredPolicy;
-use crate::id::{BlobId, ObjectId, PackId, SnapshotId};
+use crate::id::{BlobId, Kind, ObjectId, PackId, SnapshotId};
 use crate::lifecycle::{self, Session};
 use crate::pack::{self, BlobEntry, BlobKind, FLAG_ZSTD, TRAILER_LEN};
 use crate::snapshot::cache::{self, CacheFile, CacheStats, SnapshotList};
 use crate::snapshot::{
     paginate, Node, PageRef, Selector, Snapshot, SnapshotFilter, Tree, PAGED_OVER,
 };
-use crate::store::{Kind, Store, CONFIG_ID};
+use crate::store::{Store, CONFIG_ID};
 
 /// Settings for a new repository.
 #[derive(Clone)]

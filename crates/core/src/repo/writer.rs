@@ -11,9 +11,8 @@ use std::sync::Mutex;
 use rand::Rng;
 
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId};
+use crate::id::{BlobId, Kind, PackId};
 use crate::pack::{BlobEntry, BlobKind, PackBuilder};
-use crate::store::Kind;
 
 use super::Repository;
 

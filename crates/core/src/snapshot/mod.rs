@@ -18,8 +18,7 @@ pub use tree::{paginate, Node, NodeType, NodeTypeField, PageRef, Tree, Xattr, PA
 
 use crate::crypto::{Crypto, Domain};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, ObjectId, SnapshotId};
-use crate::store::Kind;
+use crate::id::{BlobId, Kind, ObjectId, SnapshotId};
 
 /// What one backup did; stored in its snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tidemark_core::id::{BlobId, ObjectId, PackId, SnapshotId};
+use tidemark_core::id::{BlobId, Kind, ObjectId, PackId, SnapshotId};
 use tidemark_core::pack::{BlobKind, PackBuilder};
 use tidemark_core::repo::{InitOptions, Repository};
 use tidemark_core::snapshot::{Node, NodeType, NodeTypeField, Snapshot, Summary, Tree};
-use tidemark_core::store::{Kind, Store};
+use tidemark_core::store::Store;
 use tidemark_testkit::MemStore;
 
 /// A new repository with a 64 KiB target pack size (packs under 16 KiB count as small), and the

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use tidemark_core::id::PackId;
+use tidemark_core::id::{Kind, PackId};
 use tidemark_core::lifecycle::{self, Session, SystemClock};
 use tidemark_core::pack::BlobKind;
 use tidemark_core::prune::{self, PlannedPack, PruneOptions, PrunePlan};
 use tidemark_core::repo::Repository;
-use tidemark_core::store::{Kind, Store};
+use tidemark_core::store::Store;
 
 use super::common::{everything, ids, known, open, pack, snapshot, tree, Known, BLOB};
 

@@ -1,10 +1,10 @@
 //! `repair index` as plan, then execute: the rebuilt index of a repository with a damaged index
 //! file, what executing it leaves in the store, and that a dry run changes nothing.
 
-use tidemark_core::id::ObjectId;
+use tidemark_core::id::{Kind, ObjectId};
 use tidemark_core::repair::{self, RepairIndexPlan};
 use tidemark_core::repo::index;
-use tidemark_core::store::{Kind, Store};
+use tidemark_core::store::Store;
 
 use super::common::{everything, ids, known, open};
 
