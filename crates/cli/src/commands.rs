@@ -490,7 +490,7 @@ fn diff(g: &Global, a: &DiffArgs) -> Result<Outcome> {
     repo.load_index()?;
     let (id1, s1) = repo.find_snapshot(&a.first)?;
     let (id2, s2) = repo.find_snapshot(&a.second)?;
-    let changes = snapshot::diff(&repo, &s1.tree, &s2.tree)?;
+    let changes = snapshot::diff(&|id| repo.load_tree(id), &s1.tree, &s2.tree)?;
     let count = |k: ChangeKind| changes.iter().filter(|c| c.kind == k).count();
     if g.json {
         for c in &changes {

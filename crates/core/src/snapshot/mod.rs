@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use cache::{CacheStats, SnapshotList};
-pub use diff::{diff, Change, ChangeKind};
+pub use diff::{diff, Change, ChangeKind, LoadTree};
 pub use tree::{paginate, Node, NodeType, NodeTypeField, PageRef, Tree, Xattr, PAGED_OVER};
 
 use crate::crypto::{Crypto, Domain};
