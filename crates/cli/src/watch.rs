@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use tidemark_core::id::Kind;
 use tidemark_core::repo::Config;
-use tidemark_core::store::{Kind, CONFIG_ID};
+use tidemark_core::store::CONFIG_ID;
 use tidemark_core::wal::WalOptions;
 use tidemark_daemon::{Notice, StateDir, WatchOptions};
 

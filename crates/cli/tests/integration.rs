@@ -8,7 +8,6 @@ mod integration {
     pub mod crash;
     pub mod forget;
     pub mod full_disk;
-    pub mod golden;
     pub mod kill;
     pub mod logging;
     pub mod mount;

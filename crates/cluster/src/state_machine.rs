@@ -38,11 +38,10 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tidemark_core::batch::{Batch, Edit, NewBlob};
-use tidemark_core::id::{BlobId, PackId, SnapshotId};
+use tidemark_core::id::{BlobId, Kind, PackId, SnapshotId};
 use tidemark_core::pack::{BlobKind, FinishedPack, Packer};
 use tidemark_core::repo::Repository;
 use tidemark_core::snapshot::{LogPosition, Node, NodeType, Snapshot, Summary, Tree};
-use tidemark_core::store::Kind;
 
 use crate::catalog::Catalog;
 use crate::codec::{LogIdJson, MembershipJson, StoredMembershipJson};

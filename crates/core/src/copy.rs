@@ -16,11 +16,10 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::id::{BlobId, PackId, SnapshotId};
+use crate::id::{BlobId, Kind, PackId, SnapshotId};
 use crate::pack::BlobKind;
 use crate::repo::{BlobWriter, Repository};
 use crate::snapshot::{Node, Snapshot};
-use crate::store::Kind;
 
 /// What `copy` did.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{Crypto, Domain};
 use crate::error::{Error, Result};
-use crate::id::{ObjectId, PackId};
-use crate::store::{Kind, Store};
+use crate::id::{Kind, ObjectId, PackId};
+use crate::store::Store;
 
 /// How often a writer renews its session.
 pub const RENEW_EVERY: Duration = Duration::from_secs(5 * 60);

@@ -39,10 +39,9 @@ use fuser::{
     MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyXattr, Request, SessionACL,
 };
-use tidemark_core::id::{BlobId, ObjectId};
+use tidemark_core::id::{BlobId, Kind, ObjectId};
 use tidemark_core::repo::{index, Repository};
 use tidemark_core::snapshot::{Node, NodeType, SnapshotList};
-use tidemark_core::store::Kind;
 
 use crate::args::Global;
 use crate::open;

@@ -6,11 +6,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use tidemark_core::id::ObjectId;
+use tidemark_core::id::{ObjectId, Kind};
 use tidemark_core::lifecycle::Session;
 use tidemark_core::pack::BlobKind;
 use tidemark_core::repo::{BlobWriter, InitOptions, Repository};
-use tidemark_core::store::{Kind, Store};
+use tidemark_core::store::Store;
 use tidemark_testkit::MemStore;
 
 /// A store whose index-file puts, once armed, wait until released (a hanging S3 put).

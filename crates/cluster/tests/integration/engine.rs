@@ -247,12 +247,12 @@ struct WorkerWatch {
 impl tidemark_core::store::Store for WorkerWatch {
     fn put(
         &self,
-        kind: tidemark_core::store::Kind,
+        kind: tidemark_core::id::Kind,
         id: &tidemark_core::id::ObjectId,
         bytes: &[u8],
     ) -> tidemark_core::Result<()> {
         use std::sync::atomic::Ordering;
-        if kind == tidemark_core::store::Kind::Pack {
+        if kind == tidemark_core::id::Kind::Pack {
             self.packs.fetch_add(1, Ordering::SeqCst);
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 let blocking = std::panic::catch_unwind(|| handle.block_on(async {}));
@@ -265,7 +265,7 @@ impl tidemark_core::store::Store for WorkerWatch {
     }
     fn get(
         &self,
-        kind: tidemark_core::store::Kind,
+        kind: tidemark_core::id::Kind,
         id: &tidemark_core::id::ObjectId,
         range: Option<std::ops::Range<u64>>,
     ) -> tidemark_core::Result<Vec<u8>> {
@@ -273,13 +273,13 @@ impl tidemark_core::store::Store for WorkerWatch {
     }
     fn list(
         &self,
-        kind: tidemark_core::store::Kind,
+        kind: tidemark_core::id::Kind,
     ) -> tidemark_core::Result<Vec<(tidemark_core::id::ObjectId, u64)>> {
         self.inner.list(kind)
     }
     fn delete(
         &self,
-        kind: tidemark_core::store::Kind,
+        kind: tidemark_core::id::Kind,
         id: &tidemark_core::id::ObjectId,
     ) -> tidemark_core::Result<()> {
         self.inner.delete(kind, id)

@@ -11,8 +11,7 @@ pub use packer::{FinishedPack, PackEntries, Packer};
 
 use crate::crypto::{Crypto, Domain};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId};
-use crate::store::Kind;
+use crate::id::{BlobId, Kind, PackId};
 
 /// Pack trailer magic (format version 1).
 pub const PACK_MAGIC: &[u8; 4] = b"TMP1";

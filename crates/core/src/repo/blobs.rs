@@ -8,10 +8,9 @@ use super::index::{self, Index, Location};
 use super::Repository;
 use crate::crypto::Domain;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, ObjectId, PackId};
+use crate::id::{BlobId, ObjectId, PackId, Kind};
 use crate::lifecycle;
 use crate::pack::{self, BlobEntry, BlobKind, FLAG_ZSTD, TRAILER_LEN};
-use crate::store::Kind;
 
 /// What loading the index found.
 #[derive(Debug, Clone, Copy, Default)]

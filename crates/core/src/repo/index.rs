@@ -10,9 +10,8 @@ use chrono::{DateTime, Utc};
 
 use crate::crypto::{Crypto, Domain};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, ObjectId, PackId};
+use crate::id::{BlobId, Kind, ObjectId, PackId};
 use crate::pack::{BlobEntry, BlobKind, HEADER_ENTRY_LEN};
-use crate::store::Kind;
 
 /// Index file magic.
 pub const INDEX_MAGIC: &[u8; 4] = b"TMIX";

@@ -4,8 +4,8 @@
 use super::{Config, Repository, CONFIG_VERSION};
 use crate::crypto::{KdfParams, KeyFile, MasterKey, EMPTY_PASSWORD};
 use crate::error::{Error, Result};
-use crate::id::ObjectId;
-use crate::store::{Kind, Store, CONFIG_ID};
+use crate::id::{ObjectId, Kind};
+use crate::store::{Store, CONFIG_ID};
 
 impl Repository {
     /// The master key of the repository in `store`, unlocked with `password` (to create

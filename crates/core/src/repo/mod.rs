@@ -44,9 +44,9 @@ use crate::chunk::{Chunker, ChunkerParams};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{Crypto, KdfParams, KeyFile, MasterKey, EMPTY_PASSWORD};
 use crate::error::{Error, Result};
-use crate::id::ObjectId;
+use crate::id::{Kind, ObjectId};
 use crate::lifecycle::Session;
-use crate::store::{Kind, Store, CONFIG_ID};
+use crate::store::{Store, CONFIG_ID};
 
 /// Settings for a new repository.
 #[derive(Clone)]

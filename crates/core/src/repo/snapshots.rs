@@ -5,11 +5,10 @@ use super::Repository;
 use crate::crypto::Domain;
 use crate::error::{Error, Result};
 use crate::forget::StoredPolicy;
-use crate::id::{ObjectId, SnapshotId};
+use crate::id::{ObjectId, SnapshotId, Kind};
 use crate::lifecycle;
 use crate::snapshot::cache::{self, CacheFile, CacheStats, SnapshotList};
 use crate::snapshot::{Selector, Snapshot, SnapshotFilter};
-use crate::store::Kind;
 
 impl Repository {
     /// The repository's default retention policy, if one was set (the newest, `docs/format.md`

@@ -6,9 +6,8 @@ use std::collections::{HashMap, HashSet};
 use super::index::Index;
 use super::Repository;
 use crate::error::{Error, Result};
-use crate::id::BlobId;
+use crate::id::{BlobId, Kind};
 use crate::snapshot::{paginate, Node, PageRef, Tree, PAGED_OVER};
-use crate::store::Kind;
 
 /// Tree reads in flight when a walk over an object store reads ahead.
 pub const REMOTE_TREE_READS: usize = 16;

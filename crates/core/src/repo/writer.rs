@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId};
+use crate::id::{BlobId, Kind, PackId};
 use crate::pack::{BlobEntry, BlobKind, FinishedPack, PackEntries, Packer};
-use crate::store::Kind;
 
 use super::Repository;
 
