@@ -1,4 +1,5 @@
-//! Raft log record bodies (`docs/format.md` §13): an entry, a vote, a committed and a purge log
+//! Raft log record bodies (`docs/format.md` §13; a normal entry carries a request of §15, a batch
+//! or a seal, version 2 or 1): an entry, a vote, a committed and a purge log
 //! id. Decoding never panics, and a decoded entry re-encodes to bytes that decode to the same
 //! entry (re-encoding is not byte-identical: batch node JSON and membership JSON are
 //! re-serialized). The first input byte is the entry's index.

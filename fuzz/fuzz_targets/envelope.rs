@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tidemark_core::crypto::{Crypto, Domain, MasterKey};
-use tidemark_core::store::Kind;
+use tidemark_core::id::Kind;
 
 fuzz_target!(|data: &[u8]| {
     let crypto = Crypto::encrypted(&MasterKey {

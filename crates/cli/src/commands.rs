@@ -12,14 +12,14 @@ use tidemark_core::backup::{self, BackupOptions, BackupProgress};
 use tidemark_core::check::{self, CheckOptions, DataSubset};
 use tidemark_core::chunk::ChunkerParams;
 use tidemark_core::crypto::KdfParams;
-use tidemark_core::id::{BlobId, ObjectId, SnapshotId};
+use tidemark_core::id::{BlobId, Kind, ObjectId, SnapshotId};
 use tidemark_core::repo::{InitOptions, Repository, DEFAULT_PACK_SIZE, DEFAULT_ZSTD_LEVEL};
 use tidemark_core::restore::{self, RestoreOptions, RestoreProgress};
 use tidemark_core::snapshot::{
     self, CacheStats, ChangeKind, LogPosition, Node, NodeType, Selector, Snapshot, SnapshotFilter,
     Summary,
 };
-use tidemark_core::store::{Kind, CONFIG_ID};
+use tidemark_core::store::CONFIG_ID;
 
 use crate::args::{
     BackupArgs, CatArgs, CheckArgs, Cli, Command, DiffArgs, Global, InitArgs, KeyCommand, LsArgs,
@@ -420,7 +420,7 @@ fn type_char(t: NodeType) -> char {
 }
 
 fn ls(g: &Global, a: &LsArgs) -> Result<Outcome> {
-    let mut repo = open::open(g)?;
+    let repo = open::open(g)?;
     repo.load_index()?;
     let (_, snap) = repo.find_snapshot(&a.snapshot)?;
     let start = a.path.clone().unwrap_or_else(|| PathBuf::from("/"));
@@ -486,11 +486,11 @@ fn print_node(g: &Global, long: bool, path: &Path, n: &Node) {
 }
 
 fn diff(g: &Global, a: &DiffArgs) -> Result<Outcome> {
-    let mut repo = open::open(g)?;
+    let repo = open::open(g)?;
     repo.load_index()?;
     let (id1, s1) = repo.find_snapshot(&a.first)?;
     let (id2, s2) = repo.find_snapshot(&a.second)?;
-    let changes = snapshot::diff(&repo, &s1.tree, &s2.tree)?;
+    let changes = snapshot::diff(&|id| repo.load_tree(id), &s1.tree, &s2.tree)?;
     let count = |k: ChangeKind| changes.iter().filter(|c| c.kind == k).count();
     if g.json {
         for c in &changes {
@@ -626,7 +626,7 @@ fn pick_snapshot(g: &Global, repo: &Repository, a: &RestoreArgs) -> Result<(Snap
 }
 
 fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
-    let mut repo = open::open(g)?;
+    let repo = open::open(g)?;
     let (id, snap) = pick_snapshot(g, &repo, a)?;
     repo.load_index()?;
     let t0 = Instant::now();
@@ -739,9 +739,25 @@ fn repair(g: &Global, a: &RepairArgs) -> Result<Outcome> {
     match a.what {
         RepairCommand::Index { dry_run } => {
             let mut repo = open::open(g)?;
-            let r = tidemark_core::repair::repair_index(&mut repo, &open::hostname(), dry_run)?;
+            // A dry run is the plan alone, printed.
+            let (r, plan) = if dry_run {
+                let plan = tidemark_core::repair::plan(&repo)?;
+                let planned = (plan.files_to_write(), plan.files_to_delete().len());
+                (plan.report, Some(planned))
+            } else {
+                let host = open::hostname();
+                (
+                    tidemark_core::repair::repair_index(&mut repo, &host, false)?,
+                    None,
+                )
+            };
             if g.json {
-                println!("{}", serde_json::to_string(&r)?);
+                let mut v = serde_json::to_value(&r)?;
+                if let Some((write, delete)) = plan {
+                    v["index_files_to_write"] = write.into();
+                    v["index_files_to_delete"] = delete.into();
+                }
+                println!("{v}");
                 return Ok(Outcome::Ok);
             }
             for f in &r.index_files_damaged {
@@ -764,8 +780,11 @@ fn repair(g: &Global, a: &RepairArgs) -> Result<Outcome> {
                     r.index_files_damaged.len(),
                     r.packs_missing
                 );
-                if dry_run {
-                    println!("dry run: nothing written");
+                if let Some((write, delete)) = plan {
+                    println!(
+                        "dry run: would write {write} index files, then delete the {delete} old \
+                         ones; nothing written"
+                    );
                 } else {
                     println!(
                         "wrote {} index files, deleted {} old ones",
@@ -784,7 +803,7 @@ fn parse_object_id(kind: &str, id: Option<&String>) -> Result<ObjectId> {
 }
 
 fn cat(g: &Global, a: &CatArgs) -> Result<Outcome> {
-    let mut repo = open::open(g)?;
+    let repo = open::open(g)?;
     let store = Arc::clone(repo.store());
     match a.kind.as_str() {
         "config" => {
@@ -851,7 +870,7 @@ fn cat(g: &Global, a: &CatArgs) -> Result<Outcome> {
 }
 
 fn stats(g: &Global, snap: Option<&str>) -> Result<Outcome> {
-    let mut repo = open::open(g)?;
+    let repo = open::open(g)?;
     repo.load_index()?;
     if let Some(spec) = snap {
         let (id, s) = repo.find_snapshot(spec)?;

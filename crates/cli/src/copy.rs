@@ -88,7 +88,7 @@ pub fn master_key(g: &Global, a: &FromArgs) -> Result<tidemark_core::crypto::Mas
 }
 
 pub fn copy(g: &Global, a: &CopyArgs) -> Result<Outcome> {
-    let mut from = open_from(g, &a.from)?;
+    let from = open_from(g, &a.from)?;
     from.load_index().context("loading the source's index")?;
     let mut to = open::open(g)?;
     to.begin_session("copy", &open::hostname())?;

@@ -7,9 +7,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
 use tidemark_core::forget::{self, Decision, GroupBy, Policy, Span, StoredPolicy, Zone};
-use tidemark_core::id::SnapshotId;
+use tidemark_core::id::{Kind, SnapshotId};
 use tidemark_core::snapshot::Snapshot;
-use tidemark_core::store::Kind;
 
 use crate::args::Global;
 use crate::open;
@@ -183,7 +182,14 @@ pub fn prune(g: &Global, a: &PruneArgs) -> Result<Outcome> {
         hostname: open::hostname(),
     };
     let t = std::time::Instant::now();
-    let r = tidemark_core::prune::prune(&mut repo, &opts)?;
+    // A dry run is the plan alone, printed; otherwise prune plans and executes under a session.
+    let (r, plan) = if a.dry_run {
+        let clock = tidemark_core::lifecycle::SystemClock;
+        let plan = tidemark_core::prune::plan(&mut repo, &opts, &clock)?;
+        (plan.report.clone(), Some(plan))
+    } else {
+        (tidemark_core::prune::prune(&mut repo, &opts)?, None)
+    };
     let secs = t.elapsed().as_secs_f64();
     let rss = crate::commands::peak_rss();
     let mut out = std::io::stdout().lock();
@@ -191,6 +197,9 @@ pub fn prune(g: &Global, a: &PruneArgs) -> Result<Outcome> {
         let mut v = serde_json::to_value(&r)?;
         v["seconds"] = secs.into();
         v["peak_rss_bytes"] = rss.into();
+        if let Some(plan) = &plan {
+            v["plan"] = serde_json::to_value(plan)?;
+        }
         writeln!(out, "{v}")?;
     } else if !g.quiet {
         use crate::progress::bytes;
@@ -240,6 +249,24 @@ pub fn prune(g: &Global, a: &PruneArgs) -> Result<Outcome> {
             bytes(rss),
             r.bytes_per_blob
         )?;
+        if let Some(plan) = &plan {
+            for (verb, packs) in [
+                ("delete", &plan.delete),
+                ("condemn", &plan.condemn),
+                ("repack", &plan.repack),
+                ("resurrect", &plan.resurrect),
+            ] {
+                for p in packs {
+                    writeln!(
+                        out,
+                        "  would {verb} pack {} ({} used of {})",
+                        p.pack.short(),
+                        bytes(p.used),
+                        bytes(p.bytes)
+                    )?;
+                }
+            }
+        }
     }
     Ok(Outcome::Ok)
 }

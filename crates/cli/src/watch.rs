@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use tidemark_core::id::Kind;
 use tidemark_core::repo::Config;
-use tidemark_core::store::{Kind, CONFIG_ID};
+use tidemark_core::store::CONFIG_ID;
 use tidemark_core::wal::WalOptions;
 use tidemark_daemon::{Notice, StateDir, WatchOptions};
 
@@ -224,7 +225,7 @@ pub fn watch(g: &Global, a: &WatchArgs, cancel: &AtomicBool) -> Result<Outcome> 
     let mut seals_since = 0u64;
     let mut last_line = Instant::now();
     let mut last_seal = None;
-    let report = tidemark_daemon::watch(repo, &opts, cancel, &mut |n| match n {
+    let report = tidemark_daemon::watch(&repo, &opts, cancel, &mut |n| match n {
         Notice::Started {
             recovery,
             sealed,

@@ -8,7 +8,6 @@ mod integration {
     pub mod crash;
     pub mod forget;
     pub mod full_disk;
-    pub mod golden;
     pub mod issue_15;
     pub mod kill;
     pub mod logging;
@@ -17,6 +16,7 @@ mod integration {
     pub mod prune;
     pub mod prune_paused;
     pub mod repair;
+    pub mod repo_handle;
     pub mod restore_race;
     pub mod s3;
     pub mod snapshots;

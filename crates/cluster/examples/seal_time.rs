@@ -7,10 +7,10 @@
 //! The repository is in memory (the seal's own cost); with `SEAL_STORE=local` it is a local
 //! directory next to the state, so every seal also pays its fsyncs (pack, index, snapshot, catalog).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
-use tidemark_cluster::{Engine, EngineOptions, SmOptions};
+use tidemark_cluster::{Engine, EngineOptions, EngineParts, SmOptions};
 use tidemark_core::batch::{Batch, Edit};
 use tidemark_core::repo::{InitOptions, Repository};
 use tidemark_core::snapshot::{Node, NodeType, NodeTypeField};
@@ -64,15 +64,23 @@ fn main() {
             } else {
                 Arc::new(MemStore::new())
             };
-        let mut repo = Repository::init(store, &InitOptions::default()).unwrap();
+        let repo = Repository::init(store, &InitOptions::default()).unwrap();
         repo.load_index().unwrap();
-        let repo = Arc::new(RwLock::new(repo));
         let sm = SmOptions {
             watched: "/srv/share".into(),
             ..SmOptions::default()
         };
         rt.block_on(async {
-            let (engine, _) = Engine::open(repo, EngineOptions::new(tmp.path().to_path_buf(), sm))
+            let parts = EngineParts::standalone(tmp.path()).unwrap();
+            let (engine, _) = Engine::open(parts, repo, EngineOptions::new(sm))
+                .await
+                .unwrap();
+            engine
+                .initialize(Engine::standalone_members())
+                .await
+                .unwrap();
+            engine
+                .ready(std::time::Duration::from_secs(30))
                 .await
                 .unwrap();
             for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {

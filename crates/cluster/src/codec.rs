@@ -1,5 +1,6 @@
-//! The bodies of the log's records for Raft (`docs/format.md` §13): entries, vote, committed,
-//! purge log id; and the membership JSON shared with the catalog and snapshots.
+//! The bodies of the log's records for Raft (`docs/format.md` §13): entries (a normal entry's
+//! payload is a request, §15), vote, committed, purge log id; and the membership JSON shared
+//! with the catalog and snapshots.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -11,9 +12,15 @@ use openraft::{EntryPayload, Membership};
 use serde::{Deserialize, Serialize};
 use tidemark_core::batch::Batch;
 
+use crate::request::{Request, Seal};
 use crate::{Entry, LogId, StoredMembership, TypeConfig, Vote};
 
 type LeaderId = openraft::alias::LeaderIdOf<TypeConfig>;
+
+/// The request version written (§15); version 1 (a bare batch) is still read.
+const REQUEST_VERSION: u8 = 2;
+const REQUEST_BATCH: u8 = 1;
+const REQUEST_SEAL: u8 = 2;
 
 fn u64_at(b: &[u8], at: usize) -> Result<u64, String> {
     b.get(at..at + 8)
@@ -37,9 +44,18 @@ pub fn encode_entry(entry: &Entry) -> Vec<u8> {
     leader_bytes(&entry.log_id, &mut out);
     match &entry.payload {
         EntryPayload::Blank => out.push(0),
-        EntryPayload::Normal(batch) => {
-            out.push(1);
-            batch.encode_into(&mut out);
+        EntryPayload::Normal(request) => {
+            out.extend_from_slice(&[1, REQUEST_VERSION]);
+            match request {
+                Request::Batch(batch) => {
+                    out.push(REQUEST_BATCH);
+                    batch.encode_into(&mut out);
+                }
+                Request::Seal(seal) => {
+                    out.push(REQUEST_SEAL);
+                    seal.encode_into(&mut out);
+                }
+            }
         }
         EntryPayload::Membership(m) => {
             out.push(2);
@@ -54,7 +70,7 @@ pub fn decode_entry(index: u64, b: &[u8]) -> Result<Entry, String> {
     let id = log_id(u64_at(b, 0)?, u64_at(b, 8)?, index);
     let payload = match b.get(16) {
         Some(0) if b.len() == 17 => EntryPayload::Blank,
-        Some(1) => EntryPayload::Normal(Arc::new(Batch::decode(&b[17..])?)),
+        Some(1) => EntryPayload::Normal(decode_request(&b[17..])?),
         Some(2) => {
             let m: MembershipJson = serde_json::from_slice(&b[17..])
                 .map_err(|e| format!("membership is not valid JSON: {e}"))?;
@@ -64,6 +80,23 @@ pub fn decode_entry(index: u64, b: &[u8]) -> Result<Entry, String> {
         None => return Err("entry body too short".into()),
     };
     Ok(Entry::new(id, payload))
+}
+
+/// A normal entry's payload: version 2 is `2 ‖ kind ‖ body`; version 1 is a bare batch, whose
+/// own first byte (its version) is 1.
+fn decode_request(b: &[u8]) -> Result<Request, String> {
+    match b {
+        [1, ..] => Ok(Request::Batch(Arc::new(Batch::decode(b)?))),
+        [REQUEST_VERSION, REQUEST_BATCH, body @ ..] => {
+            Ok(Request::Batch(Arc::new(Batch::decode(body)?)))
+        }
+        [REQUEST_VERSION, REQUEST_SEAL, body @ ..] => {
+            Ok(Request::Seal(Arc::new(Seal::decode(body)?)))
+        }
+        [REQUEST_VERSION, kind, ..] => Err(format!("unknown request kind {kind}")),
+        [version, ..] => Err(format!("request version {version} is not supported")),
+        [] => Err("normal entry without a request".into()),
+    }
 }
 
 /// `term ‖ node ‖ committed`.
@@ -221,6 +254,34 @@ impl StoredMembershipJson {
 mod tests {
     use super::*;
 
+    /// A log written before seals were entries holds bare batches (request version 1): they
+    /// still read, as the same batch.
+    #[test]
+    fn version_1_batches_still_read() {
+        let batch = Batch {
+            captured_ns: 42,
+            edits: vec![tidemark_core::batch::Edit::Delete {
+                path: b"gone".to_vec(),
+            }],
+            ..Batch::default()
+        };
+        // The old encoder: term ‖ node ‖ type 1 ‖ the batch's own bytes.
+        let mut old = Vec::new();
+        old.extend_from_slice(&3u64.to_le_bytes());
+        old.extend_from_slice(&1u64.to_le_bytes());
+        old.push(1);
+        batch.encode_into(&mut old);
+        let e = decode_entry(9, &old).unwrap();
+        assert_eq!(e.log_id, log_id(3, 1, 9));
+        match e.payload {
+            EntryPayload::Normal(Request::Batch(b)) => assert_eq!(*b, batch),
+            other => panic!("not a batch: {other:?}"),
+        }
+        // Re-encoded, it is a version-2 request.
+        let new = encode_entry(&decode_entry(9, &old).unwrap());
+        assert_eq!(&new[16..19], &[1, REQUEST_VERSION, REQUEST_BATCH]);
+    }
+
     #[test]
     fn entries_votes_and_ids_round_trip() {
         let m = Membership::new(
@@ -234,10 +295,21 @@ mod tests {
         for payload in [
             EntryPayload::Blank,
             EntryPayload::Membership(m),
-            EntryPayload::Normal(Arc::new(Batch {
+            EntryPayload::Normal(Request::from(Batch {
                 captured_ns: 5,
                 ..Batch::default()
             })),
+            EntryPayload::Normal(Request::Seal(Arc::new(Seal {
+                version: 1,
+                time_ns: 1_764_871_234_000_000_007,
+                host: "nas".into(),
+                path: "/srv/share".into(),
+                ancestors: vec![tidemark_core::snapshot::Node {
+                    name: Some("srv".into()),
+                    mode: 0o755,
+                    ..tidemark_core::snapshot::Node::default()
+                }],
+            }))),
         ] {
             let e = Entry::new(log_id(3, 1, 9), payload);
             let back = decode_entry(9, &encode_entry(&e)).unwrap();
@@ -253,6 +325,17 @@ mod tests {
         );
         assert_eq!(decode_committed(&encode_committed(None)).unwrap(), None);
         assert!(decode_entry(1, b"short").is_err());
+        let mut unknown = vec![0; 16];
+        unknown.extend_from_slice(&[1, REQUEST_VERSION, 9]);
+        assert_eq!(
+            decode_entry(1, &unknown).unwrap_err(),
+            "unknown request kind 9"
+        );
+        unknown[17] = 3;
+        assert_eq!(
+            decode_entry(1, &unknown).unwrap_err(),
+            "request version 3 is not supported"
+        );
         assert!(decode_vote(&[0; 16]).is_err());
     }
 }

@@ -1,39 +1,98 @@
-//! One watched tree's engine: a Raft group of one over the log and the state machine, with the
-//! seal schedule (every `seal_interval` or `seal_bytes` of log, and never while nothing changed).
+//! One watched tree's engine: a Raft node over the log and the state machine, with the seal
+//! schedule (every `seal_interval` or `seal_bytes` of log, and never while nothing changed).
 //!
-//! A standalone device is a group of one, so a cluster later adds a network and members, not a
-//! second code path. The seal trigger is computed from what has been applied since the last seal,
-//! not from idleness, so snapshots keep coming while writes do.
+//! The engine is given its parts ([`EngineParts`]: node id, network, log directory, catalog);
+//! a standalone device is a group of one over [`NoPeers`], so a cluster adds a network and
+//! members, not a second code path. Opening never initialises a group: a new group is
+//! initialised by an explicit [`Engine::initialize`]. Who leads is observable
+//! ([`Engine::leadership`]). The seal trigger is computed from what has been applied since the
+//! last seal, not from idleness, so snapshots keep coming while writes do.
+//!
+//! ```text
+//! let (engine, recovery) = Engine::open(EngineParts::standalone(dir)?, repo, opts).await?;
+//! if !engine.is_initialized().await? { engine.initialize(Engine::standalone_members()).await?; }
+//! engine.ready(timeout).await?;    // leads (a group of one elects itself) and replayed the log
+//! ```
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::error::{
+    ClientWriteError, Fatal, InitializeError, RPCError, RaftError, ReplicationClosed,
+    StreamingError, Unreachable,
+};
 use openraft::impls::BasicNode;
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::metrics::WaitError;
+use openraft::network::{NetSnapshot, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{AnyError, Config, SnapshotPolicy};
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::{AnyError, Config, ServerState, SnapshotPolicy};
 use serde::Serialize;
 use tidemark_core::batch::Batch;
 use tidemark_core::repo::Repository;
-use tidemark_core::wal::{FileLogDir, Recovery, Wal, WalOptions, WalStats};
+use tidemark_core::wal::{FileLogDir, LogDir, Recovery, Wal, WalOptions, WalStats};
 
 use crate::catalog::{Catalog, CatalogStats};
+use crate::request::Request;
 use crate::state_machine::{ApplyResult, SealedSnapshot, SmOptions, SmStats, StateMachine};
 use crate::{Error, LogStore, Result, TypeConfig, Vote, STANDALONE_NODE};
 
 type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
+/// What an engine is made of besides the repository: who it is, how it reaches its peers, and
+/// where its log and catalog live.
+pub struct EngineParts<N> {
+    /// This node's id in its group ([`STANDALONE_NODE`] for a group of one).
+    pub node: u64,
+    /// How openraft reaches the other members ([`NoPeers`] for a group of one).
+    pub network: N,
+    /// The log's segments (`docs/format.md` §12): files in the state directory's `wal/`, or a
+    /// test's in-memory or crash-simulating directory.
+    pub log_dir: Arc<dyn LogDir>,
+    /// The catalog (§14): `catalog.redb` in the state directory, or redb's in-memory backend
+    /// ([`Catalog::open_backend`]).
+    pub catalog: Catalog,
+}
+
+impl EngineParts<NoPeers> {
+    /// A standalone device's parts in state directory `dir` (`docs/format.md` §11): node
+    /// [`STANDALONE_NODE`], no peers, the log in `wal/` and the catalog in `catalog.redb`. The
+    /// directory is created with mode 0700 if needed.
+    pub fn standalone(dir: &Path) -> Result<Self> {
+        // Mode 0700, each new directory fsynced into its parent (as the daemon's StateDir does).
+        tidemark_core::dir::create_all(dir, 0o700)
+            .map_err(|e| tidemark_core::Error::io("creating state directory", dir, e))?;
+        let wal = dir.join("wal");
+        let log_dir = FileLogDir::new(&wal)
+            .map_err(|e| tidemark_core::Error::io("creating log directory", &wal, e))?;
+        Ok(EngineParts {
+            node: STANDALONE_NODE,
+            network: NoPeers,
+            log_dir: Arc::new(log_dir),
+            catalog: Catalog::open(&dir.join("catalog.redb"))?,
+        })
+    }
+}
+
+/// Who leads the group, as this node sees it ([`Engine::leadership`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Leadership {
+    /// The leader's node id, when one is known.
+    pub leader: Option<u64>,
+    /// Whether this node leads (it takes writes and proposes seals).
+    pub leading: bool,
+    /// The current term.
+    pub term: u64,
+}
+
 /// How the engine runs.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// The state directory (`docs/format.md` §11): `wal/` and `catalog.redb` live here.
-    pub state_dir: PathBuf,
     /// Log segment size and recovery behaviour.
     pub wal: WalOptions,
     /// Seal at least this often while something changes.
@@ -42,17 +101,20 @@ pub struct EngineOptions {
     pub seal_bytes: u64,
     /// Snapshot stamping.
     pub sm: SmOptions,
+    /// Entries the log keeps before the last seal when it is purged (0: purge up to the seal).
+    /// A longer tail serves lagging followers and tests that read the whole log.
+    pub log_tail: u64,
 }
 
 impl EngineOptions {
-    /// Defaults: seal every 500 ms or 4 MiB.
-    pub fn new(state_dir: PathBuf, sm: SmOptions) -> Self {
+    /// Defaults: seal every 500 ms or 4 MiB; purge the log up to each seal.
+    pub fn new(sm: SmOptions) -> Self {
         EngineOptions {
-            state_dir,
             wal: WalOptions::default(),
             seal_interval: Duration::from_millis(500),
             seal_bytes: 4 << 20,
             sm,
+            log_tail: 0,
         }
     }
 }
@@ -96,26 +158,26 @@ pub struct Engine {
     sm: StateMachine,
     log: LogStore,
     opts: EngineOptions,
+    /// Fed by openraft's metrics ([`Engine::leadership`]).
+    leadership: tokio::sync::watch::Sender<Leadership>,
 }
 
 impl Engine {
-    /// Opens (or creates) the state in `opts.state_dir`, replays the log, and becomes the leader of
-    /// its group of one. Everything that reached the log before a crash is applied on return.
-    pub async fn open(
-        repo: Arc<RwLock<Repository>>,
+    /// Opens the engine over its parts: replays the log into openraft and starts the node. It
+    /// neither initialises a group nor waits for a leader: a new group is initialised by
+    /// [`Self::initialize`], and [`Self::ready`] waits until the log is replayed.
+    pub async fn open<N>(
+        parts: EngineParts<N>,
+        repo: Repository,
         opts: EngineOptions,
-    ) -> Result<(Engine, Recovery)> {
-        // Mode 0700, each new directory fsynced into its parent (as the daemon's StateDir does).
-        tidemark_core::dir::create_all(&opts.state_dir, 0o700).map_err(|e| {
-            tidemark_core::Error::io("creating state directory", &opts.state_dir, e)
-        })?;
-        let dir = FileLogDir::new(opts.state_dir.join("wal")).map_err(|e| {
-            tidemark_core::Error::io("creating log directory", opts.state_dir.join("wal"), e)
-        })?;
-        let (wal, recovery) = Wal::open(Arc::new(dir), opts.wal)?;
+    ) -> Result<(Engine, Recovery)>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+        N::Network: NetSnapshot<TypeConfig, SnapshotData = SealedSnapshot>,
+    {
+        let (wal, recovery) = Wal::open(parts.log_dir, opts.wal)?;
         let log = LogStore::new(Arc::new(wal));
-        let catalog = Catalog::open(&opts.state_dir.join("catalog.redb"))?;
-        let sm = StateMachine::open(catalog, repo, opts.sm.clone())?;
+        let sm = StateMachine::open(parts.catalog, repo, opts.sm.clone())?;
         sm.attach_log(log.clone());
         let config = Config {
             cluster_name: "tidemark".into(),
@@ -123,50 +185,119 @@ impl Engine {
             election_timeout_min: 600,
             election_timeout_max: 900,
             snapshot_policy: SnapshotPolicy::Never,
-            max_in_snapshot_log_to_keep: 0,
+            max_in_snapshot_log_to_keep: opts.log_tail,
             purge_batch_size: 1,
             ..Config::default()
         }
         .validate()
-        .map_err(|e| Error::Raft(e.to_string()))?;
+        .map_err(|e| Error::Invalid(format!("raft configuration: {e}")))?;
         let raft = Raft::new(
-            STANDALONE_NODE,
+            parts.node,
             Arc::new(config),
-            NoPeers,
+            parts.network,
             log.clone(),
             sm.clone(),
         )
         .await
-        .map_err(|e| Error::Raft(e.to_string()))?;
-        if !raft
-            .is_initialized()
-            .await
-            .map_err(|e| Error::Raft(e.to_string()))?
-        {
-            let members = BTreeMap::from([(STANDALONE_NODE, BasicNode::new(""))]);
-            raft.initialize(members)
-                .await
-                .map_err(|e| Error::Raft(e.to_string()))?;
-        }
-        raft.wait(Some(Duration::from_secs(30)))
-            .current_leader(STANDALONE_NODE, "a group of one elects itself")
-            .await
-            .map_err(|e| Error::Raft(e.to_string()))?;
+        .map_err(fatal)?;
+        let (leadership, _) = tokio::sync::watch::channel(Leadership::default());
         let engine = Engine {
             raft,
             sm,
             log,
             opts,
+            leadership,
         };
-        // The leader's first entry commits everything before it; wait until it is applied.
-        let last = engine.log.wal().last_index()?.unwrap_or(0);
-        engine
-            .raft
-            .wait(Some(Duration::from_secs(300)))
-            .applied_index_at_least(Some(last), "replaying the log")
-            .await
-            .map_err(|e| Error::Raft(e.to_string()))?;
+        engine.watch_leadership();
         Ok((engine, recovery))
+    }
+
+    /// The members of a standalone device's group of one, for [`Self::initialize`].
+    pub fn standalone_members() -> BTreeMap<u64, String> {
+        BTreeMap::from([(STANDALONE_NODE, String::new())])
+    }
+
+    /// Whether this node's group was initialised (by [`Self::initialize`], here or on a peer
+    /// that replicated to it).
+    pub async fn is_initialized(&self) -> Result<bool> {
+        self.raft.is_initialized().await.map_err(fatal)
+    }
+
+    /// Initialises a new group with `members` (node id → network address; empty for a group of
+    /// one). [`Error::Refused`] when the group already is initialised, or this node is not a
+    /// member.
+    pub async fn initialize(&self, members: BTreeMap<u64, String>) -> Result<()> {
+        let members: BTreeMap<u64, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode::new(addr)))
+            .collect();
+        self.raft.initialize(members).await.map_err(|e| match e {
+            RaftError::APIError(
+                e @ (InitializeError::NotAllowed(_) | InitializeError::NotInMembers(_)),
+            ) => Error::Refused(e.to_string()),
+            RaftError::Fatal(f) => fatal(f),
+        })
+    }
+
+    /// Waits (at most `timeout`) until a leader is known and everything the log holds then is
+    /// applied: after a crash, every acknowledged change is in the live tree.
+    pub async fn ready(&self, timeout: Duration) -> Result<()> {
+        self.raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "waiting for a leader")
+            .await
+            .map_err(waited)?;
+        // The leader's first entry commits everything before it; wait until it is applied.
+        if let Some(last) = self.log.wal().last_index()? {
+            self.raft
+                .wait(Some(timeout))
+                .applied_index_at_least(Some(last), "replaying the log")
+                .await
+                .map_err(waited)?;
+        }
+        Ok(())
+    }
+
+    /// Who leads, as a watch that changes with each election: capture starts and stops with
+    /// it. The watch ends (its sender is dropped) when the engine stops.
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<Leadership> {
+        self.leadership.subscribe()
+    }
+
+    /// Forwards openraft's metrics into [`Self::leadership`]'s watch while the node runs.
+    fn watch_leadership(&self) {
+        let mut metrics = self.raft.metrics();
+        let tx = self.leadership.clone();
+        let read = |m: &openraft::RaftMetrics<TypeConfig>| Leadership {
+            leader: m.current_leader,
+            leading: m.state == ServerState::Leader,
+            term: m.current_term,
+        };
+        tx.send_replace(read(&metrics.borrow_watched()));
+        tokio::spawn(async move {
+            while metrics.changed().await.is_ok() {
+                let now = read(&metrics.borrow_watched());
+                tx.send_if_modified(|l| std::mem::replace(l, now) != now);
+            }
+        });
+    }
+
+    /// Takes entries from the group's leader (the body of an AppendEntries RPC, for the
+    /// network's server side): appends them to the log and applies what the leader says is
+    /// committed, seals included.
+    pub async fn append_entries(
+        &self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesResponse<TypeConfig>> {
+        self.raft.append_entries(rpc).await.map_err(|e| match e {
+            RaftError::Fatal(f) => self.fatal(f),
+            RaftError::APIError(never) => match never {},
+        })
+    }
+
+    /// The log (reading its entries, status).
+    pub fn log(&self) -> &LogStore {
+        &self.log
     }
 
     /// Appends a batch to the log and applies it; returns once it is durable and applied. A
@@ -175,19 +306,45 @@ impl Engine {
     pub async fn write(&self, batch: Batch) -> Result<ApplyResult> {
         let resp = self
             .raft
-            .client_write(Arc::new(batch))
+            .client_write(Request::from(batch))
             .await
-            .map_err(|e| self.raft_error(&e))?;
+            .map_err(|e| self.write_error(e))?;
         Ok(resp.data)
     }
 
-    /// An openraft error in the user's words: the log's own failure when there was one.
-    fn raft_error(&self, e: &impl std::fmt::Display) -> Error {
+    /// openraft stopped: the log's own failure when there was one (in the user's words), else
+    /// [`Error::Fatal`].
+    fn fatal(&self, e: Fatal<TypeConfig>) -> Error {
         match self.log.failure() {
             Some(why) => Error::Log(format!(
                 "{why}: capture stopped; every change acknowledged before is in the log"
             )),
-            None => Error::Raft(e.to_string()),
+            None => fatal(e),
+        }
+    }
+
+    /// A refused or failed write: where to send it instead, or why the engine stopped.
+    fn write_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Error {
+        match e {
+            RaftError::Fatal(f) => self.fatal(f),
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::ForwardToLeader {
+                leader: f.leader_id,
+            },
+            RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => Error::Discarded {
+                leader: f.leader_id,
+            },
+            RaftError::APIError(e) => Error::Refused(e.to_string()),
+        }
+    }
+
+    /// A wait that ended early: the engine stopped (the log's failure, if that was why), or
+    /// the time ran out.
+    fn wait_error(&self, e: WaitError) -> Error {
+        match (e, self.log.failure()) {
+            (WaitError::ShuttingDown, Some(why)) => Error::Log(format!(
+                "{why}: capture stopped; every change acknowledged before is in the log"
+            )),
+            (e, _) => waited(e),
         }
     }
 
@@ -209,25 +366,39 @@ impl Engine {
     /// Seals what was applied so far (no-op when nothing changed) and purges the log up to it.
     /// Returns the repository snapshot, if there is one.
     ///
-    /// The seal runs here, on the blocking pool, before openraft is asked for a snapshot: a
-    /// store failure comes back as [`Error::Store`] and leaves the engine running (behind, and
-    /// retried by the next call), whereas a failed snapshot build would stop openraft. openraft's
-    /// build then finds the seal done and only purges the log.
+    /// A seal is a log entry ([`crate::Seal`], stamped here by the proposer with [`now_ns`] and this
+    /// replica's options), so that every replica seals the same revision and root tree at the
+    /// same index. Before proposing it, the open data pack is stored on the blocking pool
+    /// ([`StateMachine::prepare_seal`]), so applying the entry only writes trees, the index and
+    /// the snapshot. A store failure comes back as [`Error::Store`] and leaves the engine running
+    /// (behind; the next call proposes a new seal entry, whose apply first stores this one with
+    /// its own stamp). After a seal, openraft is asked for a snapshot: it finds the seal done and
+    /// purges the log up to it.
     pub async fn seal(&self) -> Result<Option<SealedSnapshot>> {
         if self.sm.stats().applied.is_none() {
             return Ok(None);
         }
         if self.sm.changed_since_seal() || self.sm.store_error().is_some() {
             let sm = self.sm.clone();
-            let sealed = tokio::task::spawn_blocking(move || sm.seal())
+            tokio::task::spawn_blocking(move || sm.prepare_seal())
                 .await
                 .map_err(|e| Error::Invalid(format!("the seal task failed: {e}")))??;
-            let target = sealed.meta.last_log_id.map(|l| l.index);
+            let stamp = self.opts.sm.stamp(now_ns());
+            let applied = self
+                .raft
+                .client_write(Request::Seal(Arc::new(stamp)))
+                .await
+                .map_err(|e| self.write_error(e))?
+                .data;
+            if let Some(why) = applied.store_error {
+                return Err(Error::Store(why));
+            }
+            let target = Some(applied.index);
             self.raft
                 .trigger()
                 .snapshot()
                 .await
-                .map_err(|e| self.raft_error(&e))?;
+                .map_err(|e| self.fatal(e))?;
             self.raft
                 .wait(Some(Duration::from_secs(600)))
                 .metrics(
@@ -235,7 +406,7 @@ impl Engine {
                     "purging the log after a seal",
                 )
                 .await
-                .map_err(|e| self.raft_error(&e))?;
+                .map_err(|e| self.wait_error(e))?;
         }
         Ok(self.sm.seal_snapshot_id().map(|id| SealedSnapshot { id }))
     }
@@ -260,7 +431,7 @@ impl Engine {
         self.raft
             .shutdown()
             .await
-            .map_err(|e| Error::Raft(e.to_string()))
+            .map_err(|e| Error::Fatal(format!("stopping: {e}")))
     }
 
     /// Seals and stops.
@@ -274,13 +445,33 @@ impl Engine {
         self.raft
             .shutdown()
             .await
-            .map_err(|e| Error::Raft(e.to_string()))?;
+            .map_err(|e| Error::Fatal(format!("stopping: {e}")))?;
         Ok(sealed)
     }
 }
 
+/// The one clock of the engine: a seal's stamp (and, outside the engine, a state machine's own
+/// seal) takes its time from here, ns since the epoch.
+pub(crate) fn now_ns() -> i64 {
+    chrono::Utc::now()
+        .timestamp_nanos_opt()
+        .expect("the clock is between 1677 and 2262")
+}
+
+fn fatal(e: impl std::fmt::Display) -> Error {
+    Error::Fatal(e.to_string())
+}
+
+fn waited(e: WaitError) -> Error {
+    match e {
+        WaitError::Timeout(after, what) => Error::Timeout(format!("after {after:?} {what}")),
+        WaitError::ShuttingDown => Error::Fatal("raft is shutting down".into()),
+    }
+}
+
 /// The network of a group of one: there is nobody to talk to.
-struct NoPeers;
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoPeers;
 
 fn unreachable() -> Unreachable<TypeConfig> {
     Unreachable::new(&AnyError::error("a standalone device has no peers"))

@@ -11,7 +11,10 @@
 //! ```
 //! Principal types: [`TypeConfig`] (openraft's type configuration), [`LogStore`] (the WAL as
 //! `RaftLogStorage`), [`StateMachine`] (the catalog and blob store as `RaftStateMachine`), and
-//! [`Engine`] (one watched tree: a Raft group of one with its seal schedule). Byte layouts are
+//! [`Engine`] (one watched tree: a Raft node with its seal schedule, made of [`EngineParts`]: a
+//! node id, a network — [`NoPeers`] for a standalone device, a group of one — a log directory
+//! and a catalog). A normal entry carries a [`Request`]: a batch, or a [`Seal`] stamped by the
+//! proposer, so that every replica seals the same snapshots. Byte layouts are
 //! in `docs/format.md` §11–15. openraft stays behind this crate: no other crate names its types.
 
 mod catalog;
@@ -20,22 +23,21 @@ mod catalog;
 pub mod codec;
 mod engine;
 mod log_store;
+mod request;
 mod state_machine;
 
-use std::sync::Arc;
-
 pub use catalog::{check_row, Catalog, CatalogStats, ROOT_DIR};
-pub use engine::{Engine, EngineOptions, EngineStatus, SealTrigger};
+pub use engine::{
+    Engine, EngineOptions, EngineParts, EngineStatus, Leadership, NoPeers, SealTrigger,
+};
 pub use log_store::LogStore;
+pub use request::{Request, Seal};
 pub use state_machine::{ApplyResult, SealedSnapshot, SmOptions, SmStats, StateMachine};
 
-/// The payload of a normal entry: a batch, shared so that openraft's clones are cheap.
-pub type Payload = Arc<tidemark_core::batch::Batch>;
-
 openraft::declare_raft_types!(
-    /// tidemark's Raft types: node ids are `u64`, entries carry [`Payload`].
+    /// tidemark's Raft types: node ids are `u64`, normal entries carry a [`Request`].
     pub TypeConfig:
-        D = Payload,
+        D = Request,
         R = ApplyResult,
         NodeId = u64,
         Node = openraft::impls::BasicNode,
@@ -63,9 +65,37 @@ pub enum Error {
     /// The catalog database failed or holds something unexpected.
     #[error("catalog {path}: {reason}")]
     Catalog { path: String, reason: String },
-    /// openraft stopped or refused (its errors are fatal to the engine).
-    #[error("raft: {0}")]
-    Raft(String),
+    /// This node cannot take the request because it does not lead its group: send it to
+    /// `leader`, or, when no leader is known (an election is under way), retry later.
+    #[error("{}", match leader {
+        Some(id) => format!("this node is not the leader: forward the request to node {id}"),
+        None => "this node is not the leader and no leader is known yet: retry later".to_owned(),
+    })]
+    ForwardToLeader {
+        /// The leader's node id, when known.
+        leader: Option<u64>,
+    },
+    /// The entry was appended but dropped when another leader took over: it may or may not
+    /// commit through the new leader, so a retry must tolerate a duplicate.
+    #[error("the entry was dropped by a change of leader and may still commit{}", match leader {
+        Some(id) => format!(" (node {id} leads now)"),
+        None => String::new(),
+    })]
+    Discarded {
+        /// The new leader's node id, when known.
+        leader: Option<u64>,
+    },
+    /// The group refused the request in its current state (initializing a group that is
+    /// initialized, a membership change while another is under way); nothing changed.
+    #[error("raft refused the request: {0}")]
+    Refused(String),
+    /// Raft stopped (a storage failure, a panic, or a shutdown): this engine takes no more work;
+    /// reopen it.
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+    /// Waiting for the group (a leader, the replay, a purge) took longer than allowed.
+    #[error("timed out {0}")]
+    Timeout(String),
     /// The repository failed (a full disk, an I/O error, an object store outage). Not fatal:
     /// the state machine went back to its last seal and follows the log without storing, capture
     /// goes on into the log, and the next seal retries (`StateMachine::seal`).

@@ -90,7 +90,8 @@ impl LogStore {
         &self.wal
     }
 
-    pub(crate) fn read_entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+    /// The entries at indexes `start..end` that the log holds (purged ones are gone).
+    pub fn read_entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
         if start >= end {
             return Ok(Vec::new());
         }

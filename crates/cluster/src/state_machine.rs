@@ -1,11 +1,14 @@
 //! The state machine: applies committed batches to the catalog and the blob store, and seals.
 //!
 //! Applying a batch packs its new blobs (already compressed and encrypted at capture) and edits
-//! the catalog in one non-durable redb commit. A seal — openraft's `build_snapshot` — first stores
-//! the open pack of file data without the lock, then writes the changed trees bottom-up, stores
-//! their pack and an index file, then the snapshot object with its revision, and commits the
-//! catalog durably: the repository snapshot is the Raft snapshot, and after a crash the catalog is
-//! back at the last seal while the log, purged only up to it, replays the rest.
+//! the catalog in one non-durable redb commit. A seal is a log entry carrying its stamp
+//! (`docs/format.md` §15.2): the proposer first stores the open pack of file data without the
+//! lock ([`StateMachine::prepare_seal`]); applying the entry writes the changed trees bottom-up,
+//! stores their pack and an index file, then the snapshot object with the entry's index as its
+//! revision, and commits the catalog durably. Nothing it decides on comes from this process, so
+//! every replica seals the same root at the same index. The repository snapshot is the Raft
+//! snapshot (openraft's `build_snapshot` hands over the last seal), and after a crash the catalog
+//! is back at the last seal while the log, purged only up to it, replays the rest.
 //!
 //! Store failures (a full disk, EIO, an object store outage, a permission change) are not fatal.
 //! The state machine *falls behind*: it rewinds the catalog to the last seal (nothing since is
@@ -20,13 +23,14 @@
 //!   Normal ────────────────────────────────────────────────▶ Behind { reason, deferred blob ids }
 //!     ▲        rewind to the seal, replay the log without storing      │
 //!     └────────────────────────────────────────────────────────────────┘
-//!            seal: rewind, replay the log storing packs; then seal as usual
+//!            seal entry: rewind, replay the log storing packs (earlier seal entries seal
+//!            with their own stamps); then seal as usual
 //! ```
 
 use std::collections::HashSet;
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, TryStreamExt};
@@ -34,20 +38,20 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tidemark_core::batch::{Batch, Edit, NewBlob};
-use tidemark_core::id::{BlobId, PackId, SnapshotId};
-use tidemark_core::pack::{BlobEntry, BlobKind, PackBuilder};
+use tidemark_core::id::{BlobId, Kind, PackId, SnapshotId};
+use tidemark_core::pack::{BlobKind, FinishedPack, Packer};
 use tidemark_core::repo::Repository;
 use tidemark_core::snapshot::{LogPosition, Node, NodeType, Snapshot, Summary, Tree};
-use tidemark_core::store::Kind;
 
 use crate::catalog::Catalog;
 use crate::codec::{LogIdJson, MembershipJson, StoredMembershipJson};
 use crate::log_store::LogStore;
+use crate::request::{Request, Seal};
 use crate::{io_err, Error, LogId, Result, StoredMembership, TypeConfig};
 
 type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 type RaftSnapshot = openraft::alias::SnapshotOf<TypeConfig, SealedSnapshot>;
-type Payload = EntryPayload<crate::Payload, u64, openraft::impls::BasicNode>;
+type Payload = EntryPayload<Request, u64, openraft::impls::BasicNode>;
 
 /// What a seal produced: the Raft snapshot's data is the id of a repository snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,16 +68,24 @@ pub struct ApplyResult {
     /// Paths whose edit could not be applied (a move from a path the catalog does not have, or a
     /// file whose chunks are missing): the capture stage rescans them.
     pub rescan: Vec<Vec<u8>>,
+    /// A seal entry: the repository snapshot that stands for it (a new one, or the last seal's
+    /// when the root tree did not change). `None` for other entries and for a seal not stored.
+    pub sealed: Option<SnapshotId>,
+    /// A seal entry whose repository write failed, in one line: this replica is behind, and a
+    /// later seal entry stores this one (with this entry's stamp, at this entry's index) first.
+    pub store_error: Option<String>,
 }
 
-/// Where the state machine's snapshots come from and what they are stamped with.
+/// Where this replica's snapshots come from. The watched path, its ancestors and the hostname
+/// go into the seals this replica proposes ([`SmOptions::stamp`]); a seal entry is applied with
+/// its own stamp, whoever proposed it. The user and group are this replica's.
 #[derive(Debug, Clone, Default)]
 pub struct SmOptions {
     /// The watched directory (absolute).
     pub watched: PathBuf,
     /// Its ancestor directories, outermost first, each with its name (`docs/format.md` §14).
     pub ancestors: Vec<Node>,
-    /// Recorded in snapshots.
+    /// Stamped on the seals this replica proposes.
     pub hostname: String,
     /// Recorded in snapshots.
     pub username: String,
@@ -81,6 +93,19 @@ pub struct SmOptions {
     pub uid: u32,
     /// Recorded in snapshots.
     pub gid: u32,
+}
+
+impl SmOptions {
+    /// The stamp of a seal proposed at `time_ns` (ns since the epoch) by this replica.
+    pub fn stamp(&self, time_ns: i64) -> Seal {
+        Seal {
+            version: 1,
+            time_ns,
+            host: self.hostname.clone(),
+            path: self.watched.to_string_lossy().into_owned(),
+            ancestors: self.ancestors.clone(),
+        }
+    }
 }
 
 /// Counters for `status` and the seal trigger.
@@ -132,17 +157,24 @@ struct SealedMeta {
     membership: StoredMembershipJson,
 }
 
-/// Packs blobs for the state machine: one open pack, flushed when full and at each seal.
+/// Packs blobs for the state machine: core's [`Packer`] with one open pack, stored when full
+/// and at each seal, with the state machine's view of which blobs are known.
 ///
-/// A failed flush loses the open pack: [`SmInner::fall_behind`] then forgets its blobs (and those
-/// of a pack a seal was storing), so no later batch or tree dedups against blobs that are gone.
-struct Packer {
-    repo: Arc<RwLock<Repository>>,
-    pack: PackBuilder,
+/// A full pack closed by an apply is not stored there: it waits in `full` (its blobs counted as
+/// known through `storing`) until the apply stores it off the async runtime
+/// ([`StateMachine::store_full_packs`]). A failed store loses the open pack: [`SmInner::fall_behind`]
+/// then forgets its blobs (and those of a pack being stored), so no later batch or tree dedups
+/// against blobs that are gone.
+struct SmPacker {
+    repo: Repository,
+    packer: Packer,
     in_pack: HashSet<BlobId>,
-    /// Blobs of the pack a seal is storing outside the lock ([`StateMachine::seal`]).
+    /// Blobs of packs being stored outside the lock (by a seal's first step or an apply).
     storing: HashSet<BlobId>,
-    unindexed: Vec<(PackId, Vec<BlobEntry>)>,
+    /// Packs an apply closed, to be stored by it outside the lock.
+    full: Vec<FinishedPack>,
+    /// Packs being stored outside the lock by applies; a seal waits for them.
+    in_flight: usize,
     compressor: Option<zstd::bulk::Compressor<'static>>,
     packs: u64,
     trees_new: u64,
@@ -153,31 +185,23 @@ struct Packer {
     copied: u64,
 }
 
-impl Packer {
+impl SmPacker {
     fn known(&self, id: &BlobId) -> bool {
-        self.in_pack.contains(id)
-            || self.storing.contains(id)
-            || self.repo.read().expect("repo lock").index().contains(id)
+        self.in_pack.contains(id) || self.storing.contains(id) || self.repo.index().contains(id)
     }
 
-    fn add(
-        &mut self,
-        id: BlobId,
-        kind: BlobKind,
-        flags: u8,
-        raw_len: u32,
-        envelope: &[u8],
-    ) -> Result<()> {
+    fn add(&mut self, id: BlobId, kind: BlobKind, flags: u8, raw_len: u32, envelope: &[u8]) {
         if self.known(&id) {
-            return Ok(());
+            return;
         }
-        let target = self.repo.read().expect("repo lock").config().pack_size as usize;
-        if !self.pack.is_empty() && self.pack.len() + envelope.len() > target {
-            self.flush()?;
+        if let Some(full) = self.packer.add(id, kind, flags, raw_len, envelope) {
+            for e in &full.entries {
+                self.in_pack.remove(&e.id);
+                self.storing.insert(e.id);
+            }
+            self.full.push(full);
         }
-        self.pack.add(id, kind, flags, raw_len, envelope);
         self.in_pack.insert(id);
-        Ok(())
     }
 
     /// Whether blob `id` is usable: known and live, or copied now out of a pack that prune
@@ -187,8 +211,7 @@ impl Packer {
         if self.known(id) {
             return Ok(true);
         }
-        let read = self.repo.read().expect("repo lock").read_envelope(id);
-        let (loc, envelope) = match read {
+        let (loc, envelope) = match self.repo.read_envelope(id) {
             Ok((_, loc, envelope)) => (loc, envelope),
             // Not indexed, or its pack deleted or cut short meanwhile: the blob is gone.
             Err(tidemark_core::Error::NotFound { .. } | tidemark_core::Error::Corrupt { .. }) => {
@@ -196,66 +219,77 @@ impl Packer {
             }
             Err(e) => return Err(e.into()),
         };
-        self.add(*id, loc.kind(), loc.flags(), loc.raw_len, &envelope)?;
+        self.add(*id, loc.kind(), loc.flags(), loc.raw_len, &envelope);
         self.copied += 1;
         Ok(true)
     }
 
-    fn add_blob(&mut self, b: &NewBlob) -> Result<()> {
+    fn add_blob(&mut self, b: &NewBlob) {
         if !self.known(&b.id) {
             self.data_new += 1;
             self.data_added += u64::from(b.raw_len);
             self.data_packed += b.envelope.len() as u64;
         }
-        self.add(b.id, b.kind, b.flags, b.raw_len, &b.envelope)
+        self.add(b.id, b.kind, b.flags, b.raw_len, &b.envelope);
     }
 
-    fn store_tree(&mut self, tree: &Tree) -> Result<BlobId> {
+    fn store_tree(&mut self, tree: &Tree) -> BlobId {
         let plain = tree.encode();
-        let repo = self.repo.clone();
-        let repo = repo.read().expect("repo lock");
-        let id = repo.crypto().blob_id(&plain);
+        let id = self.repo.crypto().blob_id(&plain);
         if !self.known(&id) {
-            let (flags, env) = repo.encode_blob(self.compressor.as_mut(), &plain);
-            drop(repo);
+            let (flags, env) = self.repo.encode_blob(self.compressor.as_mut(), &plain);
             self.trees_new += 1;
-            self.add(id, BlobKind::Tree, flags, plain.len() as u32, &env)?;
+            self.add(id, BlobKind::Tree, flags, plain.len() as u32, &env);
         }
-        Ok(id)
+        id
     }
 
+    /// Stores every closed and open pack here, under the caller's lock (a seal proper, a
+    /// revalidation or a catch-up: all on blocking threads).
     fn flush(&mut self) -> Result<()> {
-        if self.pack.is_empty() {
-            return Ok(());
+        let mut packs = std::mem::take(&mut self.full);
+        packs.extend(self.packer.flush());
+        for pack in packs {
+            // On failure the pack is gone and `in_pack`/`storing` still name its blobs: the
+            // caller falls behind, which clears them.
+            store_pack(&self.repo, &pack)?;
+            self.stored(pack);
         }
-        let pack = std::mem::take(&mut self.pack);
-        let mut repo = self.repo.write().expect("repo lock");
-        let (id, bytes, entries) = pack.finish(repo.crypto());
-        // On failure the pack is gone and `in_pack` still names its blobs: the caller falls
-        // behind, which clears it.
-        repo.store().put(Kind::Pack, &id, &bytes)?;
-        repo.index_add(id, &entries);
-        self.unindexed.push((id, entries));
         self.in_pack.clear();
-        self.packs += 1;
         Ok(())
     }
 
+    /// Takes in a stored pack: indexed in memory, its index file written at the next seal.
+    fn stored(&mut self, pack: FinishedPack) {
+        for e in &pack.entries {
+            self.storing.remove(&e.id);
+        }
+        self.repo.index_add(pack.id, &pack.entries);
+        self.packer.stored(pack);
+        self.packs += 1;
+    }
+
     fn write_index(&mut self) -> Result<()> {
-        if !self.unindexed.is_empty() {
-            self.repo
-                .read()
-                .expect("repo lock")
-                .write_index(&self.unindexed)?;
-            self.unindexed.clear();
+        let unindexed = self.packer.take_unindexed();
+        if !unindexed.is_empty() {
+            if let Err(e) = self.repo.write_index(&unindexed) {
+                // Written by the next seal, or by the catch-up after a failure.
+                self.packer.put_back_unindexed(unindexed);
+                return Err(e.into());
+            }
         }
         Ok(())
     }
 }
 
+/// Stores one pack (no lock of the repository is held: the index learns it afterwards).
+fn store_pack(repo: &Repository, pack: &FinishedPack) -> Result<()> {
+    Ok(repo.store().put(Kind::Pack, &pack.id, &pack.bytes)?)
+}
+
 struct SmInner {
     catalog: Catalog,
-    packer: Packer,
+    packer: SmPacker,
     opts: SmOptions,
     applied: Option<LogId>,
     membership: StoredMembership,
@@ -313,12 +347,14 @@ pub struct StateMachine {
     inner: Arc<Mutex<SmInner>>,
     /// One seal at a time (its first step runs without `inner`'s lock).
     sealing: Arc<Mutex<()>>,
+    /// Notified when an apply's packs are stored ([`SmPacker::in_flight`] went down).
+    idle: Arc<Condvar>,
 }
 
 impl StateMachine {
     /// Opens the state machine over `catalog` and `repo` (whose index must be loaded). Its applied
     /// state is the catalog's last durable commit, i.e. the last seal.
-    pub fn open(catalog: Catalog, repo: Arc<RwLock<Repository>>, opts: SmOptions) -> Result<Self> {
+    pub fn open(catalog: Catalog, repo: Repository, opts: SmOptions) -> Result<Self> {
         let applied = catalog
             .meta::<LogIdJson>("applied")?
             .map(LogIdJson::to_log_id);
@@ -329,7 +365,13 @@ impl StateMachine {
             None => StoredMembership::default(),
         };
         let sealed: Option<SealedMeta> = catalog.meta("sealed")?;
-        let compressor = repo.read().expect("repo lock").compressor();
+        let compressor = repo.compressor();
+        let packer = Packer::new(
+            repo.crypto().clone(),
+            repo.config().pack_size as usize,
+            1,
+            usize::MAX,
+        );
         let stats = SmStats {
             applied: applied.map(|a| a.index),
             sealed: sealed.as_ref().and_then(|s| s.log.map(|l| l.index)),
@@ -338,12 +380,13 @@ impl StateMachine {
         };
         let mut inner = SmInner {
             catalog,
-            packer: Packer {
+            packer: SmPacker {
                 repo,
-                pack: PackBuilder::new(),
+                packer,
                 in_pack: HashSet::new(),
                 storing: HashSet::new(),
-                unindexed: Vec::new(),
+                full: Vec::new(),
+                in_flight: 0,
                 compressor,
                 packs: 0,
                 trees_new: 0,
@@ -391,6 +434,7 @@ impl StateMachine {
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(inner)),
             sealing: Arc::new(Mutex::new(())),
+            idle: Arc::new(Condvar::new()),
         })
     }
 
@@ -413,6 +457,52 @@ impl StateMachine {
 
     fn lock(&self) -> MutexGuard<'_, SmInner> {
         self.inner.lock().expect("state machine lock")
+    }
+
+    /// The lock, once no apply is storing packs: everything applied so far is stored and
+    /// indexed in memory (a seal or a revalidation then writes the index file).
+    fn lock_idle(&self) -> MutexGuard<'_, SmInner> {
+        let mut g = self.lock();
+        while g.packer.in_flight > 0 {
+            g = self.idle.wait(g).expect("state machine lock");
+        }
+        g
+    }
+
+    /// Stores the packs an apply closed, on a blocking thread (not on the async runtime's
+    /// workers, and without the state machine's lock); then indexes them in memory. A store
+    /// failure makes the state machine fall behind, as a failed apply does; only a fatal error
+    /// is returned.
+    async fn store_full_packs(&self, full: Vec<FinishedPack>, repo: Repository) -> Result<()> {
+        let sm = self.clone();
+        let n = full.len();
+        tokio::task::spawn_blocking(move || {
+            let mut failed = None;
+            let mut done = Vec::with_capacity(n);
+            for pack in full {
+                match store_pack(&repo, &pack) {
+                    Ok(()) => done.push(pack),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            let mut g = sm.lock();
+            for pack in done {
+                g.packer.stored(pack);
+            }
+            g.packer.in_flight -= n;
+            let result = match failed.map(|e| g.store_failed(e)) {
+                None | Some(Error::Store(_)) => Ok(()),
+                Some(fatal) => Err(fatal),
+            };
+            drop(g);
+            sm.idle.notify_all();
+            result
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("storing a pack: {e}")))?
     }
 
     /// Counters.
@@ -452,12 +542,8 @@ impl StateMachine {
     /// copied into a new pack, which is stored and indexed before this returns. Afterwards this
     /// writer no longer depends on them. Returns the number of blobs copied.
     pub fn revalidate(&self, packs: &[(PackId, chrono::DateTime<chrono::Utc>)]) -> Result<u64> {
-        let mut g = self.lock();
-        g.packer
-            .repo
-            .write()
-            .expect("repo lock")
-            .condemn_packs(packs);
+        let mut g = self.lock_idle();
+        g.packer.repo.condemn_packs(packs);
         if let Some(b) = &g.behind {
             // The catch-up replay copies what is needed, as apply does.
             return Err(Error::Store(b.reason.clone()));
@@ -478,67 +564,91 @@ impl StateMachine {
         }
     }
 
-    /// Seals now (what openraft's snapshot builder calls): returns the snapshot meta and data.
+    /// Prepares a seal before it is proposed: stores the open pack (the file data applied since
+    /// the last seal) without the lock. Its fsync is the slow part of a seal (58 ms measured
+    /// under a 100/s writer, while the log's own syncs took 0.3 ms); holding the lock through it,
+    /// or doing it while applying the seal entry, stalls capture, which waits for apply. This is
+    /// what an apply does when a pack fills, minus the lock: the catalog is not touched, the
+    /// pack's blobs count as known meanwhile, and its index file is written by the seal entry,
+    /// which then only stores the trees' small pack, the index and the snapshot. Skipping this
+    /// changes nothing a seal produces (pack boundaries do not reach trees).
     ///
-    /// The open pack (the file data applied since the last seal) is stored first, without the
-    /// lock: its fsync is the slow part of a seal (58 ms measured under a 100/s writer, while the
-    /// log's own syncs took 0.3 ms), and holding the lock through it stalled capture, which waits
-    /// for apply. This is what an apply does when a pack fills, minus the lock: the catalog is
-    /// not touched, the pack's blobs count as known meanwhile, and its index file is written by
-    /// the seal proper, which then only stores the trees' small pack, the index and the snapshot.
-    ///
-    /// While the state machine is behind (a store failure), the seal first catches up: it
-    /// replays the log since the last seal into packs. A store failure returns [`Error::Store`]
-    /// and leaves the state machine behind and working; other errors are fatal.
-    pub fn seal(&self) -> Result<RaftSnapshot> {
+    /// A store failure returns [`Error::Store`] and leaves the state machine behind and working.
+    pub fn prepare_seal(&self) -> Result<()> {
         let _one = self.sealing.lock().expect("seal lock");
-        let started = Instant::now();
-        {
-            let mut g = self.lock();
-            if g.behind.is_some() {
-                g.catch_up()?;
+        self.store_open_pack()
+    }
+
+    /// Applies one entry and records it as applied. A seal entry waits for a seal being
+    /// prepared ([`Self::prepare_seal`]), so that its snapshot never names a pack not yet stored.
+    fn apply_one(&self, log_id: &LogId, payload: &Payload) -> Result<ApplyResult> {
+        let seal = matches!(payload, EntryPayload::Normal(Request::Seal(_)));
+        let _one = seal.then(|| self.sealing.lock().expect("seal lock"));
+        // A seal names every pack applied so far: it waits for the applies' stores.
+        let mut g = if seal { self.lock_idle() } else { self.lock() };
+        let result = g.apply_entry(log_id, payload)?;
+        g.applied = Some(*log_id);
+        g.stats.applied = Some(log_id.index);
+        Ok(result)
+    }
+
+    /// The Raft snapshot for openraft (after a seal entry, the engine asks for one to purge the
+    /// log): the last seal. Entries applied after it that changed nothing (blank, membership)
+    /// move the seal up to them, keeping its snapshot; changes are left to the next seal entry,
+    /// which stamps them. Only a state machine that was never sealed through the log (openraft's
+    /// storage suite drives it directly) seals here with its own stamp.
+    fn build(&self) -> Result<RaftSnapshot> {
+        let _one = self.sealing.lock().expect("seal lock");
+        let mut g = self.lock_idle();
+        let at = g.applied;
+        let changed = g.stats.edits_since_seal > 0 || !g.catalog.is_sealed()?;
+        if let Some(cur) = g.current() {
+            if g.behind.is_some() || changed || cur.meta.last_log_id == at {
+                return Ok(cur);
             }
         }
-        self.store_open_pack()?;
-        let mut g = self.lock();
-        if let Some(b) = &g.behind {
-            // An apply failed while the data pack was being stored.
-            return Err(Error::Store(b.reason.clone()));
-        }
-        match g.seal(started) {
+        let stamp = g.opts.stamp(crate::engine::now_ns());
+        match g.seal(at.as_ref(), &stamp, Instant::now()) {
             Ok(s) => Ok(s),
             Err(e) => Err(g.store_failed(e)),
         }
     }
 
-    /// Stores the open pack without holding the state machine's lock.
+    /// The packs applies closed, counted as in flight until [`Self::store_full_packs`] has
+    /// stored them; `None` when there are none.
+    fn take_full(&self) -> Option<(Vec<FinishedPack>, Repository)> {
+        let mut g = self.lock();
+        if g.packer.full.is_empty() {
+            return None;
+        }
+        let full = std::mem::take(&mut g.packer.full);
+        g.packer.in_flight += full.len();
+        Some((full, g.packer.repo.clone()))
+    }
+
+    /// Stores the open pack without holding the state machine's lock (sealed there too).
     fn store_open_pack(&self) -> Result<()> {
-        let (pack, repo) = {
+        let (open, repo) = {
             let mut g = self.lock();
-            if g.packer.pack.is_empty() {
+            let open = g.packer.packer.take_open();
+            if open.is_empty() {
                 return Ok(());
             }
-            let pack = std::mem::take(&mut g.packer.pack);
-            g.packer.storing = std::mem::take(&mut g.packer.in_pack);
-            (pack, Arc::clone(&g.packer.repo))
+            let in_pack = std::mem::take(&mut g.packer.in_pack);
+            g.packer.storing.extend(in_pack);
+            (open, g.packer.repo.clone())
         };
-        let (store, crypto) = {
-            let r = repo.read().expect("repo lock");
-            (Arc::clone(r.store()), r.crypto().clone())
-        };
-        let (id, bytes, entries) = pack.finish(&crypto);
-        let put = store.put(Kind::Pack, &id, &bytes);
-        let mut g = self.lock();
-        match put {
-            Ok(()) => {
-                repo.write().expect("repo lock").index_add(id, &entries);
-                g.packer.unindexed.push((id, entries));
-                g.packer.storing.clear();
-                g.packer.packs += 1;
-                Ok(())
+        for builder in open {
+            let (id, bytes, entries) = builder.finish(repo.crypto());
+            let pack = FinishedPack { id, bytes, entries };
+            let put = store_pack(&repo, &pack);
+            let mut g = self.lock();
+            match put {
+                Ok(()) => g.packer.stored(pack),
+                Err(e) => return Err(g.store_failed(e)),
             }
-            Err(e) => Err(g.store_failed(e.into())),
         }
+        Ok(())
     }
 }
 
@@ -553,7 +663,7 @@ fn apply_edits(
 ) -> Result<ApplyResult> {
     let mut result = ApplyResult {
         index: log_id.index,
-        rescan: Vec::new(),
+        ..ApplyResult::default()
     };
     let mut txn = catalog.begin()?;
     for edit in &batch.edits {
@@ -590,19 +700,28 @@ fn apply_edits(
 impl SmInner {
     /// Applies one entry. A store failure is not an error here: the state machine falls behind
     /// (which covers this entry too, from the log) and the entry counts as applied.
+    ///
+    /// A seal entry applied while behind first catches up (replays the log since the last seal,
+    /// storing, which seals the earlier seal entries with their own stamps); if the store still
+    /// fails, the seal entry too is only recorded, and its result says why.
     fn apply_entry(&mut self, log_id: &LogId, payload: &Payload) -> Result<ApplyResult> {
+        if matches!(payload, EntryPayload::Normal(Request::Seal(_))) && self.behind.is_some() {
+            match self.catch_up() {
+                Ok(()) | Err(Error::Store(_)) => {}
+                Err(fatal) => return Err(fatal),
+            }
+        }
         match self.apply_payload(log_id, payload) {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.applied = Some(*log_id);
-                let e = self.store_failed(e);
-                if matches!(e, Error::Store(_)) {
-                    Ok(ApplyResult {
+                match self.store_failed(e) {
+                    Error::Store(why) => Ok(ApplyResult {
                         index: log_id.index,
-                        rescan: Vec::new(),
-                    })
-                } else {
-                    Err(e)
+                        store_error: Some(why),
+                        ..ApplyResult::default()
+                    }),
+                    fatal => Err(fatal),
                 }
             }
         }
@@ -614,7 +733,7 @@ impl SmInner {
                 self.set_applied(log_id, None)?;
                 Ok(ApplyResult {
                     index: log_id.index,
-                    rescan: Vec::new(),
+                    ..ApplyResult::default()
                 })
             }
             EntryPayload::Membership(m) => {
@@ -624,14 +743,32 @@ impl SmInner {
                 )?;
                 Ok(ApplyResult {
                     index: log_id.index,
-                    rescan: Vec::new(),
+                    ..ApplyResult::default()
                 })
             }
-            EntryPayload::Normal(batch) if self.behind.is_some() => {
+            EntryPayload::Normal(Request::Batch(batch)) if self.behind.is_some() => {
                 self.apply_deferred(log_id, batch)
             }
-            EntryPayload::Normal(batch) => self.apply_batch(log_id, batch),
+            EntryPayload::Normal(Request::Batch(batch)) => self.apply_batch(log_id, batch),
+            EntryPayload::Normal(Request::Seal(stamp)) => self.apply_seal(log_id, stamp),
         }
+    }
+
+    /// Seals at `log_id` with the entry's stamp. While behind it is only recorded as applied:
+    /// the catch-up replays it, storing, and seals it then.
+    fn apply_seal(&mut self, log_id: &LogId, stamp: &Seal) -> Result<ApplyResult> {
+        let mut result = ApplyResult {
+            index: log_id.index,
+            ..ApplyResult::default()
+        };
+        if let Some(b) = &self.behind {
+            result.store_error = Some(b.reason.clone());
+            self.set_applied(log_id, None)?;
+            return Ok(result);
+        }
+        let sealed = self.seal(Some(log_id), stamp, Instant::now())?;
+        result.sealed = Some(sealed.snapshot.id);
+        Ok(result)
     }
 
     /// Handles a failed operation: a catalog failure (the state directory) is returned as it is
@@ -697,7 +834,8 @@ impl SmInner {
     fn rewind(&mut self) -> Result<()> {
         self.catalog.rewind()?;
         let p = &mut self.packer;
-        p.pack = PackBuilder::new();
+        p.packer.discard();
+        p.full.clear();
         p.in_pack.clear();
         p.storing.clear();
         (p.trees_new, p.data_new, p.data_added, p.data_packed) = (0, 0, 0, 0);
@@ -760,13 +898,12 @@ impl SmInner {
         if self.seal_start.is_none() {
             self.seal_start = Some(chrono::Utc::now());
         }
-        let repo = self.packer.repo.read().expect("repo lock");
+        let repo = &self.packer.repo;
         // Present: stored, or in the log since the seal, or in a condemned pack (the catch-up
         // copies it out, or finds it gone and has the path rescanned).
         let result = apply_edits(&mut self.catalog, log_id, batch, &mut |id| {
             Ok(behind.deferred.contains(id) || repo.index().get(id).is_some())
         })?;
-        drop(repo);
         self.count_applied(batch, &result);
         Ok(result)
     }
@@ -776,7 +913,7 @@ impl SmInner {
             self.seal_start = Some(chrono::Utc::now());
         }
         for b in &batch.blobs {
-            self.packer.add_blob(b)?;
+            self.packer.add_blob(b);
             self.stats.bytes_since_seal += b.envelope.len() as u64;
         }
         let packer = &mut self.packer;
@@ -816,28 +953,21 @@ impl SmInner {
         })
     }
 
-    /// The seal proper, under the lock; `started` is when [`StateMachine::seal`] began, so the
-    /// reported seal time includes storing the data pack.
-    fn seal(&mut self, started: Instant) -> Result<RaftSnapshot> {
-        if self.catalog.is_sealed()?
-            && self.sealed.as_ref().map(|s| s.log)
-                == Some(self.applied.as_ref().map(LogIdJson::from))
-        {
-            if let Some(cur) = self.current() {
-                return Ok(cur);
-            }
-        }
+    /// The seal proper, under the lock: seals the live tree as of log entry `at` (the seal
+    /// entry; `None` only for a state machine that applied nothing) with `stamp`. Everything that decides the root tree id and the snapshot's revision,
+    /// time, host and path comes from the log; only the snapshot's user, parent and summary are
+    /// this replica's.
+    fn seal(&mut self, at: Option<&LogId>, stamp: &Seal, started: Instant) -> Result<RaftSnapshot> {
         let mut txn = self.catalog.begin()?;
         let packer = &mut self.packer;
-        let crypto = packer.repo.read().expect("repo lock").crypto().clone();
-        let (_, mut node) = txn.seal_trees(&mut |t| packer.store_tree(t), &|name| {
+        let crypto = packer.repo.crypto().clone();
+        let (_, mut node) = txn.seal_trees(&mut |t| Ok(packer.store_tree(t)), &|name| {
             crypto.ends_page(name)
         })?;
         // Wrap the watched directory in its ancestors, as `backup` does (`docs/format.md` §8):
         // recorded metadata where the caller gave it, a plain directory otherwise.
-        let components: Vec<&std::ffi::OsStr> = self
-            .opts
-            .watched
+        let watched = std::path::Path::new(&stamp.path);
+        let components: Vec<&std::ffi::OsStr> = watched
             .components()
             .filter_map(|c| match c {
                 std::path::Component::Normal(n) => Some(n),
@@ -853,8 +983,8 @@ impl SmInner {
         for (i, name) in ancestors.iter().enumerate().rev() {
             let mut tree = Tree::new();
             tree.nodes.push(node);
-            let id = packer.store_tree(&tree)?;
-            node = match self.opts.ancestors.get(i) {
+            let id = packer.store_tree(&tree);
+            node = match stamp.ancestors.get(i) {
                 Some(a) if a.os_name() == **name => a.clone(),
                 _ => crate::catalog::default_dir(),
             };
@@ -863,7 +993,7 @@ impl SmInner {
         }
         let mut top = Tree::new();
         top.nodes.push(node);
-        let tree = packer.store_tree(&top)?;
+        let tree = packer.store_tree(&top);
         packer.flush()?;
         packer.write_index()?;
 
@@ -877,15 +1007,16 @@ impl SmInner {
             s.snapshot.clone()
         } else {
             let now = chrono::Utc::now();
+            let time = chrono::DateTime::from_timestamp_nanos(stamp.time_ns);
             let o = &self.opts;
             let snap = Snapshot {
                 version: 1,
-                time: now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-                hostname: o.hostname.clone(),
+                time: time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                hostname: stamp.host.clone(),
                 username: o.username.clone(),
                 uid: o.uid,
                 gid: o.gid,
-                paths: vec![o.watched.to_string_lossy().into_owned()],
+                paths: vec![stamp.path.clone()],
                 tags: Vec::new(),
                 parent: self
                     .sealed
@@ -907,8 +1038,8 @@ impl SmInner {
                     end: now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
                     ..Summary::default()
                 },
-                revision: self.applied.map(|a| a.index),
-                log: self.applied.map(|a| LogPosition {
+                revision: at.map(|a| a.index),
+                log: at.map(|a| LogPosition {
                     term: a.leader_id.term,
                     node: a.leader_id.node_id,
                 }),
@@ -917,21 +1048,16 @@ impl SmInner {
                 ))
                 .ok(),
             };
-            packer
-                .repo
-                .read()
-                .expect("repo lock")
-                .save_snapshot(&snap)?
-                .to_hex()
+            packer.repo.save_snapshot(&snap)?.to_hex()
         };
         let sealed = SealedMeta {
             snapshot: snapshot_id,
             tree: tree.to_hex(),
-            log: self.applied.as_ref().map(LogIdJson::from),
+            log: at.map(LogIdJson::from),
             membership,
         };
         txn.set_meta("sealed", &sealed)?;
-        if let Some(a) = &self.applied {
+        if let Some(a) = at {
             txn.set_meta("applied", &LogIdJson::from(a))?;
         }
         txn.set_meta("membership", &StoredMembershipJson::from(&self.membership))?;
@@ -946,14 +1072,13 @@ impl SmInner {
         s.last_seal_at = Some(Instant::now());
         s.edits_since_seal = 0;
         s.bytes_since_seal = 0;
-        s.sealed = self.applied.map(|a| a.index);
+        s.sealed = at.map(|a| a.index);
         s.sealed_snapshot = self.sealed.as_ref().map(|x| x.snapshot.clone());
         Ok(self.current().expect("just sealed"))
     }
 
     fn install(&mut self, meta: &SnapshotMeta, data: &SealedSnapshot) -> Result<()> {
         let repo = self.packer.repo.clone();
-        let repo = repo.read().expect("repo lock");
         let snap = repo.load_snapshot(&data.id)?;
         // Descend from the top tree through the ancestors to the watched directory's node.
         let watched: Vec<Vec<u8>> =
@@ -1024,7 +1149,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // A store failure leaves the state machine behind, not broken: hand openraft the last
         // seal (it ignores a snapshot no newer than the one it has), and the engine retries.
         let sm = self.clone();
-        tokio::task::spawn_blocking(move || match sm.seal() {
+        tokio::task::spawn_blocking(move || match sm.build() {
             Err(Error::Store(why)) => sm.lock().current().ok_or(Error::Store(why)),
             other => other,
         })
@@ -1052,12 +1177,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
-            let mut g = self.lock();
-            let log_id = entry.log_id;
-            let result = g.apply_entry(&log_id, &entry.payload).map_err(io_err)?;
-            g.applied = Some(log_id);
-            g.stats.applied = Some(log_id.index);
-            drop(g);
+            let result = if matches!(entry.payload, EntryPayload::Normal(Request::Seal(_))) {
+                // A seal blocks for its fsyncs: on the blocking pool it holds up no runtime
+                // worker (see `build_snapshot`).
+                let sm = self.clone();
+                tokio::task::spawn_blocking(move || sm.apply_one(&entry.log_id, &entry.payload))
+                    .await
+                    .map_err(|e| io::Error::other(format!("the seal task failed: {e}")))?
+            } else {
+                self.apply_one(&entry.log_id, &entry.payload)
+            };
+            let result = result.map_err(io_err)?;
+            // Packs the apply filled are stored off the runtime's workers, without the lock.
+            if let Some((full, repo)) = self.take_full() {
+                self.store_full_packs(full, repo).await.map_err(io_err)?;
+            }
             if let Some(r) = responder {
                 r.send(result);
             }

@@ -4,6 +4,7 @@
 mod integration {
     mod common;
     mod engine;
+    mod replay_twin;
     mod store_failure;
     mod suite;
 }

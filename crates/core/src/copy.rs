@@ -16,11 +16,10 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::id::{BlobId, PackId, SnapshotId};
+use crate::id::{BlobId, Kind, PackId, SnapshotId};
 use crate::pack::BlobKind;
 use crate::repo::{BlobWriter, Repository};
 use crate::snapshot::{Node, Snapshot};
-use crate::store::Kind;
 
 /// What `copy` did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -104,9 +103,7 @@ pub fn copy(
         writer.finish_all()?
     };
     report.packs = stats.packs;
-    for (pack, entries) in &indexed {
-        to.index_add(*pack, entries);
-    }
+    to.shared_index().add_packs(&indexed);
     for (_, s) in todo {
         let mut snap = s.clone();
         if !same {

@@ -16,11 +16,14 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Error, Result};
-use crate::id::BlobId;
-use crate::store::Kind;
+use crate::id::{BlobId, Kind};
 
 /// Bytes an envelope adds: a 24-byte nonce and a 16-byte tag.
 pub const ENVELOPE_OVERHEAD: usize = 40;
+
+/// One name in `PAGE_SPAN` ends a page of a paged tree, on average ([`Crypto::ends_page`],
+/// `docs/format.md` §8.1).
+pub const PAGE_SPAN: u32 = 256;
 
 /// What an envelope holds; bound into it as associated data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +212,7 @@ impl Crypto {
         h.update(name);
         let b = h.finalize();
         let first = u32::from_le_bytes(b.as_bytes()[..4].try_into().expect("4 bytes"));
-        first % crate::snapshot::PAGE_SPAN == 0
+        first % PAGE_SPAN == 0
     }
 
     /// Wraps `plaintext` in an envelope.

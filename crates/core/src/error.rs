@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::store::Kind;
+use crate::id::Kind;
 
 /// What went wrong, in the words a user needs to act on it.
 #[derive(Debug, thiserror::Error)]

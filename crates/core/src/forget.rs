@@ -16,9 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{Crypto, Domain};
 use crate::error::{Error, Result};
-use crate::id::{ObjectId, SnapshotId};
+use crate::id::{Kind, ObjectId, SnapshotId};
 use crate::snapshot::Snapshot;
-use crate::store::Kind;
 
 /// Bucket sizes for the bucketed rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
-//! 32-byte identifiers. Blob ids are keyed BLAKE3 of plaintext; storage ids are plain BLAKE3 of
-//! the stored bytes (see `docs/format.md` §2). Each use gets its own newtype so a pack id can never
-//! be passed where a blob id is expected.
+//! 32-byte identifiers, and the [`Kind`]s of object they name. Blob ids are keyed BLAKE3 of
+//! plaintext; storage ids are plain BLAKE3 of the stored bytes (see `docs/format.md` §2). Each
+//! use gets its own newtype so a pack id can never be passed where a blob id is expected; a
+//! stored object is named by its kind and its id.
 
 use std::fmt;
 use std::str::FromStr;
@@ -82,5 +83,75 @@ impl ObjectId {
     /// The storage id of `bytes`: plain BLAKE3.
     pub fn of(bytes: &[u8]) -> Self {
         Self(*blake3::hash(bytes).as_bytes())
+    }
+}
+
+/// The kinds of objects a repository holds; each is a separate namespace in a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// The single `config` object (id all zeros).
+    Config,
+    /// Key files wrapping the master key.
+    Key,
+    /// Snapshot objects.
+    Snapshot,
+    /// The repository's retention policy (`docs/format.md` §18).
+    Policy,
+    /// A writer's lease (`docs/format.md` §19).
+    Session,
+    /// A record of packs condemned by prune (`docs/format.md` §19).
+    Deletion,
+    /// Index files.
+    Index,
+    /// Pack files.
+    Pack,
+    /// A blob inside a pack (only used in error messages).
+    Blob,
+    /// A tree blob (only used in error messages).
+    Tree,
+}
+
+impl Kind {
+    /// Every kind a store holds as separate objects, in the order `check` walks them.
+    pub const STORED: [Kind; 8] = [
+        Kind::Config,
+        Kind::Key,
+        Kind::Snapshot,
+        Kind::Policy,
+        Kind::Session,
+        Kind::Deletion,
+        Kind::Index,
+        Kind::Pack,
+    ];
+
+    /// The directory name of this kind in a local store.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Kind::Config => "",
+            Kind::Key => "keys",
+            Kind::Snapshot => "snapshots",
+            Kind::Policy => "policies",
+            Kind::Session => "sessions",
+            Kind::Deletion => "deletions",
+            Kind::Index => "index",
+            Kind::Pack | Kind::Blob | Kind::Tree => "data",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Config => "config",
+            Kind::Key => "key",
+            Kind::Snapshot => "snapshot",
+            Kind::Policy => "policy",
+            Kind::Session => "session",
+            Kind::Deletion => "deletion record",
+            Kind::Index => "index",
+            Kind::Pack => "pack",
+            Kind::Blob => "blob",
+            Kind::Tree => "tree",
+        })
     }
 }

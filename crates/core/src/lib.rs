@@ -6,8 +6,10 @@
 //!      Tree per directory (content-addressed) ─▶ Snapshot (root tree, parent, summary)
 //! Store ──Repository::open / load_index──▶ restore (plan, then parallel pack reads) / check / diff
 //! ```
-//! Principal types: [`repo::Repository`] (an open repository over a [`store::Store`]),
-//! [`snapshot::Snapshot`] and [`snapshot::Tree`], [`chunk::Chunker`], [`pack::PackBuilder`].
+//! Principal types: [`repo::Repository`] (an open repository over a [`store::Store`]: a cheap
+//! `Clone` handle sharing one index), [`snapshot::Snapshot`] and [`snapshot::Tree`],
+//! [`chunk::Chunker`], [`pack::Packer`] (the one packer every writer uses) over
+//! [`pack::PackBuilder`], and [`clock::Clock`] (where every time-based decision reads the time).
 //! The byte layouts are in `docs/format.md`.
 //!
 //! ```
@@ -27,6 +29,7 @@ pub mod batch;
 pub mod capture;
 pub mod check;
 pub mod chunk;
+pub mod clock;
 pub mod copy;
 pub mod crypto;
 pub mod dir;

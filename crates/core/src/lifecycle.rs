@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{Crypto, Domain};
 use crate::error::{Error, Result};
-use crate::id::{ObjectId, PackId};
-use crate::store::{Kind, Store};
+use crate::id::{Kind, ObjectId, PackId};
+use crate::store::Store;
 
 /// How often a writer renews its session.
 pub const RENEW_EVERY: Duration = Duration::from_secs(5 * 60);
@@ -55,77 +55,9 @@ pub fn dead_after() -> Duration {
     DEAD_AFTER.min(stale_after() * 3)
 }
 
-/// The clocks a lease needs: wall time for what session objects and deletion records say, and a
-/// clock that keeps counting while the process is stopped or the machine sleeps, for the lease
-/// itself (`Instant` stops during suspend, so a laptop that slept an hour would wake with a lease
-/// it thinks is fresh).
-pub trait LeaseClock: Send + Sync {
-    /// Wall time (written into objects; compared only with the same machine's, or prunes', times).
-    fn wall(&self) -> DateTime<Utc>;
-    /// Time since an arbitrary origin that counts suspend: `CLOCK_BOOTTIME` on Linux.
-    fn since_boot(&self) -> Duration;
-}
-
-/// The system's clocks.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl LeaseClock for SystemClock {
-    fn wall(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    fn since_boot(&self) -> Duration {
-        nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-            .map_or_else(|_| wall_since_epoch(), Duration::from)
-    }
-
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    fn since_boot(&self) -> Duration {
-        wall_since_epoch()
-    }
-}
-
-/// Wall time since the epoch: counts suspend, but can jump (the fallback without a boot clock).
-fn wall_since_epoch() -> Duration {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
-/// A clock that moves only when told (tests): wall time and boot time advance together, and
-/// wall time can be set apart from the others' to model a skewed machine.
-#[derive(Debug)]
-pub struct ManualClock {
-    state: Mutex<(DateTime<Utc>, Duration)>,
-}
-
-impl ManualClock {
-    /// A clock whose wall time is `wall`.
-    pub fn new(wall: DateTime<Utc>) -> Self {
-        ManualClock {
-            state: Mutex::new((wall, Duration::from_secs(1000))),
-        }
-    }
-
-    /// Moves both clocks on by `d`.
-    pub fn advance(&self, d: Duration) {
-        let mut s = self.state.lock().expect("clock lock");
-        s.0 += chrono::Duration::from_std(d).expect("test durations fit");
-        s.1 += d;
-    }
-}
-
-impl LeaseClock for ManualClock {
-    fn wall(&self) -> DateTime<Utc> {
-        self.state.lock().expect("clock lock").0
-    }
-
-    fn since_boot(&self) -> Duration {
-        self.state.lock().expect("clock lock").1
-    }
-}
+/// The clocks a lease needs ([`Clock`] under the name leases used first).
+pub use crate::clock::Clock as LeaseClock;
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 
 fn now_text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
@@ -234,8 +166,12 @@ struct Shared {
     store: Arc<dyn Store>,
     crypto: Crypto,
     clock: Arc<dyn LeaseClock>,
-    /// The current object and what it says.
+    /// The current object and what it says. Held only to read or replace them, never across a
+    /// put: a slow store must not block [`Session::check`] (every write checks the lease).
     current: Mutex<(ObjectId, SessionInfo)>,
+    /// Held for a whole renewal (or a change of what the session says, then its renewal), so
+    /// that renewals do not overtake one another.
+    renewing: Mutex<()>,
     /// By `clock.since_boot()`: when the put of the last successful renewal (or the start) began.
     last_ok: Mutex<Duration>,
     /// Set once the lease lapsed: the session is never renewed again.
@@ -245,32 +181,36 @@ struct Shared {
 
 impl Shared {
     fn renew(&self) -> Result<()> {
-        let mut cur = self.current.lock().expect("session lock");
+        let _one = self.renewing.lock().expect("session lock");
+        self.renew_locked()
+    }
+
+    /// Renews; the caller holds `renewing`.
+    fn renew_locked(&self) -> Result<()> {
         // A writer stopped past its lease may have been judged dead and had packs deleted under
         // it: it must not revive its session, so the gap is measured before storing, and again
         // after (the put itself may have hung until after a prune listed the sessions).
         let began = self.clock.since_boot();
-        self.fresh_unlocked(&cur, began)?;
-        let mut info = cur.1.clone();
+        let (old, mut info) = self.current.lock().expect("session lock").clone();
+        self.fresh(&info.command, began)?;
         info.refreshed = now_text(self.clock.wall());
         let (id, bytes) = seal_json(&self.crypto, Domain::Session, &info);
         self.store.put(Kind::Session, &id, &bytes)?;
-        if let Err(e) = self.fresh_unlocked(&cur, self.clock.since_boot()) {
+        if let Err(e) = self.fresh(&info.command, self.clock.since_boot()) {
             // Not a renewal after all: nothing may count on it.
             let _ = self.store.delete(Kind::Session, &id);
             return Err(e);
         }
         *self.last_ok.lock().expect("session lock") = began;
-        let old = std::mem::replace(&mut *cur, (id, info)).0;
+        *self.current.lock().expect("session lock") = (id, info);
         if old != id {
             self.store.delete(Kind::Session, &old)?;
         }
         Ok(())
     }
 
-    /// Fails, for good, when the last renewal is older than the lease at `at` (`cur` is the
-    /// locked current object).
-    fn fresh_unlocked(&self, cur: &(ObjectId, SessionInfo), at: Duration) -> Result<()> {
+    /// Fails, for good, when the last renewal is older than the lease at `at`.
+    fn fresh(&self, command: &str, at: Duration) -> Result<()> {
         let mut lapsed = self.lapsed.lock().expect("session lock");
         let gap = at.saturating_sub(*self.last_ok.lock().expect("session lock"));
         if lapsed.is_none() && gap > stale_after() {
@@ -278,7 +218,7 @@ impl Shared {
         }
         match *lapsed {
             None => Ok(()),
-            Some(gap) => Err(lapsed_error(&cur.1.command, gap)),
+            Some(gap) => Err(lapsed_error(command, gap)),
         }
     }
 }
@@ -295,7 +235,8 @@ fn lapsed_error(command: &str, gap: Duration) -> Error {
 /// A writer's lease, renewed by a background thread until [`Session::end`] (or drop).
 pub struct Session {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    /// The renewing thread, until the session ends.
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Session {
@@ -352,6 +293,7 @@ impl Session {
             crypto: crypto.clone(),
             clock,
             current: Mutex::new((id, info)),
+            renewing: Mutex::new(()),
             last_ok: Mutex::new(began),
             lapsed: Mutex::new(None),
             stop: (Mutex::new(false), Condvar::new()),
@@ -376,7 +318,7 @@ impl Session {
             .map_err(|e| Error::Invalid(format!("starting the session thread: {e}")))?;
         Ok(Session {
             shared,
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
         })
     }
 
@@ -394,9 +336,16 @@ impl Session {
     /// always fails (the writer was stopped or asleep past its lease: prune may have judged it
     /// dead and deleted packs it reuses).
     pub fn check(&self) -> Result<()> {
-        let cur = self.shared.current.lock().expect("session lock");
-        self.shared
-            .fresh_unlocked(&cur, self.shared.clock.since_boot())
+        let at = self.shared.clock.since_boot();
+        let command = self
+            .shared
+            .current
+            .lock()
+            .expect("session lock")
+            .1
+            .command
+            .clone();
+        self.shared.fresh(&command, at)
     }
 
     /// Renews now.
@@ -408,6 +357,7 @@ impl Session {
     /// packs, and has copied out of them what it still needs), read from `view` on by its clock;
     /// renews, so that prune learns it.
     pub fn set_seen(&self, records: &[ObjectId], view: DateTime<Utc>) -> Result<()> {
+        let _one = self.shared.renewing.lock().expect("session lock");
         {
             let mut cur = self.shared.current.lock().expect("session lock");
             let mut seen: Vec<String> = records.iter().map(ObjectId::to_hex).collect();
@@ -416,21 +366,26 @@ impl Session {
             cur.1.seen = seen;
             cur.1.view = now_text(view);
         }
-        self.shared.renew()
+        self.shared.renew_locked()
     }
 
-    fn stop_thread(&mut self) {
+    /// Stops the renewing thread; `true` if it was running (the session had not ended).
+    fn stop_thread(&self) -> bool {
+        let Some(t) = self.thread.lock().expect("session lock").take() else {
+            return false;
+        };
         let (lock, cv) = &self.shared.stop;
         *lock.lock().expect("session lock") = true;
         cv.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let _ = t.join();
+        true
     }
 
-    /// Stops renewing and deletes the session object.
-    pub fn end(mut self) -> Result<()> {
-        self.stop_thread();
+    /// Stops renewing and deletes the session object. Ending it again does nothing.
+    pub fn end(&self) -> Result<()> {
+        if !self.stop_thread() {
+            return Ok(());
+        }
         let id = self.shared.current.lock().expect("session lock").0;
         self.shared.store.delete(Kind::Session, &id)
     }
@@ -438,8 +393,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        if self.thread.is_some() {
-            self.stop_thread();
+        if self.stop_thread() {
             let id = self.shared.current.lock().expect("session lock").0;
             let _ = self.shared.store.delete(Kind::Session, &id);
         }
@@ -708,6 +662,101 @@ mod tests {
         // Even once the clock seems fresh again (a lapsed lease stays lapsed).
         *s.shared.last_ok.lock().unwrap() = clock.since_boot();
         assert!(s.check().is_err() && s.renew().is_err());
+    }
+
+    /// A store whose session puts, once `slow` is set, wait until `release` is set: an S3 put
+    /// that hangs.
+    #[derive(Default)]
+    struct SlowSessionPuts {
+        mem: Mem,
+        slow: std::sync::atomic::AtomicBool,
+        /// (a put is waiting, released)
+        gate: (Mutex<(bool, bool)>, Condvar),
+    }
+
+    impl Store for SlowSessionPuts {
+        fn put(&self, kind: Kind, id: &ObjectId, bytes: &[u8]) -> Result<()> {
+            if kind == Kind::Session && self.slow.load(std::sync::atomic::Ordering::SeqCst) {
+                let (lock, cv) = &self.gate;
+                let mut g = lock.lock().unwrap();
+                g.0 = true;
+                cv.notify_all();
+                while !g.1 {
+                    g = cv.wait(g).unwrap();
+                }
+            }
+            self.mem.put(kind, id, bytes)
+        }
+        fn get(
+            &self,
+            kind: Kind,
+            id: &ObjectId,
+            range: Option<std::ops::Range<u64>>,
+        ) -> Result<Vec<u8>> {
+            self.mem.get(kind, id, range)
+        }
+        fn list(&self, kind: Kind) -> Result<Vec<(ObjectId, u64)>> {
+            self.mem.list(kind)
+        }
+        fn delete(&self, kind: Kind, id: &ObjectId) -> Result<()> {
+            self.mem.delete(kind, id)
+        }
+        fn location(&self) -> String {
+            "slow".into()
+        }
+    }
+
+    /// Issue 10: a renewal whose put hangs does not block the lease check every write makes
+    /// (it used to hold the session's lock across the put).
+    #[test]
+    fn issue_10_a_hanging_renewal_does_not_block_lease_checks() {
+        let store = Arc::new(SlowSessionPuts::default());
+        let crypto = Crypto::plain([7; 32]);
+        let s = Arc::new(
+            Session::start_every(
+                Arc::clone(&store) as Arc<dyn Store>,
+                &crypto,
+                "watch",
+                "h",
+                Duration::from_secs(3600),
+            )
+            .unwrap(),
+        );
+        store.slow.store(true, std::sync::atomic::Ordering::SeqCst);
+        let renewing = {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || s.renew())
+        };
+        {
+            let (lock, cv) = &store.gate;
+            let mut g = lock.lock().unwrap();
+            while !g.0 {
+                g = cv.wait(g).unwrap();
+            }
+        }
+        // The renewal is inside its put now; a check must answer while it hangs.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let checker = {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                let ok = s.check().is_ok();
+                let _ = s.info();
+                tx.send(ok).unwrap();
+            })
+        };
+        let answered = rx.recv_timeout(Duration::from_secs(5));
+        {
+            let (lock, cv) = &store.gate;
+            lock.lock().unwrap().1 = true;
+            cv.notify_all();
+        }
+        renewing.join().unwrap().unwrap();
+        checker.join().unwrap();
+        assert_eq!(
+            answered,
+            Ok(true),
+            "the lease check waited for a hanging renewal"
+        );
     }
 
     fn info(writer: &str, refreshed: &str) -> SessionInfo {

@@ -1,11 +1,14 @@
 //! `prune`: frees what no snapshot uses, while other writers keep writing (`docs/format.md` §19).
 //!
 //! ```text
-//! session ─▶ sessions ─▶ deletion records ─▶ snapshots ─▶ index (per pack) ─▶ mark
-//!   ─▶ sweep old records (delete, or resurrect what is used again)
-//!   ─▶ plan (unused / sparse / small packs) ─▶ repack ─▶ new index files
-//!   ─▶ condemn (one deletion record) ─▶ delete old index files and swept records ─▶ end session
+//! session ─▶ plan:    sessions ─▶ deletion records ─▶ snapshots ─▶ index (per pack) ─▶ mark
+//!                       ─▶ sweep old records (delete, or resurrect what is used again)
+//!                       ─▶ unused / sparse / small packs                     ─▶ PrunePlan
+//!        ─▶ execute: delete swept packs ─▶ repack ─▶ new index files ─▶ condemn (one deletion
+//!                       record) ─▶ delete old index files and swept records ─▶ end session
 //! ```
+//! A dry run is the plan alone, made without a session: it stores nothing. A plan is carried out
+//! only under the session it was made under, so what it decided about other writers still holds.
 //! Nothing is deleted that a snapshot, or a writer that may not know yet, could use: packs are
 //! only condemned here, and deleted by a later prune once every live writer has seen the
 //! record. Memory: the per-pack entry lists (~60 bytes a blob), the index (~56 bytes a blob) and
@@ -17,17 +20,18 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 
+use crate::crypto::Crypto;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, ObjectId, PackId};
-use crate::lifecycle::{self, DeletionRecord, LeaseClock, Liveness, Session, SystemClock};
-use crate::pack::{BlobEntry, PackBuilder};
+use crate::id::{BlobId, Kind, ObjectId, PackId};
+use crate::lifecycle::{self, DeletionRecord, LeaseClock, Liveness, Session};
+use crate::pack::{BlobEntry, FinishedPack, Packer};
 use crate::repo::Repository;
-use crate::store::Kind;
+use crate::store::Store;
 
 /// How `prune` decides.
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
-    /// Plan only; store and delete nothing.
+    /// [`prune`] only plans: it stores and deletes nothing, and reports the plan.
     pub dry_run: bool,
     /// Condemned packs are deleted only after this long (and once every writer has seen it).
     pub keep_condemned: Duration,
@@ -109,12 +113,99 @@ struct PackInfo {
     total: u64,
 }
 
+/// One pack in a [`PrunePlan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PlannedPack {
+    /// The pack.
+    pub pack: PackId,
+    /// Bytes of its blobs as indexed (0 for a condemned pack no index file lists any more).
+    pub bytes: u64,
+    /// Of those, the bytes of used blobs; a blob stored twice counts in one pack only (the
+    /// fullest). 0 for condemned packs that wait or are deleted.
+    pub used: u64,
+}
+
+/// What a prune decided, from one listing of the repository; [`execute`] carries it out.
+///
+/// Every indexed pack is in exactly one of `keep`, `repack`, `condemn`, `delete` and `waiting`
+/// (the last two may also name packs no index lists). Each list is sorted by pack id.
+#[derive(Debug, Serialize)]
+pub struct PrunePlan {
+    /// The plan in numbers, as a dry run reports it ([`execute`] adds what it wrote).
+    #[serde(skip)]
+    pub report: PruneReport,
+    /// Live packs left as they are.
+    pub keep: Vec<PlannedPack>,
+    /// Live packs whose used blobs are copied into new packs; then they are condemned.
+    pub repack: Vec<PlannedPack>,
+    /// Live packs nothing uses: condemned as they are (deleted by a later prune).
+    pub condemn: Vec<PlannedPack>,
+    /// Packs condemned by earlier prunes that every live writer has seen condemned: deleted now.
+    pub delete: Vec<PlannedPack>,
+    /// Condemned packs found in use again: live again, so also in `keep`, `repack` or `condemn`.
+    pub resurrect: Vec<PlannedPack>,
+    /// Condemned packs not deleted yet: their record is too recent, or a writer has not seen it.
+    pub waiting: Vec<PlannedPack>,
+    #[serde(skip)]
+    work: Work,
+}
+
+/// What [`execute`] needs beyond the lists: the tables the decisions were made from.
+struct Work {
+    /// The session the plan was made under (`None`: a dry run's plan, which is only shown).
+    writer: Option<String>,
+    /// Every indexed pack, with its entries.
+    packs: HashMap<PackId, PackInfo>,
+    /// For each used blob, the one pack whose copy counts (the one a repack copies from).
+    owner: HashMap<BlobId, PackId>,
+    /// The index files read: replaced by new ones.
+    index_files: HashSet<ObjectId>,
+    /// Deletion records swept: deleted once the new index is stored.
+    swept_records: Vec<ObjectId>,
+    /// Session objects of dead writers.
+    dead_sessions: Vec<ObjectId>,
+    /// The repository's target pack size.
+    pack_size: u64,
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Work")
+            .field("writer", &self.writer)
+            .field("packs", &self.packs.len())
+            .field("index_files", &self.index_files.len())
+            .field("swept_records", &self.swept_records)
+            .field("dead_sessions", &self.dead_sessions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Work {
+    /// The plan may be carried out only under the session it was made under, and while that
+    /// session's lease holds: the exclusion of other prunes and the sightings were decided under it.
+    fn check_session(&self, repo: &Repository) -> Result<()> {
+        let session = repo
+            .session()
+            .filter(|s| self.writer.as_ref() == Some(&s.info().writer))
+            .ok_or_else(|| {
+                Error::Invalid(
+                    "this prune plan was not made under the session that would carry it out (a \
+                     dry run's plan is only shown): plan again"
+                        .into(),
+                )
+            })?;
+        session.check()
+    }
+}
+
 /// Index files per new index file written.
 const PACKS_PER_INDEX: usize = 4096;
 
-/// Runs prune on `repo` (opened, index not necessarily loaded).
+/// Runs prune on `repo` (opened, index not necessarily loaded): [`plan`], then, unless it is a
+/// dry run, [`execute`], under a session of its own.
 pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> {
-    prune_with_clock(repo, opts, &SystemClock)
+    let clock = std::sync::Arc::clone(repo.clock());
+    prune_with_clock(repo, opts, &*clock)
 }
 
 /// Like [`prune`], judging times by `clock` (tests: prune's clock against skewed writers').
@@ -123,30 +214,38 @@ pub fn prune_with_clock(
     opts: &PruneOptions,
     clock: &dyn LeaseClock,
 ) -> Result<PruneReport> {
-    let mut report = PruneReport {
-        dry_run: opts.dry_run,
-        ..PruneReport::default()
-    };
-    if !opts.dry_run {
-        repo.begin_session("prune", &opts.hostname)?;
+    if opts.dry_run {
+        return plan(repo, opts, clock).map(|p| p.report);
     }
-    let result = run(repo, opts, clock, &mut report);
+    repo.begin_session("prune", &opts.hostname)?;
+    let result = plan(repo, opts, clock).and_then(|p| execute(repo, p, clock));
     if result.is_ok() {
         repo.end_session()?;
     }
-    result.map(|()| report)
+    result
 }
 
-fn run(
+/// Decides what a prune does: lists sessions, deletion records, snapshots and the index, in that
+/// order (`docs/format.md` §19), marks what the snapshots use and plans the sweep, the repack and
+/// the condemnation. Refuses while another prune or a `repair index` is live.
+///
+/// Only a plan made under the repository's session ([`Repository::begin_session`], before this
+/// call) can be carried out by [`execute`], under that same session; making it then also does
+/// what every lister of sessions does (names unnamed session objects in a record, declares the
+/// records it read seen). Without a session (a dry run) nothing is stored.
+pub fn plan(
     repo: &mut Repository,
     opts: &PruneOptions,
     clock: &dyn LeaseClock,
-    report: &mut PruneReport,
-) -> Result<()> {
+) -> Result<PrunePlan> {
     let store = std::sync::Arc::clone(repo.store());
     let crypto = repo.crypto().clone();
     let own = repo.session().map(|s| s.info().writer);
     let own_object = repo.session().map(Session::id);
+    let mut report = PruneReport {
+        dry_run: true,
+        ..PruneReport::default()
+    };
 
     // 1. Sessions, then deletion records, snapshots, index: in that order (§19). Every safety
     // decision below uses prune's own clock or record ids, never a writer's clock.
@@ -154,7 +253,7 @@ fn run(
     let listed = lifecycle::sessions(&*store, &crypto)?;
     let records = lifecycle::deletions(&*store, &crypto)?;
     let liveness = Liveness::judge(listed, &records, now);
-    if !opts.dry_run {
+    if own_object.is_some() {
         liveness.sight(&*store, &crypto, now, own_object.as_ref())?;
     }
     // Two prunes would be safe together, but the second would leave index entries of packs the
@@ -274,8 +373,8 @@ fn run(
         .collect();
     let mut condemned: HashMap<PackId, chrono::DateTime<Utc>> = HashMap::new();
     let mut swept_records = Vec::new();
-    let mut deleted: HashSet<PackId> = HashSet::new();
     let mut to_delete: HashSet<PackId> = HashSet::new();
+    let mut resurrected: HashSet<PackId> = HashSet::new();
     for (rid, r) in &records {
         if r.packs.is_empty() {
             // Sightings only: needed while a session they name is there (dead ones go below).
@@ -315,6 +414,7 @@ fn run(
             });
             if needed {
                 report.packs_resurrected += 1;
+                resurrected.insert(*p);
             } else {
                 to_delete.insert(*p);
             }
@@ -416,32 +516,141 @@ fn run(
         .filter_map(|id| packs.get(id))
         .map(|p| p.total)
         .sum();
-    if opts.dry_run {
-        return Ok(());
-    }
+
+    let live_now: HashSet<&PackId> = live_ids.iter().collect();
+    let planned = |ids: &mut dyn Iterator<Item = &PackId>| -> Vec<PlannedPack> {
+        let mut out: Vec<PlannedPack> = ids
+            .map(|id| {
+                let (bytes, used) = packs.get(id).map_or((0, 0), |p| {
+                    (p.total, if live_now.contains(id) { p.used } else { 0 })
+                });
+                PlannedPack {
+                    pack: *id,
+                    bytes,
+                    used,
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| p.pack.0);
+        out
+    };
+    let moving: HashSet<&PackId> = unused.iter().chain(&repack).collect();
+    Ok(PrunePlan {
+        keep: planned(&mut live_ids.iter().filter(|id| !moving.contains(id))),
+        repack: planned(&mut repack.iter()),
+        condemn: planned(&mut unused.iter()),
+        delete: planned(&mut to_delete.iter()),
+        resurrect: planned(&mut resurrected.iter()),
+        waiting: planned(&mut condemned.keys()),
+        report,
+        work: Work {
+            writer: own,
+            packs,
+            owner,
+            index_files,
+            swept_records,
+            dead_sessions: liveness.dead,
+            pack_size: target,
+        },
+    })
+}
+
+/// Carries out `plan` under the session it was made under (see [`plan`]): deletes the packs
+/// every writer has seen condemned, repacks, stores the new index, condemns, then removes the
+/// old index files, the swept records and dead writers' sessions. A crash at any point leaves
+/// every snapshot readable; the next prune carries on.
+pub fn execute(repo: &Repository, plan: PrunePlan, clock: &dyn LeaseClock) -> Result<PruneReport> {
+    let PrunePlan {
+        mut report,
+        repack: to_repack,
+        condemn,
+        delete,
+        work,
+        ..
+    } = plan;
+    work.check_session(repo)?;
+    report.dry_run = false;
+    let store = std::sync::Arc::clone(repo.store());
+    let crypto = repo.crypto().clone();
 
     // Deletions first: every live writer has seen these records, and nothing uses the packs.
-    for id in &to_delete {
-        store.delete(Kind::Pack, id)?;
-        deleted.insert(*id);
+    let mut deleted: HashSet<PackId> = HashSet::new();
+    for p in &delete {
+        store.delete(Kind::Pack, &p.pack)?;
+        deleted.insert(p.pack);
     }
 
     // 5. Repack: copy used blobs, envelopes unchanged, into new packs.
+    let repack_ids: Vec<PackId> = to_repack.iter().map(|p| p.pack).collect();
+    let new_packs = repack(
+        &*store,
+        &crypto,
+        &work.packs,
+        &work.owner,
+        &repack_ids,
+        work.pack_size,
+        &mut report,
+    )?;
+    report.packs_new = new_packs.len();
+
+    // 6. New index files: every pack not deleted, condemned ones included, and the new packs.
+    let mut keep: Vec<(PackId, Vec<BlobEntry>)> = work
+        .packs
+        .into_iter()
+        .filter(|(id, _)| !deleted.contains(id))
+        .map(|(id, p)| (id, p.entries))
+        .collect();
+    keep.sort_by_key(|(id, _)| id.0);
+    keep.extend(new_packs);
+    let mut written = HashSet::new();
+    for part in keep.chunks(PACKS_PER_INDEX) {
+        written.insert(repo.write_index(part)?);
+    }
+    report.index_written = written.len();
+
+    // 7. Condemn what is unused now, and what was repacked.
+    let mut newly: Vec<PackId> = condemn.iter().chain(&to_repack).map(|p| p.pack).collect();
+    newly.sort_by_key(|p| p.0);
+    if !newly.is_empty() {
+        DeletionRecord::at(clock.wall(), newly, Vec::new()).store(&*store, &crypto)?;
+    }
+
+    // 8. Old index files, then the records that were swept.
+    for f in work.index_files.difference(&written) {
+        store.delete(Kind::Index, f)?;
+        report.index_removed += 1;
+    }
+    for r in work.swept_records {
+        store.delete(Kind::Deletion, &r)?;
+    }
+    // Dead writers' sessions: they store nothing more (their lease lapsed long ago).
+    for id in &work.dead_sessions {
+        store.delete(Kind::Session, id)?;
+    }
+    Ok(report)
+}
+
+/// Copies the used blobs of the packs `repack` (those `owner` assigns to them), envelopes
+/// unchanged, into new packs of about `target` bytes; returns the new packs with their entries.
+fn repack(
+    store: &dyn Store,
+    crypto: &Crypto,
+    packs: &HashMap<PackId, PackInfo>,
+    owner: &HashMap<BlobId, PackId>,
+    repack: &[PackId],
+    target: u64,
+    report: &mut PruneReport,
+) -> Result<Vec<(PackId, Vec<BlobEntry>)>> {
     let mut new_packs: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
     let mut copied: HashSet<BlobId> = HashSet::new();
-    let mut builder = PackBuilder::new();
-    let mut flush =
-        |builder: &mut PackBuilder, new_packs: &mut Vec<(PackId, Vec<BlobEntry>)>| -> Result<()> {
-            if builder.is_empty() {
-                return Ok(());
-            }
-            let (id, bytes, entries) = std::mem::take(builder).finish(&crypto);
-            store.put(Kind::Pack, &id, &bytes)?;
-            report.bytes_written += bytes.len() as u64;
-            new_packs.push((id, entries));
-            Ok(())
-        };
-    for id in &repack {
+    let packer = Packer::new(crypto.clone(), target as usize, 1, usize::MAX);
+    let mut store_pack = |pack: FinishedPack| -> Result<()> {
+        store.put(Kind::Pack, &pack.id, &pack.bytes)?;
+        report.bytes_written += pack.bytes.len() as u64;
+        packer.stored(pack);
+        Ok(())
+    };
+    for id in repack {
         let bytes = store.get(Kind::Pack, id, None)?;
         if ObjectId::of(&bytes) != *id {
             return Err(Error::corrupt(
@@ -463,47 +672,14 @@ fn run(
                     format!("blob {} lies past the end", e.id.short()),
                 )
             })?;
-            if !builder.is_empty() && builder.len() + envelope.len() > target as usize {
-                flush(&mut builder, &mut new_packs)?;
+            if let Some(full) = packer.add(e.id, e.kind, e.flags, e.raw_len, envelope) {
+                store_pack(full)?;
             }
-            builder.add(e.id, e.kind, e.flags, e.raw_len, envelope);
         }
     }
-    flush(&mut builder, &mut new_packs)?;
-    report.packs_new = new_packs.len();
-
-    // 6. New index files: every pack not deleted, condemned ones included, and the new packs.
-    let mut keep: Vec<(PackId, Vec<BlobEntry>)> = packs
-        .into_iter()
-        .filter(|(id, _)| !deleted.contains(id))
-        .map(|(id, p)| (id, p.entries))
-        .collect();
-    keep.sort_by_key(|(id, _)| id.0);
-    keep.extend(new_packs);
-    let mut written = HashSet::new();
-    for part in keep.chunks(PACKS_PER_INDEX) {
-        written.insert(repo.write_index(part)?);
+    for last in packer.flush() {
+        store_pack(last)?;
     }
-    report.index_written = written.len();
-
-    // 7. Condemn what is unused now, and what was repacked.
-    let mut newly: Vec<PackId> = unused.into_iter().chain(repack).collect();
-    newly.sort_by_key(|p| p.0);
-    if !newly.is_empty() {
-        DeletionRecord::at(clock.wall(), newly, Vec::new()).store(&*store, &crypto)?;
-    }
-
-    // 8. Old index files, then the records that were swept.
-    for f in index_files.difference(&written) {
-        store.delete(Kind::Index, f)?;
-        report.index_removed += 1;
-    }
-    for r in swept_records {
-        store.delete(Kind::Deletion, &r)?;
-    }
-    // Dead writers' sessions: they store nothing more (their lease lapsed long ago).
-    for id in &liveness.dead {
-        store.delete(Kind::Session, id)?;
-    }
-    Ok(())
+    new_packs.extend(packer.take_unindexed());
+    Ok(new_packs)
 }

@@ -17,11 +17,10 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::id::{ObjectId, PackId};
+use crate::id::{Kind, ObjectId, PackId};
 use crate::lifecycle::{self, Liveness, Session};
 use crate::pack::BlobEntry;
 use crate::repo::{index, Repository};
-use crate::store::Kind;
 
 /// Packs per rebuilt index file.
 const PACKS_PER_INDEX_FILE: usize = 256;
@@ -58,24 +57,59 @@ pub struct RepairIndexReport {
     pub dry_run: bool,
 }
 
-/// Rebuilds the index from every pack's header and replaces the old index files.
+/// What `repair index` decided: the index rebuilt from the pack headers, and the old index
+/// files it replaces. [`execute`] carries it out.
+#[derive(Debug)]
+pub struct RepairIndexPlan {
+    /// What was found, as a dry run reports it ([`execute`] adds what it wrote).
+    pub report: RepairIndexReport,
+    /// The rebuilt index, in pack-id order.
+    packs: Vec<(PackId, Vec<BlobEntry>)>,
+    /// The index files listed first: deleted once the new ones are stored.
+    old_files: Vec<ObjectId>,
+    /// The session the plan was made under (`None`: a dry run's plan, which is only shown).
+    writer: Option<String>,
+}
+
+impl RepairIndexPlan {
+    /// The rebuilt index: every pack with its entries, in pack-id order.
+    pub fn packs(&self) -> &[(PackId, Vec<BlobEntry>)] {
+        &self.packs
+    }
+
+    /// Index files the rebuilt index is stored in.
+    pub fn files_to_write(&self) -> usize {
+        self.packs.len().div_ceil(PACKS_PER_INDEX_FILE)
+    }
+
+    /// Old index files deleted after that (one a new file equals byte for byte is kept).
+    pub fn files_to_delete(&self) -> &[ObjectId] {
+        &self.old_files
+    }
+}
+
+/// Rebuilds the index from every pack's header and replaces the old index files: [`plan`],
+/// then, unless it is a dry run, [`execute`], under a session of its own.
 pub fn repair_index(
     repo: &mut Repository,
     hostname: &str,
     dry_run: bool,
 ) -> Result<RepairIndexReport> {
-    if !dry_run {
-        repo.begin_session("repair-index", hostname)?;
-        if let Err(e) = refuse_beside_prune(repo) {
+    if dry_run {
+        return plan(repo).map(|p| p.report);
+    }
+    repo.begin_session("repair-index", hostname)?;
+    let plan = match plan(repo) {
+        Ok(p) => p,
+        Err(e) => {
+            // Refused beside a prune, or a header could not be read: this run is over.
             repo.end_session()?;
             return Err(e);
         }
-    }
-    let result = run(repo, dry_run);
-    if result.is_ok() {
-        repo.end_session()?;
-    }
-    result
+    };
+    let report = execute(repo, plan)?;
+    repo.end_session()?;
+    Ok(report)
 }
 
 /// Fails if a live prune (judged as prune judges, by this machine's clock) has a session.
@@ -105,10 +139,18 @@ fn refuse_beside_prune(repo: &Repository) -> Result<()> {
     }
 }
 
-fn run(repo: &Repository, dry_run: bool) -> Result<RepairIndexReport> {
+/// Decides the rebuilt index: opens the old index files, then reads every pack's header.
+///
+/// Only a plan made under the repository's session ([`Repository::begin_session`], before this
+/// call) can be carried out by [`execute`]; making it then first refuses if a prune is live (the
+/// two exclude each other, see the module doc). Without a session (a dry run) nothing is stored.
+pub fn plan(repo: &Repository) -> Result<RepairIndexPlan> {
+    if repo.session().is_some() {
+        refuse_beside_prune(repo)?;
+    }
     let store = repo.store();
     let mut report = RepairIndexReport {
-        dry_run,
+        dry_run: true,
         ..RepairIndexReport::default()
     };
 
@@ -184,13 +226,40 @@ fn run(repo: &Repository, dry_run: bool) -> Result<RepairIndexReport> {
     let in_store: std::collections::HashSet<PackId> = new.iter().map(|(p, _)| *p).collect();
     report.packs_missing = old.keys().filter(|p| !in_store.contains(*p)).count();
     report.blobs = new.iter().map(|(_, e)| e.len()).sum();
-    if dry_run {
-        return Ok(report);
-    }
+    Ok(RepairIndexPlan {
+        report,
+        packs: new,
+        old_files,
+        writer: repo.session().map(|s| s.info().writer),
+    })
+}
+
+/// Carries out `plan` under the session it was made under (see [`plan`]): stores the new index
+/// files, then deletes the old ones.
+pub fn execute(repo: &Repository, plan: RepairIndexPlan) -> Result<RepairIndexReport> {
+    let RepairIndexPlan {
+        mut report,
+        packs,
+        old_files,
+        writer,
+    } = plan;
+    let session = repo
+        .session()
+        .filter(|s| writer.as_ref() == Some(&s.info().writer))
+        .ok_or_else(|| {
+            Error::Invalid(
+                "this repair plan was not made under the session that would carry it out (a dry \
+                 run's plan is only shown): plan again"
+                    .into(),
+            )
+        })?;
+    session.check()?;
+    report.dry_run = false;
+    let store = repo.store();
 
     // 3. New index files, then the old ones go.
     let mut written = std::collections::HashSet::new();
-    for group in new.chunks(PACKS_PER_INDEX_FILE) {
+    for group in packs.chunks(PACKS_PER_INDEX_FILE) {
         written.insert(repo.write_index(group)?);
         report.index_files_written += 1;
     }

@@ -16,11 +16,13 @@ use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tidemark_cluster::{Engine, EngineOptions, EngineStatus, SealedSnapshot, SmOptions};
+use tidemark_cluster::{
+    Engine, EngineOptions, EngineParts, EngineStatus, SealedSnapshot, SmOptions,
+};
 use tidemark_core::batch::Batch;
 use tidemark_core::capture::{CaptureOptions, CaptureStats, Capturer, LiveTree, Sink};
 use tidemark_core::id::SnapshotId;
@@ -276,24 +278,20 @@ impl Sink for EngineSink<'_> {
 /// Reads the deletion records; when there are new ones, stops reusing their packs and copies
 /// out what the catalog still needs; only then declares them seen in the session, which lets
 /// prune delete those packs (`docs/format.md` §19). Returns the blobs copied.
-fn advance_view(engine: &Engine, repo: &RwLock<Repository>) -> Result<u64> {
-    let pending = repo.read().expect("repo lock").unrevalidated()?;
+fn advance_view(engine: &Engine, repo: &Repository) -> Result<u64> {
+    let pending = repo.unrevalidated()?;
     let copied = if pending.packs.is_empty() {
         0
     } else {
         engine.state_machine().revalidate(&pending.packs)?
     };
-    repo.write()
-        .expect("repo lock")
-        .mark_revalidated(&pending)?;
+    repo.mark_revalidated(&pending)?;
     Ok(copied)
 }
 
 /// Whether this writer's lease still holds (`docs/format.md` §19); `Ok` without a session.
-fn lease_check(repo: &RwLock<Repository>) -> tidemark_core::Result<()> {
-    repo.read()
-        .expect("repo lock")
-        .session()
+fn lease_check(repo: &Repository) -> tidemark_core::Result<()> {
+    repo.session()
         .map_or(Ok(()), tidemark_core::lifecycle::Session::check)
 }
 
@@ -344,6 +342,22 @@ fn sm_options(root: &Path, hostname: &str, username: &str) -> SmOptions {
     }
 }
 
+/// Opens the engine of a standalone device (a group of one) in `state_dir`, initialises its
+/// group when new, and waits until it leads with every change of its log applied.
+async fn open_standalone(
+    state_dir: &Path,
+    repo: Repository,
+    opts: EngineOptions,
+) -> Result<(Engine, tidemark_core::wal::Recovery)> {
+    let parts = EngineParts::standalone(state_dir)?;
+    let (engine, recovery) = Engine::open(parts, repo, opts).await?;
+    if !engine.is_initialized().await? {
+        engine.initialize(Engine::standalone_members()).await?;
+    }
+    engine.ready(std::time::Duration::from_secs(300)).await?;
+    Ok((engine, recovery))
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -362,15 +376,11 @@ pub fn recover(
 ) -> Result<Report> {
     let owner = StateDir::owner(state_dir)?;
     let _state = StateDir::open(state_dir, &owner, false)?;
-    let repo = Arc::new(RwLock::new(repo));
     let rt = runtime()?;
     rt.block_on(async {
-        let mut opts = EngineOptions::new(
-            state_dir.to_path_buf(),
-            sm_options(&owner.path, hostname, ""),
-        );
+        let mut opts = EngineOptions::new(sm_options(&owner.path, hostname, ""));
         opts.wal = wal;
-        let (engine, recovery) = Engine::open(repo, opts).await?;
+        let (engine, recovery) = open_standalone(state_dir, repo, opts).await?;
         let sealed = engine.shutdown().await?;
         Ok(Report {
             recovery,
@@ -383,7 +393,7 @@ pub fn recover(
 /// Watches `opts.root` until `stop` is set: every change is captured into the log and sealed
 /// into snapshots; on stop, what is pending is captured and sealed before returning.
 pub fn watch(
-    repo: Repository,
+    repo: &Repository,
     opts: &WatchOptions,
     stop: &AtomicBool,
     notify: &mut dyn FnMut(Notice),
@@ -402,7 +412,7 @@ pub fn watch(
 }
 
 fn watch_inner(
-    repo: Repository,
+    repo: &Repository,
     opts: &WatchOptions,
     stop: &AtomicBool,
     notify: &mut dyn FnMut(Notice),
@@ -425,16 +435,13 @@ fn watch_inner(
         }
     }
     let excludes = Excludes::new(&excludes)?;
-    let repo = Arc::new(RwLock::new(repo));
     let rt = runtime()?;
-    let mut engine_opts = EngineOptions::new(
-        state.path().to_path_buf(),
-        sm_options(&root, &opts.hostname, &opts.username),
-    );
+    let mut engine_opts = EngineOptions::new(sm_options(&root, &opts.hostname, &opts.username));
     engine_opts.wal = opts.wal;
     engine_opts.seal_interval = opts.seal_interval;
     engine_opts.seal_bytes = opts.seal_bytes;
-    let (engine, recovery) = rt.block_on(Engine::open(repo.clone(), engine_opts))?;
+    let (engine, recovery) =
+        rt.block_on(open_standalone(state.path(), repo.clone(), engine_opts))?;
     let engine = Arc::new(engine);
     // After a crash, what reached the log is sealed before anything new is captured (unless the
     // repository cannot be written: then the seal schedule retries it).
@@ -781,7 +788,7 @@ fn watch_inner(
     // A writer stopped past its lease must stop (`docs/format.md` §19): say so, whatever the
     // seal that refused made of it on its way through openraft.
     let failed = result.is_err() || matches!(sealer_result, Ok(Err(_)));
-    if let (true, Err(lapsed)) = (failed, lease_check(&repo)) {
+    if let (true, Err(lapsed)) = (failed, lease_check(repo)) {
         write_status_now(Some(lapsed.to_string()));
         return Err(lapsed.into());
     }
@@ -797,8 +804,8 @@ fn watch_inner(
     let before = engine.state_machine().seal_snapshot_id();
     let sealed = match rt.block_on(engine.close()) {
         Ok(s) => s,
-        Err(tidemark_cluster::Error::Store(_)) if lease_check(&repo).is_err() => {
-            let lapsed = lease_check(&repo).expect_err("checked");
+        Err(tidemark_cluster::Error::Store(_)) if lease_check(repo).is_err() => {
+            let lapsed = lease_check(repo).expect_err("checked");
             write_status_now(Some(lapsed.to_string()));
             return Err(lapsed.into());
         }

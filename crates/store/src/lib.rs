@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use rand::RngCore;
 use tidemark_core::dir::{self as durable_dir, sync as sync_dir};
-use tidemark_core::id::ObjectId;
-use tidemark_core::store::{Kind, Store, CONFIG_ID};
+use tidemark_core::id::{Kind, ObjectId};
+use tidemark_core::store::{Store, CONFIG_ID};
 use tidemark_core::{Error, Result};
 
 mod s3;

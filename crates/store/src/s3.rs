@@ -17,8 +17,8 @@ use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
     RetryConfig, WriteMultipart,
 };
-use tidemark_core::id::ObjectId;
-use tidemark_core::store::{Kind, Store, CONFIG_ID};
+use tidemark_core::id::{Kind, ObjectId};
+use tidemark_core::store::{Store, CONFIG_ID};
 use tidemark_core::{Error, Result};
 
 /// Objects above this size are uploaded in parts.

@@ -3,8 +3,8 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use tidemark_core::id::ObjectId;
-use tidemark_core::store::{Kind, Store};
+use tidemark_core::id::{Kind, ObjectId};
+use tidemark_core::store::Store;
 use tidemark_core::{Error, Result};
 
 /// Wraps a store: after `budget` successful writes (puts and deletes) every write fails with

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use rand::{RngCore, SeedableRng};
-use tidemark_core::id::ObjectId;
-use tidemark_core::store::{Kind, Store, CONFIG_ID};
+use tidemark_core::id::{Kind, ObjectId};
+use tidemark_core::store::{Store, CONFIG_ID};
 use tidemark_core::{Error, Result};
 
 mod flaky;

@@ -39,10 +39,9 @@ use fuser::{
     MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyXattr, Request, SessionACL,
 };
-use tidemark_core::id::{BlobId, ObjectId};
+use tidemark_core::id::{BlobId, Kind, ObjectId};
 use tidemark_core::repo::{index, Repository};
 use tidemark_core::snapshot::{Node, NodeType, SnapshotList};
-use tidemark_core::store::Kind;
 
 use crate::args::Global;
 use crate::open;
@@ -82,7 +81,7 @@ pub fn mount(g: &Global, a: &MountArgs, cancel: &Arc<AtomicBool>) -> Result<Outc
     if !meta.is_dir() {
         bail!("mount point {} is not a directory", a.mountpoint.display());
     }
-    let mut repo = open::open(g)?;
+    let repo = open::open(g)?;
     let mut index_files = HashSet::new();
     repo.load_index_visit(&mut |file, _, _| {
         index_files.insert(*file);
@@ -197,7 +196,7 @@ struct DirEntry {
 }
 
 struct SnapshotFs {
-    repo: RwLock<Repository>,
+    repo: Repository,
     view: RwLock<Arc<View>>,
     refresh: Mutex<RefreshState>,
     refresh_every: Duration,
@@ -219,7 +218,7 @@ impl SnapshotFs {
         a: &MountArgs,
     ) -> SnapshotFs {
         SnapshotFs {
-            repo: RwLock::new(repo),
+            repo,
             view: RwLock::new(Arc::new(View::new(list))),
             refresh: Mutex::new(RefreshState {
                 last: Instant::now(),
@@ -261,14 +260,14 @@ impl SnapshotFs {
     }
 
     fn refresh_now(&self, state: &mut RefreshState) -> tidemark_core::Result<()> {
-        let (list, _) = read(&self.repo).snapshot_list()?;
+        let (list, _) = self.repo.snapshot_list()?;
         if list.ids().eq(self.view().list.ids()) {
             return Ok(());
         }
         // Listed after the snapshots: every index file a listed snapshot needs is there.
         let mut added = Vec::new();
         {
-            let repo = read(&self.repo);
+            let repo = &self.repo;
             for (id, _) in repo.store().list(Kind::Index)? {
                 if state.index_files.contains(&id) {
                     continue;
@@ -283,7 +282,7 @@ impl SnapshotFs {
             }
         }
         if !added.is_empty() {
-            let mut repo = write(&self.repo);
+            let repo = &self.repo;
             for (id, packs) in added {
                 for (pack, entries) in packs {
                     repo.index_add(pack, &entries);
@@ -307,7 +306,7 @@ impl SnapshotFs {
         }
         state.reloaded = Some(Instant::now());
         let mut files = HashSet::new();
-        let loaded = write(&self.repo).load_index_visit(&mut |file, _, _| {
+        let loaded = self.repo.load_index_visit(&mut |file, _, _| {
             files.insert(*file);
         });
         match loaded {
@@ -323,11 +322,11 @@ impl SnapshotFs {
         what: &dyn Fn() -> String,
         f: &dyn Fn(&Repository) -> tidemark_core::Result<T>,
     ) -> Result<T, Errno> {
-        let first = f(&read(&self.repo));
+        let first = f(&self.repo);
         let result = match first {
             Err(tidemark_core::Error::NotFound { .. }) => {
                 self.reload_index();
-                f(&read(&self.repo))
+                f(&self.repo)
             }
             other => other,
         };
@@ -381,16 +380,17 @@ impl SnapshotFs {
         if let Some(o) = entry.offsets.get() {
             return Ok(Arc::clone(o));
         }
-        let repo = read(&self.repo);
+        let repo = &self.repo;
         let mut offsets = Vec::with_capacity(entry.node.content.len() + 1);
         let mut at = 0u64;
         offsets.push(at);
         for id in &entry.node.content {
-            let Some((_, loc)) = repo.index().get(id) else {
-                drop(repo);
+            // The index guard is dropped here: reload_index below replaces the index.
+            let found = repo.index().get(id);
+            let Some((_, loc)) = found else {
                 // Perhaps in an index file written since; else the file is damaged.
                 self.reload_index();
-                if read(&self.repo).index().get(id).is_some() {
+                if self.repo.index().get(id).is_some() {
                     return self.offsets(entry);
                 }
                 eprintln!(

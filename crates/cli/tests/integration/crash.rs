@@ -9,9 +9,10 @@ use tidemark_core::backup::{backup, BackupOptions, BackupProgress};
 use tidemark_core::check::{check, CheckOptions};
 use tidemark_core::chunk::ChunkerParams;
 use tidemark_core::crypto::KdfParams;
+use tidemark_core::id::Kind;
 use tidemark_core::repo::{InitOptions, Repository};
 use tidemark_core::restore::{restore, RestoreOptions, RestoreProgress};
-use tidemark_core::store::{Kind, Store};
+use tidemark_core::store::Store;
 use tidemark_testkit::{CountingStore, CrashStore, MemStore};
 
 use super::common::{assert_same_tree, restored};
@@ -48,7 +49,7 @@ pub fn check_all(repo: &Repository) -> tidemark_core::check::CheckReport {
 }
 
 pub fn open(store: Arc<dyn Store>) -> Repository {
-    let mut r = Repository::open(store, &mut || Ok(b"pw".to_vec())).unwrap();
+    let r = Repository::open(store, &mut || Ok(b"pw".to_vec())).unwrap();
     r.load_index().unwrap();
     r
 }

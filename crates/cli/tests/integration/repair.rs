@@ -4,8 +4,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use tidemark_core::id::Kind;
 use tidemark_core::repair::repair_index;
-use tidemark_core::store::{Kind, Store};
+use tidemark_core::store::Store;
 
 use super::common::{every_kind_tree, restored, tree_difference_except_atime, Repo};
 use super::crash::open;
@@ -81,6 +82,7 @@ fn repair_index_rebuilds_lost_and_damaged_index_files() {
     // A dry run reads and reports but writes nothing.
     let dry = json(&repo, &["repair", "index", "--dry-run"]);
     assert_eq!(dry["packs_added"].as_u64(), Some(packs), "{dry}");
+    assert_eq!(dry["index_files_to_write"], 1, "the plan is printed: {dry}");
     assert!(index_files(&repo).is_empty());
     let r = json(&repo, &["repair", "index"]);
     assert_eq!(r["packs_indexed"].as_u64(), Some(packs), "{r}");

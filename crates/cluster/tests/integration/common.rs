@@ -1,7 +1,11 @@
 //! Shared set-up: a small encrypted repository in memory and helpers to build batches.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidemark_cluster::{Engine, EngineParts};
+use tidemark_core::wal::Recovery;
 
 use tidemark_core::batch::{Batch, Edit, NewBlob};
 use tidemark_core::check::{check, CheckOptions};
@@ -14,11 +18,8 @@ use tidemark_core::snapshot::{Node, NodeType, NodeTypeField};
 use tidemark_testkit::MemStore;
 
 /// A repository with a cheap key derivation (tests unlock it many times).
-pub fn repo() -> Arc<RwLock<Repository>> {
-    Arc::new(RwLock::new(init_repo(
-        Arc::new(MemStore::new()),
-        InitOptions::default().pack_size,
-    )))
+pub fn repo() -> Repository {
+    init_repo(Arc::new(MemStore::new()), InitOptions::default().pack_size)
 }
 
 /// A repository in `store` with a cheap key derivation and packs of `pack_size`, index loaded.
@@ -33,7 +34,7 @@ pub fn init_repo(store: Arc<dyn tidemark_core::store::Store>, pack_size: u32) ->
         pack_size,
         ..InitOptions::default()
     };
-    let mut r = Repository::init(store, &opts).unwrap();
+    let r = Repository::init(store, &opts).unwrap();
     r.load_index().unwrap();
     r
 }
@@ -170,14 +171,29 @@ pub fn assert_complete(
     );
 }
 
-/// Engine options for a watched `/srv/share` on host `nas`, state in `state`.
-pub fn options(state: &std::path::Path) -> tidemark_cluster::EngineOptions {
+/// Engine options for a watched `/srv/share` on host `nas`.
+pub fn options() -> tidemark_cluster::EngineOptions {
     let sm = tidemark_cluster::SmOptions {
         watched: "/srv/share".into(),
         hostname: "nas".into(),
         ..tidemark_cluster::SmOptions::default()
     };
-    tidemark_cluster::EngineOptions::new(state.to_path_buf(), sm)
+    tidemark_cluster::EngineOptions::new(sm)
+}
+
+/// A standalone engine with its state in `state`, as the daemon opens one: a group of one,
+/// initialised when new, leading and with its log replayed.
+pub async fn open_engine(repo: Repository, state: &std::path::Path) -> (Engine, Recovery) {
+    let parts = EngineParts::standalone(state).unwrap();
+    let (engine, recovery) = Engine::open(parts, repo, options()).await.unwrap();
+    if !engine.is_initialized().await.unwrap() {
+        engine
+            .initialize(Engine::standalone_members())
+            .await
+            .unwrap();
+    }
+    engine.ready(Duration::from_secs(30)).await.unwrap();
+    (engine, recovery)
 }
 
 /// A runtime like the daemon's.

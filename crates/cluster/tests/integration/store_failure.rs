@@ -5,23 +5,23 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use tidemark_cluster::Engine;
 use tidemark_core::batch::{Batch, Edit};
 use tidemark_core::repo::Repository;
 use tidemark_testkit::{seeded_bytes, FlakyStore, MemStore};
 
-use super::common::{assert_complete, init_repo, options, put_files, rt};
+use super::common::{assert_complete, init_repo, open_engine, put_files, rt};
 
 /// A repository with small packs, so that applies flush packs too, over a store that fails after
 /// `budget` writes.
-fn flaky_repo(budget: usize) -> (Arc<FlakyStore<MemStore>>, Arc<RwLock<Repository>>) {
+fn flaky_repo(budget: usize) -> (Arc<FlakyStore<MemStore>>, Repository) {
     let store = Arc::new(FlakyStore::new(MemStore::new(), usize::MAX));
     let r = init_repo(store.clone(), 64 * 1024);
     // The budget counts from here: init's own writes always go through.
     store.fail_after(budget);
-    (store, Arc::new(RwLock::new(r)))
+    (store, r)
 }
 
 /// Files as `path → content` after each step of the scenario, and the batches that make them.
@@ -35,11 +35,11 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
 
 /// Runs the scenario's writes and seals on `engine`. Every write must be acknowledged whatever the
 /// store does; seals may fail with a store error.
-async fn run_scenario(engine: &Engine, repo: &RwLock<Repository>) -> Scenario {
+async fn run_scenario(engine: &Engine, repo: &Repository) -> Scenario {
     let mut want = BTreeMap::new();
     let files = |spec: &[(&str, Vec<u8>)]| -> Batch {
         let refs: Vec<(&str, &[u8])> = spec.iter().map(|(p, d)| (*p, d.as_slice())).collect();
-        put_files(&repo.read().unwrap(), &refs)
+        put_files(repo, &refs)
     };
     let step1 = vec![
         ("a", data(30_000, 1)),
@@ -95,12 +95,10 @@ fn writes_of_a_clean_run() -> usize {
     let (store, repo) = flaky_repo(usize::MAX);
     let before = store.writes.load(Ordering::SeqCst);
     rt().block_on(async {
-        let (engine, _) = Engine::open(repo.clone(), options(tmp.path()))
-            .await
-            .unwrap();
+        let (engine, _) = open_engine(repo.clone(), tmp.path()).await;
         let s = run_scenario(&engine, &repo).await;
         let sealed = engine.shutdown().await.unwrap().unwrap();
-        assert_complete(&repo.read().unwrap(), &sealed.id, &s.want, "clean run");
+        assert_complete(&repo, &sealed.id, &s.want, "clean run");
     });
     store.writes.load(Ordering::SeqCst) - before
 }
@@ -118,9 +116,7 @@ fn issue_9_store_failure_at_every_write_then_the_store_recovers() {
         let tmp = tempfile::tempdir().unwrap();
         let (store, repo) = flaky_repo(k);
         rt().block_on(async {
-            let (engine, _) = Engine::open(repo.clone(), options(tmp.path()))
-                .await
-                .unwrap();
+            let (engine, _) = open_engine(repo.clone(), tmp.path()).await;
             let s = run_scenario(&engine, &repo).await;
             assert!(
                 store.refused.load(Ordering::SeqCst) > 0,
@@ -143,7 +139,7 @@ fn issue_9_store_failure_at_every_write_then_the_store_recovers() {
             let sealed = engine.seal().await.expect("the seal catches up").unwrap();
             assert_eq!(engine.state_machine().store_error(), None);
             assert_complete(
-                &repo.read().unwrap(),
+                &repo,
                 &sealed.id,
                 &s.want,
                 &format!("failure after {k} writes"),
@@ -164,25 +160,21 @@ fn issue_9_store_failure_at_every_write_then_a_restart() {
         let tmp = tempfile::tempdir().unwrap();
         let (store, repo) = flaky_repo(k);
         let s = rt().block_on(async {
-            let (engine, _) = Engine::open(repo.clone(), options(tmp.path()))
-                .await
-                .unwrap();
+            let (engine, _) = open_engine(repo.clone(), tmp.path()).await;
             let s = run_scenario(&engine, &repo).await;
             engine.stop_without_seal().await.unwrap();
             s
         });
         store.heal();
         // A new process: the repository is opened again from the store.
-        let mut fresh = Repository::open(store.clone(), &mut || Ok(b"pw".to_vec())).unwrap();
+        let fresh = Repository::open(store.clone(), &mut || Ok(b"pw".to_vec())).unwrap();
         fresh.load_index().unwrap();
-        let repo = Arc::new(RwLock::new(fresh));
+        let repo = fresh;
         rt().block_on(async {
-            let (engine, _) = Engine::open(repo.clone(), options(tmp.path()))
-                .await
-                .unwrap();
+            let (engine, _) = open_engine(repo.clone(), tmp.path()).await;
             let sealed = engine.shutdown().await.unwrap().unwrap();
             assert_complete(
-                &repo.read().unwrap(),
+                &repo,
                 &sealed.id,
                 &s.want,
                 &format!("restart after failing at write {k}"),

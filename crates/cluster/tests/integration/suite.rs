@@ -1,6 +1,6 @@
 //! openraft's storage test suite (`Suite::test_all`) over `LogStore` (the WAL) and `StateMachine`.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
@@ -12,7 +12,7 @@ use tidemark_core::wal::{FileLogDir, Wal, WalOptions};
 /// Each build gets its own log and catalog; all share one repository, so a snapshot built by one
 /// state machine can be installed by another (as after replication).
 struct Builder {
-    repo: Arc<RwLock<Repository>>,
+    repo: Repository,
 }
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {

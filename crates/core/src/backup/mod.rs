@@ -421,11 +421,14 @@ impl Ctx<'_> {
                     .bytes_total
                     .fetch_add(node.size, Ordering::Relaxed);
                 if let Some(o) = old_node.filter(|o| {
-                    unchanged(o, &node)
-                        && o.content.iter().all(|c| {
-                            self.repo.index().contains(c)
-                                || self.known.lock().expect("known lock").contains(c)
+                    unchanged(o, &node) && {
+                        // One index lookup guard for the file's chunks (nothing writes the index
+                        // during a backup).
+                        let index = self.repo.index();
+                        o.content.iter().all(|c| {
+                            index.contains(c) || self.known.lock().expect("known lock").contains(c)
                         })
+                    }
                 }) {
                     let mut n = o.clone();
                     n.set_name(&name);
@@ -748,7 +751,7 @@ pub fn backup(
     progress: &BackupProgress,
     cancel: &AtomicBool,
 ) -> Result<BackupResult> {
-    let start = chrono::Utc::now();
+    let start = repo.clock().now();
     let (adopted_packs, _damaged) = repo.adopt_packs()?;
     let parent_tree = match &opts.parent {
         Some(id) => Some(repo.load_snapshot(id)?.tree),
@@ -845,9 +848,7 @@ pub fn backup(
         return Err(e);
     }
     let (_stats, written) = writer.finish_all()?;
-    for (pack, entries) in &written {
-        repo.index_add(*pack, entries);
-    }
+    repo.shared_index().add_packs(&written);
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Interrupted);
     }
@@ -872,7 +873,10 @@ pub fn backup(
         data_added: get(&c.data_added),
         data_added_packed: get(&c.data_added_packed),
         start: start.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-        end: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        end: repo
+            .clock()
+            .now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
     };
     let snapshot = Snapshot {
         version: 1,

@@ -25,7 +25,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::batch::{path_problem, Batch, Edit, NewBlob, MAX_PATH};
@@ -100,7 +100,7 @@ pub struct Capturer {
     root: PathBuf,
     /// The disk, as capture reads it.
     fs: Arc<dyn Fs>,
-    repo: Arc<RwLock<Repository>>,
+    repo: Repository,
     crypto: Crypto,
     chunker: Chunker,
     compressor: Option<zstd::bulk::Compressor<'static>>,
@@ -186,27 +186,23 @@ fn same_meta(old: &Node, new: &Node) -> bool {
 
 impl Capturer {
     /// A capturer for the directory `root` (absolute) writing into `repo` (index loaded).
-    pub fn new(
-        root: PathBuf,
-        repo: Arc<RwLock<Repository>>,
-        excludes: Excludes,
-        opts: CaptureOptions,
-    ) -> Self {
+    pub fn new(root: PathBuf, repo: Repository, excludes: Excludes, opts: CaptureOptions) -> Self {
         Self::with_fs(root, repo, excludes, opts, Arc::new(StdFs))
     }
 
     /// A capturer that reads the disk through `fs` (a [`crate::source::MemFs`] in tests).
     pub fn with_fs(
         root: PathBuf,
-        repo: Arc<RwLock<Repository>>,
+        repo: Repository,
         excludes: Excludes,
         opts: CaptureOptions,
         fs: Arc<dyn Fs>,
     ) -> Self {
-        let (crypto, chunker, compressor) = {
-            let r = repo.read().expect("repo lock");
-            (r.crypto().clone(), r.chunker().clone(), r.compressor())
-        };
+        let (crypto, chunker, compressor) = (
+            repo.crypto().clone(),
+            repo.chunker().clone(),
+            repo.compressor(),
+        );
         let buf = chunker.buffer();
         Capturer {
             root,
@@ -799,13 +795,12 @@ impl Capturer {
                 if sent.contains(&id) {
                     return Ok(());
                 }
-                let r = repo.read().expect("repo lock");
-                if r.index().contains(&id) {
+                if repo.index().contains(&id) {
                     return Ok(());
                 }
                 let mut envelope = Vec::new();
-                let flags = r.encode_blob_into(compressor.as_mut(), chunk, scratch, &mut envelope);
-                drop(r);
+                let flags =
+                    repo.encode_blob_into(compressor.as_mut(), chunk, scratch, &mut envelope);
                 *pending_bytes += envelope.len();
                 pending.blobs.push(NewBlob {
                     id,

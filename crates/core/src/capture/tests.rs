@@ -4,13 +4,13 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use super::*;
-use crate::id::ObjectId;
+use crate::id::{Kind, ObjectId};
 use crate::repo::InitOptions;
 use crate::source::MemFs;
-use crate::store::{Kind, Store};
+use crate::store::Store;
 
 #[derive(Default)]
 struct MemStore(Mutex<BTreeMap<(u8, ObjectId), Vec<u8>>>);
@@ -184,7 +184,7 @@ impl Twin {
         let (crypto, chunker) = (repo.crypto().clone(), repo.chunker().clone());
         let cap = Capturer::with_fs(
             PathBuf::from(ROOT),
-            Arc::new(RwLock::new(repo)),
+            repo,
             Excludes::new(&["*.excluded".into()]).expect("patterns"),
             CaptureOptions::default(),
             Arc::new(fs.clone()),

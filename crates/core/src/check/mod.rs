@@ -16,10 +16,9 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::id::{BlobId, ObjectId, PackId, SnapshotId};
+use crate::id::{BlobId, Kind, ObjectId, PackId, SnapshotId};
 use crate::repo::{index, Index, Repository};
 use crate::snapshot::Snapshot;
-use crate::store::Kind;
 
 /// What to verify.
 #[derive(Debug, Clone, Copy, Default)]

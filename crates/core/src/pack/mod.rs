@@ -2,12 +2,16 @@
 //! them, then an 8-byte trailer (`docs/format.md` §6). A pack is self-describing, so the index
 //! can be rebuilt from packs alone.
 //!
-//! [`PackBuilder`] assembles one pack in memory; [`parse_header`] reads one back.
+//! [`PackBuilder`] assembles one pack in memory; [`Packer`] groups a stream of blobs into packs
+//! for every writer; [`parse_header`] reads one back.
+
+mod packer;
+
+pub use packer::{FinishedPack, PackEntries, Packer};
 
 use crate::crypto::{Crypto, Domain};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId};
-use crate::store::Kind;
+use crate::id::{BlobId, Kind, PackId};
 
 /// Pack trailer magic (format version 1).
 pub const PACK_MAGIC: &[u8; 4] = b"TMP1";

@@ -9,8 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::ChunkerParams;
 use crate::crypto::Crypto;
 use crate::error::{Error, Result};
-use crate::id::ObjectId;
-use crate::store::Kind;
+use crate::id::{Kind, ObjectId};
 
 /// How envelopes are sealed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

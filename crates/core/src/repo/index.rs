@@ -1,14 +1,17 @@
 //! The blob index: which pack holds each blob, at which offset (`docs/format.md` §7).
 //!
-//! [`Index`] is the in-memory union of all index files; [`encode`]/[`decode`] are the file format.
+//! [`Index`] is the in-memory union of all index files; [`SharedIndex`] is the one every handle
+//! of a repository shares, behind its own short lock; [`encode`]/[`decode`] are the file format.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+
+use chrono::{DateTime, Utc};
 
 use crate::crypto::{Crypto, Domain};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, ObjectId, PackId};
+use crate::id::{BlobId, Kind, ObjectId, PackId};
 use crate::pack::{BlobEntry, BlobKind, HEADER_ENTRY_LEN};
-use crate::store::Kind;
 
 /// Index file magic.
 pub const INDEX_MAGIC: &[u8; 4] = b"TMIX";
@@ -149,6 +152,98 @@ impl Index {
         self.blobs
             .iter()
             .map(|(id, l)| (id, self.packs[l.pack as usize], l))
+    }
+}
+
+/// The index of a repository, shared by its handles ([`super::Repository`] clones).
+///
+/// Readers take a read lock for one lookup (or one iteration); writers take the write lock only
+/// to add entries already stored or to swap in a freshly loaded index. No lock is held across a
+/// store call: a slow put or get never blocks lookups.
+#[derive(Default)]
+pub struct SharedIndex {
+    index: RwLock<Index>,
+    /// Packs condemned by prune, with the time of their deletion record (`docs/format.md` §19):
+    /// their blobs are no longer reused.
+    condemned: Mutex<HashMap<PackId, DateTime<Utc>>>,
+    /// Deletion records revalidated for this index: it no longer reuses their packs *and* no
+    /// longer needs them (what it uses was copied out, stored and indexed). Only these are
+    /// declared seen in a session; a pack can be condemned here and not yet revalidated.
+    revalidated: Mutex<HashSet<ObjectId>>,
+}
+
+impl SharedIndex {
+    /// The index, for lookups; hold the guard only for them (a writer waits while it is held).
+    pub fn read(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().expect("index lock")
+    }
+
+    /// Adds one stored pack's entries.
+    pub fn add_pack(&self, pack: PackId, entries: &[BlobEntry]) {
+        self.index
+            .write()
+            .expect("index lock")
+            .add_pack(pack, entries);
+    }
+
+    /// Adds stored packs' entries under one lock.
+    pub fn add_packs(&self, packs: &[(PackId, Vec<BlobEntry>)]) {
+        let mut index = self.index.write().expect("index lock");
+        for (pack, entries) in packs {
+            index.add_pack(*pack, entries);
+        }
+    }
+
+    /// Replaces the index, the condemned packs and the revalidated records with a freshly
+    /// loaded set.
+    pub fn replace(
+        &self,
+        index: Index,
+        condemned: HashMap<PackId, DateTime<Utc>>,
+        revalidated: HashSet<ObjectId>,
+    ) {
+        *self.condemned.lock().expect("condemned lock") = condemned;
+        *self.revalidated.lock().expect("revalidated lock") = revalidated;
+        *self.index.write().expect("index lock") = index;
+    }
+
+    /// Condemns packs (keeping the earliest time of each): their blobs are no longer reused.
+    pub fn condemn(&self, packs: &[(PackId, DateTime<Utc>)]) {
+        {
+            let mut c = self.condemned.lock().expect("condemned lock");
+            for (p, t) in packs {
+                c.entry(*p).or_insert(*t);
+            }
+        }
+        self.index
+            .write()
+            .expect("index lock")
+            .condemn(packs.iter().map(|(p, _)| *p));
+    }
+
+    /// The condemned packs with the time of their deletion record.
+    pub fn condemned(&self) -> HashMap<PackId, DateTime<Utc>> {
+        self.condemned.lock().expect("condemned lock").clone()
+    }
+
+    /// Whether deletion record `id` was revalidated.
+    pub fn is_revalidated(&self, id: &ObjectId) -> bool {
+        self.revalidated
+            .lock()
+            .expect("revalidated lock")
+            .contains(id)
+    }
+
+    /// Adds `records` to the revalidated ones and forgets those not `present` any more (swept);
+    /// returns them all, sorted.
+    pub fn revalidate(&self, records: &[ObjectId], present: &[ObjectId]) -> Vec<ObjectId> {
+        let mut r = self.revalidated.lock().expect("revalidated lock");
+        r.extend(records.iter().copied());
+        let present: HashSet<&ObjectId> = present.iter().collect();
+        r.retain(|id| present.contains(id));
+        let mut seen: Vec<ObjectId> = r.iter().copied().collect();
+        seen.sort_by_key(|id| id.0);
+        seen
     }
 }
 

@@ -33,10 +33,9 @@ use self::beneath::{
     set_other_metadata_at, FileId, TargetDir,
 };
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId};
+use crate::id::{BlobId, Kind, PackId};
 use crate::repo::{Location, Repository};
 use crate::snapshot::{Node, NodeType};
-use crate::store::Kind;
 
 /// What to restore and where.
 #[derive(Debug, Clone, Default)]

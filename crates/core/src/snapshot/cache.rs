@@ -26,8 +26,7 @@ use rand::RngCore;
 use super::{nanos, select, Selector, Snapshot, SnapshotFilter};
 use crate::crypto::{Crypto, Domain};
 use crate::error::{Error, Result};
-use crate::id::{ObjectId, SnapshotId};
-use crate::store::Kind;
+use crate::id::{Kind, ObjectId, SnapshotId};
 
 /// Cache file magic.
 pub const CACHE_MAGIC: &[u8; 4] = b"TMSC";

@@ -13,15 +13,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use cache::{CacheStats, SnapshotList};
-pub use diff::{diff, Change, ChangeKind};
-pub use tree::{
-    paginate, Node, NodeType, NodeTypeField, PageRef, Tree, Xattr, PAGED_OVER, PAGE_SPAN,
-};
+pub use diff::{diff, Change, ChangeKind, LoadTree};
+pub use tree::{paginate, Node, NodeType, NodeTypeField, PageRef, Tree, Xattr, PAGED_OVER};
 
 use crate::crypto::{Crypto, Domain};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, ObjectId, SnapshotId};
-use crate::store::Kind;
+use crate::id::{BlobId, Kind, ObjectId, SnapshotId};
 
 /// What one backup did; stored in its snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

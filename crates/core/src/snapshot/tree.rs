@@ -172,10 +172,9 @@ impl Node {
     }
 }
 
-/// Entries above which a directory is stored as pages (`docs/format.md` §8.1).
+/// Entries above which a directory is stored as pages (`docs/format.md` §8.1). Which names end
+/// a page is keyed, so the crypto decides it (`Crypto::ends_page`).
 pub const PAGED_OVER: usize = 1024;
-/// One entry in `PAGE_SPAN` ends a page, on average.
-pub const PAGE_SPAN: u32 = 256;
 
 /// One page of a paged tree: a version-1 tree holding `count` consecutive entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
