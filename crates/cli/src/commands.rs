@@ -30,7 +30,11 @@ use crate::progress::{self, Display, Mode, Tick};
 use crate::Outcome;
 
 /// Runs the parsed command.
-pub fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
+pub fn run(
+    cli: &Cli,
+    cancel: &Arc<AtomicBool>,
+    shutdown: tidemark_daemon::Shutdown,
+) -> Result<Outcome> {
     let g = &cli.global;
     match &cli.command {
         Command::Init(a) => init(g, a),
@@ -48,7 +52,7 @@ pub fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
         Command::Policy(a) => crate::forget::policy(g, a),
         Command::Prune(a) => crate::forget::prune(g, a),
         Command::Copy(a) => crate::copy::copy(g, a),
-        Command::Watch(a) => crate::watch::watch(g, a, cancel),
+        Command::Watch(a) => crate::watch::watch(g, a, shutdown),
         Command::Recover(a) => crate::watch::recover(g, a),
         Command::Status(a) => crate::watch::status(g, a),
         Command::Mount(a) => crate::mount::mount(g, a, cancel),

@@ -102,16 +102,19 @@ fn main() -> ExitCode {
     exit_quietly_on_broken_pipe();
     init_logging();
     let cli = args::Cli::parse();
+    // SIGINT and SIGTERM: commands in core watch `cancel`; the daemon hears its shutdown signal.
     let cancel = Arc::new(AtomicBool::new(false));
+    let (trigger, shutdown) = tidemark_daemon::shutdown::channel();
     let c = Arc::clone(&cancel);
     let _ = ctrlc::set_handler(move || {
+        trigger.trigger();
         if c.swap(true, Ordering::SeqCst) {
             eprintln!("interrupted twice, exiting now");
             std::process::exit(130);
         }
         eprintln!("interrupting: finishing what is in flight (Ctrl-C again to quit now)");
     });
-    match commands::run(&cli, &cancel) {
+    match commands::run(&cli, &cancel, shutdown) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Partial) => ExitCode::from(3),
         Ok(Outcome::Damaged) => ExitCode::from(1),

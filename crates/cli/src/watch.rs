@@ -1,7 +1,6 @@
 //! `watch`, `recover` and `status`: the continuous engine from the command line.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -9,7 +8,7 @@ use clap::Args;
 use tidemark_core::repo::Config;
 use tidemark_core::store::{Kind, CONFIG_ID};
 use tidemark_core::wal::WalOptions;
-use tidemark_daemon::{Notice, StateDir, WatchOptions};
+use tidemark_daemon::{Notice, Shutdown, StateDir, WatchOptions};
 
 use crate::args::Global;
 use crate::{open, Outcome};
@@ -47,6 +46,12 @@ pub struct WatchArgs {
     /// Hostname recorded in snapshots.
     #[arg(long)]
     pub host: Option<String>,
+    /// Test hook: append each captured path to FILE once its change is durable in the log.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub ack_log: Option<PathBuf>,
+    /// Test hook: take in prune's deletion records this often (default every 5 minutes).
+    #[arg(long, hide = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub view_every: Option<Duration>,
 }
 
 /// `tidemark recover`.
@@ -197,7 +202,7 @@ fn resolve_state_dir(g: &Global, explicit: Option<&Path>, path: Option<&Path>) -
     }
 }
 
-pub fn watch(g: &Global, a: &WatchArgs, cancel: &AtomicBool) -> Result<Outcome> {
+pub fn watch(g: &Global, a: &WatchArgs, shutdown: Shutdown) -> Result<Outcome> {
     let root = canonical_dir(&a.path)?;
     let excludes = open::excludes(&a.exclude, &a.exclude_file)?;
     let mut repo = open::open(g)?;
@@ -219,12 +224,20 @@ pub fn watch(g: &Global, a: &WatchArgs, cancel: &AtomicBool) -> Result<Outcome> 
     opts.reconcile_every = a.reconcile_every;
     opts.hostname = a.host.clone().unwrap_or_else(open::hostname);
     opts.username = open::username();
+    opts.ack_log.clone_from(&a.ack_log);
+    if let Some(every) = a.view_every {
+        opts.view_every = every;
+    }
     let json = g.json;
     let quiet = g.quiet;
     let mut seals_since = 0u64;
     let mut last_line = Instant::now();
     let mut last_seal = None;
-    let report = tidemark_daemon::watch(repo, &opts, cancel, &mut |n| match n {
+    let cfg = tidemark_daemon::Config {
+        repo,
+        options: opts,
+    };
+    let report = tidemark_daemon::run(cfg, shutdown, &mut |n| match n {
         Notice::Started {
             recovery,
             sealed,

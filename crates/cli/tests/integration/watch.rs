@@ -23,23 +23,24 @@ impl Daemon {
         Self::start_with(repo, src, state, ack, &[])
     }
 
-    /// Like [`Daemon::start`] with extra environment variables.
+    /// Like [`Daemon::start`] with extra `watch` flags.
     pub fn start_with(
         repo: &Repo,
         src: &Path,
         state: &Path,
         ack: Option<&Path>,
-        env: &[(&str, &str)],
+        flags: &[&str],
     ) -> Daemon {
         let mut cmd = repo.cmd();
-        cmd.envs(env.iter().copied());
-        cmd.args(["watch", "--json", "--seal-interval", "100ms", "--state-dir"])
+        cmd.args(["watch", "--json", "--seal-interval", "100ms"])
+            .args(flags)
+            .arg("--state-dir")
             .arg(state)
             .arg(src)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(a) = ack {
-            cmd.env("TIDEMARK_ACK_LOG", a);
+            cmd.arg("--ack-log").arg(a);
         }
         let mut child = cmd.spawn().unwrap();
         let out = child.stdout.take().unwrap();
