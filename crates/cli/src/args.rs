@@ -203,11 +203,11 @@ pub struct RestoreArgs {
     #[arg(
         long,
         value_name = "TIME",
-        value_parser = parse_time,
+        value_parser = crate::parse::time,
         allow_hyphen_values = true,
         conflicts_with = "revision"
     )]
-    pub at: Option<TimeSpec>,
+    pub at: Option<crate::parse::TimeSpec>,
     /// Restore the snapshot with the greatest revision (log index) at or below R.
     #[arg(long, value_name = "R")]
     pub revision: Option<u64>,
@@ -233,40 +233,8 @@ pub struct CheckArgs {
     /// Read only a part of the packs: N/M (part N of M, by pack id; runs 1/M … M/M together read
     /// everything once), P% (a random P percent of the packs) or SIZE (random packs up to e.g.
     /// 500MiB). Implies --read-data.
-    #[arg(long, value_name = "N/M|P%|SIZE", value_parser = parse_subset)]
+    #[arg(long, value_name = "N/M|P%|SIZE", value_parser = crate::parse::data_subset)]
     pub read_data_subset: Option<tidemark_core::check::DataSubset>,
-}
-
-fn parse_subset(s: &str) -> std::result::Result<tidemark_core::check::DataSubset, String> {
-    use tidemark_core::check::DataSubset;
-    let s = s.trim();
-    if let Some((n, m)) = s.split_once('/') {
-        let bad = || format!("{s:?}: expected N/M with 1 <= N <= M, like 2/5");
-        let n: u32 = n.trim().parse().map_err(|_| bad())?;
-        let of: u32 = m.trim().parse().map_err(|_| bad())?;
-        if n == 0 || of == 0 || n > of {
-            return Err(bad());
-        }
-        return Ok(DataSubset::Part { n, of });
-    }
-    if s.ends_with('%') {
-        let v: f64 = s
-            .trim_end_matches('%')
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not a percentage like 10%"))?;
-        if !(v > 0.0 && v <= 100.0) {
-            return Err(format!(
-                "{s:?}: the percentage must be above 0 and at most 100"
-            ));
-        }
-        return Ok(DataSubset::Fraction(v / 100.0));
-    }
-    match crate::watch::parse_size(s) {
-        Ok(0) => Err(format!("{s:?}: the size must be above 0")),
-        Ok(n) => Ok(DataSubset::Bytes(n)),
-        Err(e) => Err(format!("{e}; or N/M, or P%")),
-    }
 }
 
 #[derive(Debug, Args)]
@@ -323,125 +291,9 @@ pub enum KeyCommand {
     },
 }
 
-/// A point in time as given on the command line; resolved against the clock and the local
-/// time zone when the command runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeSpec {
-    /// An instant (RFC 3339 with an offset).
-    Instant(chrono::DateTime<chrono::Utc>),
-    /// A wall-clock time in the local time zone.
-    Local(chrono::NaiveDateTime),
-    /// This long before now.
-    Ago(chrono::TimeDelta),
-}
-
-/// Parses `--at`: RFC 3339, a local `YYYY-MM-DD[ HH:MM[:SS]]` (`T` may replace the space), or
-/// `-<n><unit>` with unit s, m, h, d or w.
-pub fn parse_time(s: &str) -> Result<TimeSpec, String> {
-    let s = s.trim();
-    if let Some(ago) = s.strip_prefix('-') {
-        let split = ago
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("{s:?}: a relative time needs a unit (s, m, h, d or w)"))?;
-        let (n, unit) = ago.split_at(split);
-        let n: i64 = n
-            .parse()
-            .map_err(|_| format!("{s:?}: expected a number of units, like -10m"))?;
-        let unit_secs = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            "w" => 7 * 86_400,
-            _ => {
-                return Err(format!(
-                    "{s:?}: unknown unit {unit:?} (use s, m, h, d or w)"
-                ))
-            }
-        };
-        return n
-            .checked_mul(unit_secs)
-            .and_then(chrono::TimeDelta::try_seconds)
-            .map(TimeSpec::Ago)
-            .ok_or_else(|| format!("{s:?} is too far back"));
-    }
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(TimeSpec::Instant(t.with_timezone(&chrono::Utc)));
-    }
-    for format in [
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M",
-        "%Y-%m-%dT%H:%M",
-    ] {
-        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, format) {
-            return Ok(TimeSpec::Local(t));
-        }
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        // Missing fields are zero, as everywhere else: a date is that day's midnight.
-        return Ok(TimeSpec::Local(d.and_time(chrono::NaiveTime::MIN)));
-    }
-    Err(format!(
-        "{s:?} is not a time: use RFC 3339 (2026-11-23T20:15:00Z), a local \"2026-11-23 20:15:00\", or -10m / -2h / -1d"
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{NaiveDate, TimeDelta, TimeZone, Utc};
-
-    #[test]
-    fn time_specs() {
-        let local = |y, mo, d, h, mi, s| {
-            NaiveDate::from_ymd_opt(y, mo, d)
-                .unwrap()
-                .and_hms_opt(h, mi, s)
-                .unwrap()
-        };
-        let cases = [
-            (
-                "2026-11-23T20:15:00+01:00",
-                TimeSpec::Instant(Utc.with_ymd_and_hms(2026, 11, 23, 19, 15, 0).unwrap()),
-            ),
-            (
-                "2026-11-23T19:15:00Z",
-                TimeSpec::Instant(Utc.with_ymd_and_hms(2026, 11, 23, 19, 15, 0).unwrap()),
-            ),
-            (
-                "2026-11-23 20:15:00",
-                TimeSpec::Local(local(2026, 11, 23, 20, 15, 0)),
-            ),
-            (
-                "2026-11-23T20:15",
-                TimeSpec::Local(local(2026, 11, 23, 20, 15, 0)),
-            ),
-            ("-10m", TimeSpec::Ago(TimeDelta::minutes(10))),
-            ("-2h", TimeSpec::Ago(TimeDelta::hours(2))),
-            ("-1d", TimeSpec::Ago(TimeDelta::days(1))),
-            ("-90s", TimeSpec::Ago(TimeDelta::seconds(90))),
-            ("-1w", TimeSpec::Ago(TimeDelta::weeks(1))),
-        ];
-        for (text, want) in cases {
-            assert_eq!(parse_time(text), Ok(want), "{text}");
-        }
-        let TimeSpec::Local(day) = parse_time("2026-11-23").unwrap() else {
-            panic!("a date is local")
-        };
-        assert_eq!(day.format("%F %T").to_string(), "2026-11-23 00:00:00");
-        for bad in [
-            "",
-            "yesterday",
-            "-10",
-            "-m",
-            "-10y",
-            "2026-13-01",
-            "-99999999999999w",
-        ] {
-            assert!(parse_time(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn restore_selection_flags() {

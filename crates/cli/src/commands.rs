@@ -23,9 +23,10 @@ use tidemark_core::store::{Kind, CONFIG_ID};
 
 use crate::args::{
     BackupArgs, CatArgs, CheckArgs, Cli, Command, DiffArgs, Global, InitArgs, KeyCommand, LsArgs,
-    RepairArgs, RepairCommand, RestoreArgs, SnapshotsArgs, TimeSpec,
+    RepairArgs, RepairCommand, RestoreArgs, SnapshotsArgs,
 };
 use crate::open;
+use crate::parse::TimeSpec;
 use crate::progress::{self, Display, Mode, Tick};
 use crate::Outcome;
 

@@ -13,7 +13,6 @@ use tidemark_core::store::Kind;
 
 use crate::args::Global;
 use crate::open;
-use crate::watch::parse_duration;
 use crate::Outcome;
 
 /// The rules of a policy, as flags.
@@ -42,25 +41,25 @@ pub struct KeepArgs {
     #[arg(long, value_name = "N")]
     pub keep_yearly: Option<u32>,
     /// Keep every snapshot within DURATION of the group's newest (1h, 7d, 1y, 1d12h).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse::duration)]
     pub keep_within: Option<Duration>,
     /// Keep one snapshot per minute within DURATION of the newest.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse::duration)]
     pub keep_within_minutely: Option<Duration>,
     /// Keep one snapshot per hour within DURATION of the newest.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse::duration)]
     pub keep_within_hourly: Option<Duration>,
     /// Keep one snapshot per day within DURATION of the newest.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse::duration)]
     pub keep_within_daily: Option<Duration>,
     /// Keep one snapshot per week within DURATION of the newest.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse::duration)]
     pub keep_within_weekly: Option<Duration>,
     /// Keep one snapshot per month within DURATION of the newest.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse::duration)]
     pub keep_within_monthly: Option<Duration>,
     /// Keep one snapshot per year within DURATION of the newest.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse::duration)]
     pub keep_within_yearly: Option<Duration>,
     /// Keep snapshots that carry this tag (repeatable).
     #[arg(long, value_name = "TAG")]
@@ -135,16 +134,16 @@ pub struct PruneArgs {
     #[arg(short = 'n', long)]
     pub dry_run: bool,
     /// Delete condemned packs only after this long (and once every writer has seen them).
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = crate::parse::duration)]
     pub keep_condemned: Duration,
     /// Repack a pack when at least this share of it is unused.
-    #[arg(long, value_name = "PERCENT", default_value = "10%", value_parser = parse_percent)]
+    #[arg(long, value_name = "PERCENT", default_value = "10%", value_parser = crate::parse::percent)]
     pub repack_threshold: f64,
     /// Stop repacking once unused data is at most this share of the repository after the prune.
-    #[arg(long, value_name = "PERCENT", default_value = "5%", value_parser = parse_percent)]
+    #[arg(long, value_name = "PERCENT", default_value = "5%", value_parser = crate::parse::percent)]
     pub max_unused: f64,
     /// Repack at most this much per run (e.g. 10GiB).
-    #[arg(long, value_name = "SIZE", value_parser = crate::watch::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse::size)]
     pub max_repack_size: Option<u64>,
 }
 
@@ -158,18 +157,6 @@ impl Default for PruneArgs {
             max_repack_size: None,
         }
     }
-}
-
-fn parse_percent(s: &str) -> std::result::Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| format!("{s:?} is not a percentage like 10%"))?;
-    if !(0.0..=100.0).contains(&v) {
-        return Err(format!("{s:?} is not between 0% and 100%"));
-    }
-    Ok(v / 100.0)
 }
 
 pub fn prune(g: &Global, a: &PruneArgs) -> Result<Outcome> {

@@ -6,6 +6,7 @@ mod copy;
 mod forget;
 mod mount;
 mod open;
+mod parse;
 mod progress;
 mod watch;
 

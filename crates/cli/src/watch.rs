@@ -29,19 +29,19 @@ pub struct WatchArgs {
     #[arg(long)]
     pub exclude_file: Vec<PathBuf>,
     /// Seal a snapshot at least this often while something changes.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = crate::parse::duration)]
     pub seal_interval: Duration,
     /// Seal once this much new data reached the log.
-    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "4MiB", value_parser = crate::parse::size)]
     pub seal_bytes: u64,
     /// Wait this long after the last event on a path before capturing it.
-    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "20ms", value_parser = crate::parse::duration)]
     pub debounce: Duration,
     /// Capture a path that keeps changing at least this often.
-    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "250ms", value_parser = crate::parse::duration)]
     pub max_delay: Duration,
     /// Also compare the whole tree with the disk this often (e.g. 1h); off by default.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = crate::parse::duration)]
     pub reconcile_every: Option<Duration>,
     /// Hostname recorded in snapshots.
     #[arg(long)]
@@ -50,7 +50,7 @@ pub struct WatchArgs {
     #[arg(long, hide = true, value_name = "FILE")]
     pub ack_log: Option<PathBuf>,
     /// Test hook: take in prune's deletion records this often (default every 5 minutes).
-    #[arg(long, hide = true, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, hide = true, value_name = "DURATION", value_parser = crate::parse::duration)]
     pub view_every: Option<Duration>,
 }
 
@@ -75,63 +75,6 @@ pub struct StatusArgs {
     /// The state directory.
     #[arg(long, env = "TIDEMARK_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-}
-
-/// "500ms", "2s", "5m", "1h", "1d"; a bare number is seconds.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let bad = || format!("{s:?} is not a duration like 500ms, 2s, 5m, 1h, 7d, 1d12h, 2w, 1y");
-    if s.is_empty() {
-        return Err(bad());
-    }
-    let mut rest = s;
-    let mut secs = 0.0;
-    while !rest.is_empty() {
-        let split = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(rest.len());
-        let (num, after) = rest.split_at(split);
-        let end = after
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(after.len());
-        let (unit, next) = after.split_at(end);
-        let n: f64 = num.parse().map_err(|_| bad())?;
-        secs += match unit.trim() {
-            "ms" => n / 1000.0,
-            "" | "s" => n,
-            "m" | "min" => n * 60.0,
-            "h" => n * 3600.0,
-            "d" => n * 86400.0,
-            "w" => n * 7.0 * 86400.0,
-            "y" => n * 365.0 * 86400.0,
-            u => {
-                return Err(format!(
-                    "unknown duration unit {u:?} (ms, s, m, h, d, w, y)"
-                ))
-            }
-        };
-        rest = next;
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// "4MiB", "512KiB", "1G", "1048576".
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 4MiB"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        u => return Err(format!("unknown size unit {u:?} (KiB, MiB, GiB)")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s} is too large"))
 }
 
 /// The repository id, read from the plain config (no password needed).

@@ -61,10 +61,10 @@ pub struct MountArgs {
     /// An existing directory to mount on.
     pub mountpoint: PathBuf,
     /// Look for new snapshots at most this often (when `snapshots/`, `ids/` or `latest` is read).
-    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = crate::watch::parse_duration)]
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = crate::parse::duration)]
     pub refresh: Duration,
     /// Memory for decrypted file chunks, shared by all readers (the least recently used go first).
-    #[arg(long, default_value = "64MiB", value_name = "SIZE", value_parser = crate::watch::parse_size)]
+    #[arg(long, default_value = "64MiB", value_name = "SIZE", value_parser = crate::parse::size)]
     pub cache_size: u64,
     /// Let other users in too (the kernel checks the stored modes and owners); unless run as
     /// root this needs `user_allow_other` in /etc/fuse.conf.
