@@ -394,24 +394,6 @@ fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// Loads the tree at `path` inside a snapshot (`/` = root).
-fn subtree(repo: &Repository, root: &BlobId, path: &Path) -> Result<BlobId> {
-    let mut id = *root;
-    for c in path.components() {
-        let std::path::Component::Normal(name) = c else {
-            continue;
-        };
-        let tree = repo.load_tree(&id)?;
-        let node = tree
-            .find(std::os::unix::ffi::OsStrExt::as_bytes(name))
-            .with_context(|| format!("{} is not in the snapshot", path.display()))?;
-        id = node
-            .subtree
-            .with_context(|| format!("{} is not a directory", path.display()))?;
-    }
-    Ok(id)
-}
-
 fn type_char(t: NodeType) -> char {
     match t {
         NodeType::Dir => 'd',
@@ -430,12 +412,12 @@ fn ls(g: &Global, a: &LsArgs) -> Result<Outcome> {
     let (_, snap) = repo.find_snapshot(&a.snapshot)?;
     let start = a.path.clone().unwrap_or_else(|| PathBuf::from("/"));
     // A path naming a file lists just that file.
-    let (dir, only) = if let Ok(id) = subtree(&repo, &snap.tree, &start) {
+    let (dir, only) = if let Ok(id) = tidemark_core::stats::subtree(&repo, &snap.tree, &start) {
         (id, None)
     } else {
         let parent = start.parent().context("no such path")?;
         (
-            subtree(&repo, &snap.tree, parent)?,
+            tidemark_core::stats::subtree(&repo, &snap.tree, parent)?,
             start.file_name().map(std::ffi::OsStr::to_os_string),
         )
     };
@@ -860,77 +842,49 @@ fn stats(g: &Global, snap: Option<&str>) -> Result<Outcome> {
     repo.load_index()?;
     if let Some(spec) = snap {
         let (id, s) = repo.find_snapshot(spec)?;
-        let (mut files, mut bytes, mut dirs) = (0u64, 0u64, 0u64);
-        let mut stack = vec![s.tree];
-        while let Some(t) = stack.pop() {
-            for n in repo.load_tree(&t)?.nodes {
-                match n.kind() {
-                    NodeType::File => {
-                        files += 1;
-                        bytes += n.size;
-                    }
-                    NodeType::Dir => dirs += 1,
-                    _ => {}
-                }
-                stack.extend(n.subtree);
-            }
-        }
+        let st = tidemark_core::stats::snapshot_stats(&repo, &s.tree)?;
         if g.json {
             println!(
                 "{}",
-                json!({"snapshot": id, "total_file_count": files, "total_dir_count": dirs, "total_size": bytes})
+                json!({"snapshot": id, "total_file_count": st.files, "total_dir_count": st.dirs, "total_size": st.bytes})
             );
         } else {
             println!(
-                "snapshot {}: {files} files, {dirs} dirs, {} restore size",
+                "snapshot {}: {} files, {} dirs, {} restore size",
                 id.short(),
-                progress::bytes(bytes)
+                st.files,
+                st.dirs,
+                progress::bytes(st.bytes)
             );
         }
         return Ok(Outcome::Ok);
     }
-    let packs = repo.store().list(Kind::Pack)?;
-    let pack_bytes: u64 = packs.iter().map(|(_, l)| l).sum();
-    let mut raw = 0u64;
-    let mut stored = 0u64;
-    let (mut data, mut trees) = (0u64, 0u64);
-    for (_, _, loc) in repo.index().iter() {
-        raw += u64::from(loc.raw_len);
-        stored += u64::from(loc.stored_len);
-        if loc.kind() == tidemark_core::pack::BlobKind::Tree {
-            trees += 1;
-        } else {
-            data += 1;
-        }
-    }
-    let snapshots = repo.store().list(Kind::Snapshot)?.len();
-    let index_bytes: u64 = repo.store().list(Kind::Index)?.iter().map(|(_, l)| l).sum();
+    let st = tidemark_core::stats::repo_stats(&repo)?;
     if g.json {
         println!(
             "{}",
-            json!({"snapshots_count": snapshots, "packs": packs.len(), "pack_bytes": pack_bytes, "index_bytes": index_bytes,
-            "data_blobs": data, "tree_blobs": trees, "total_uncompressed_size": raw, "total_stored_size": stored,
-            "compression_ratio": if stored > 0 { raw as f64 / stored as f64 } else { 0.0 }})
+            json!({"snapshots_count": st.snapshots, "packs": st.packs, "pack_bytes": st.pack_bytes, "index_bytes": st.index_bytes,
+            "data_blobs": st.data_blobs, "tree_blobs": st.tree_blobs, "total_uncompressed_size": st.raw_bytes, "total_stored_size": st.stored_bytes,
+            "compression_ratio": st.compression_ratio()})
         );
     } else {
         println!("repository {}", repo.store().location());
-        println!("  snapshots:        {snapshots}");
+        println!("  snapshots:        {}", st.snapshots);
         println!(
             "  packs:            {} ({})",
-            packs.len(),
-            progress::bytes(pack_bytes)
+            st.packs,
+            progress::bytes(st.pack_bytes)
         );
-        println!("  index files:      {}", progress::bytes(index_bytes));
-        println!("  blobs:            {data} data, {trees} trees");
+        println!("  index files:      {}", progress::bytes(st.index_bytes));
+        println!(
+            "  blobs:            {} data, {} trees",
+            st.data_blobs, st.tree_blobs
+        );
         println!(
             "  unique data:      {} uncompressed, {} stored ({:.2}x)",
-            progress::bytes(raw),
-            progress::bytes(stored),
-            if stored > 0 {
-                raw as f64 / stored as f64
-            } else {
-                0.0
-            }
+            progress::bytes(st.raw_bytes),
+            progress::bytes(st.stored_bytes),
+            st.compression_ratio()
         );
     }
     Ok(Outcome::Ok)
