@@ -26,6 +26,7 @@ use crate::args::{
     RepairArgs, RepairCommand, RestoreArgs, SnapshotsArgs,
 };
 use crate::open;
+use crate::output::outln;
 use crate::parse::TimeSpec;
 use crate::progress::{self, Display, Mode, Tick};
 use crate::Outcome;
@@ -34,7 +35,7 @@ use crate::Outcome;
 pub fn run(
     cli: &Cli,
     cancel: &Arc<AtomicBool>,
-    shutdown: tidemark_daemon::Shutdown,
+    trigger: &tidemark_daemon::Trigger,
 ) -> Result<Outcome> {
     let g = &cli.global;
     match &cli.command {
@@ -53,7 +54,7 @@ pub fn run(
         Command::Policy(a) => crate::forget::policy(g, a),
         Command::Prune(a) => crate::forget::prune(g, a),
         Command::Copy(a) => crate::copy::copy(g, a),
-        Command::Watch(a) => crate::watch::watch(g, a, shutdown),
+        Command::Watch(a) => crate::watch::watch(g, a, trigger),
         Command::Recover(a) => crate::watch::recover(g, a),
         Command::Status(a) => crate::watch::status(g, a),
         Command::Mount(a) => crate::mount::mount(g, a, cancel),
@@ -105,17 +106,17 @@ fn init(g: &Global, a: &InitArgs) -> Result<Outcome> {
     let location = store.location();
     let repo = Repository::init(store, &opts)?;
     if g.json {
-        println!(
+        outln!(
             "{}",
             json!({"message_type": "initialized", "id": repo.config().id, "repository": location})
-        );
+        )?;
     } else if !g.quiet {
-        println!(
+        outln!(
             "created tidemark repository {} at {location}",
             repo.config().id.short()
-        );
+        )?;
         if a.insecure_no_encryption {
-            println!("WARNING: this repository is NOT encrypted");
+            outln!("WARNING: this repository is NOT encrypted")?;
         }
     }
     Ok(Outcome::Ok)
@@ -191,45 +192,47 @@ fn backup(g: &Global, a: &BackupArgs, cancel: &Arc<AtomicBool>) -> Result<Outcom
         r.errors
             .iter()
             .map(|e| (e.path.as_path(), e.error.as_str())),
-    );
+    )?;
     let s = &r.snapshot.summary;
     let secs = t0.elapsed().as_secs_f64();
     if g.json {
-        println!(
+        outln!(
             "{}",
             json!({"message_type": "summary", "snapshot_id": r.id, "parent": r.snapshot.parent, "files_new": s.files_new, "files_changed": s.files_changed,
                 "files_unmodified": s.files_unmodified, "dirs": s.dirs, "other": s.other, "errors": s.errors, "data_blobs": s.data_blobs_new, "tree_blobs": s.tree_blobs_new,
                 "data_added": s.data_added, "data_added_packed": s.data_added_packed, "bytes_read": s.bytes_read, "total_bytes_processed": s.bytes_total,
                 "adopted_packs": r.adopted_packs, "total_duration": secs, "peak_rss_bytes": peak_rss()})
-        );
+        )?;
     } else if !g.quiet {
         if r.adopted_packs > 0 {
-            println!(
+            outln!(
                 "reused {} packs left by an interrupted backup",
                 r.adopted_packs
-            );
+            )?;
         }
         if let Some(p) = r.snapshot.parent {
-            println!("using parent snapshot {}", p.short());
+            outln!("using parent snapshot {}", p.short())?;
         }
-        println!(
+        outln!(
             "Files:       {} new, {} changed, {} unmodified",
-            s.files_new, s.files_changed, s.files_unmodified
-        );
-        println!("Dirs:        {}", s.dirs);
-        println!(
+            s.files_new,
+            s.files_changed,
+            s.files_unmodified
+        )?;
+        outln!("Dirs:        {}", s.dirs)?;
+        outln!(
             "Added:       {} ({} stored)",
             progress::bytes(s.data_added),
             progress::bytes(s.data_added_packed)
-        );
-        println!(
+        )?;
+        outln!(
             "processed {} files, {} in {:.1}s (peak memory {})",
             s.files_new + s.files_changed + s.files_unmodified,
             progress::bytes(s.bytes_total),
             secs,
             progress::bytes(peak_rss())
-        );
-        println!("snapshot {} saved", r.id.short());
+        )?;
+        outln!("snapshot {} saved", r.id.short())?;
     }
     Ok(partial(
         g,
@@ -239,17 +242,21 @@ fn backup(g: &Global, a: &BackupArgs, cancel: &Arc<AtomicBool>) -> Result<Outcom
 }
 
 /// Per-path errors of a backup or restore: JSON lines on stdout with --json, else stderr.
-fn print_path_errors<'a>(g: &Global, errors: impl Iterator<Item = (&'a Path, &'a str)>) {
+fn print_path_errors<'a>(
+    g: &Global,
+    errors: impl Iterator<Item = (&'a Path, &'a str)>,
+) -> std::io::Result<()> {
     for (path, error) in errors {
         if g.json {
-            println!(
+            outln!(
                 "{}",
                 json!({"message_type": "error", "item": path, "error": error})
-            );
+            )?;
         } else {
             eprintln!("error: {}: {error}", path.display());
         }
     }
+    Ok(())
 }
 
 /// Exit 3 with a warning when `failed` paths were skipped; success otherwise.
@@ -441,23 +448,23 @@ fn ls(g: &Global, a: &LsArgs) -> Result<Outcome> {
             if only.as_ref().is_some_and(|o| *o != n.os_name()) {
                 continue;
             }
-            print_node(g, a.long, &dirpath.join(n.os_name()), n);
+            print_node(g, a.long, &dirpath.join(n.os_name()), n)?;
         }
     }
     Ok(Outcome::Ok)
 }
 
-fn print_node(g: &Global, long: bool, path: &Path, n: &Node) {
+fn print_node(g: &Global, long: bool, path: &Path, n: &Node) -> std::io::Result<()> {
     if g.json {
-        println!(
+        outln!(
             "{}",
             json!({"path": path, "type": n.kind(), "mode": n.mode, "uid": n.uid, "gid": n.gid, "size": n.size, "mtime_ns": n.mtime_ns, "target": n.target, "links": n.links})
-        );
+        )?;
     } else if long {
         let t = chrono::DateTime::from_timestamp(n.mtime_ns.div_euclid(1_000_000_000), 0)
             .unwrap_or_default()
             .with_timezone(&chrono::Local);
-        println!(
+        outln!(
             "{}{:04o} {:>5} {:>5} {:>12} {} {}",
             type_char(n.kind()),
             n.mode,
@@ -466,10 +473,11 @@ fn print_node(g: &Global, long: bool, path: &Path, n: &Node) {
             n.size,
             t.format("%Y-%m-%d %H:%M:%S"),
             path.display()
-        );
+        )?;
     } else {
-        println!("{}", path.display());
+        outln!("{}", path.display())?;
     }
+    Ok(())
 }
 
 fn diff(g: &Global, a: &DiffArgs) -> Result<Outcome> {
@@ -481,20 +489,20 @@ fn diff(g: &Global, a: &DiffArgs) -> Result<Outcome> {
     let count = |k: ChangeKind| changes.iter().filter(|c| c.kind == k).count();
     if g.json {
         for c in &changes {
-            println!(
+            outln!(
                 "{}",
                 json!({"message_type": "change", "path": c.path, "modifier": c.kind, "type": c.node_type})
-            );
+            )?;
         }
-        println!(
+        outln!(
             "{}",
             json!({"message_type": "statistics", "source_snapshot": id1, "target_snapshot": id2, "added": count(ChangeKind::Added),
             "removed": count(ChangeKind::Removed), "modified": count(ChangeKind::Modified), "metadata": count(ChangeKind::Metadata)})
-        );
+        )?;
         return Ok(Outcome::Ok);
     }
     if !g.quiet {
-        println!("comparing snapshot {} to {}:", id1.short(), id2.short());
+        outln!("comparing snapshot {} to {}:", id1.short(), id2.short())?;
     }
     for c in &changes {
         let m = match c.kind {
@@ -508,16 +516,16 @@ fn diff(g: &Global, a: &DiffArgs) -> Result<Outcome> {
         } else {
             ""
         };
-        println!("{m}    {}{slash}", c.path.display());
+        outln!("{m}    {}{slash}", c.path.display())?;
     }
     if !g.quiet {
-        println!(
+        outln!(
             "\n{} added, {} removed, {} modified, {} metadata only",
             count(ChangeKind::Added),
             count(ChangeKind::Removed),
             count(ChangeKind::Modified),
             count(ChangeKind::Metadata)
-        );
+        )?;
     }
     Ok(Outcome::Ok)
 }
@@ -639,15 +647,15 @@ fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
             .errors
             .iter()
             .map(|e| (e.path.as_path(), e.error.as_str())),
-    );
+    )?;
     if g.json {
-        println!(
+        outln!(
             "{}",
             json!({"message_type": "summary", "snapshot_id": id, "files_restored": stats.files, "dirs": stats.dirs, "other": stats.other,
             "bytes_restored": stats.bytes, "errors": stats.errors.len(), "seconds_elapsed": t0.elapsed().as_secs_f64(), "peak_rss_bytes": peak_rss()})
-        );
+        )?;
     } else if !g.quiet {
-        println!(
+        outln!(
             "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s (peak memory {})",
             id.short(),
             a.target.display(),
@@ -656,7 +664,7 @@ fn restore(g: &Global, a: &RestoreArgs) -> Result<Outcome> {
             progress::bytes(stats.bytes),
             t0.elapsed().as_secs_f64(),
             progress::bytes(peak_rss())
-        );
+        )?;
     }
     Ok(partial(
         g,
@@ -677,39 +685,42 @@ fn check(g: &Global, a: &CheckArgs) -> Result<Outcome> {
             DataSubset::Fraction(f) => format!(" (reading data of {}% of the packs)", f * 100.0),
             DataSubset::Bytes(b) => format!(" (reading {} of data)", progress::bytes(b)),
         };
-        println!("checking repository {}{what}", repo.store().location());
+        outln!("checking repository {}{what}", repo.store().location())?;
     }
     let r = check::check(&repo, CheckOptions { read_data, subset })?;
     if g.json {
-        println!("{}", serde_json::to_string(&r)?);
+        outln!("{}", serde_json::to_string(&r)?)?;
     } else {
         for w in &r.warnings {
-            println!("warning: {w}");
+            outln!("warning: {w}")?;
         }
         for e in &r.errors {
-            println!("error: {}: {}", e.object, e.error);
+            outln!("error: {}: {}", e.object, e.error)?;
             for a in &e.affected {
-                println!("       affects {a}");
+                outln!("       affects {a}")?;
             }
         }
         if !g.quiet {
-            println!(
+            outln!(
                 "{} snapshots, {} trees, {} packs, {} blobs checked",
-                r.snapshots, r.trees, r.packs, r.blobs
-            );
+                r.snapshots,
+                r.trees,
+                r.packs,
+                r.blobs
+            )?;
             if read_data {
-                println!(
+                outln!(
                     "{} blobs in {} of {} packs read and authenticated ({})",
                     r.blobs_read,
                     r.packs_read,
                     r.packs,
                     progress::bytes(r.bytes_read)
-                );
+                )?;
             }
         }
         if r.errors.is_empty() {
             if !g.quiet {
-                println!("no errors were found");
+                outln!("no errors were found")?;
             }
         } else {
             eprintln!("{} errors found: the repository is damaged", r.errors.len());
@@ -728,17 +739,17 @@ fn repair(g: &Global, a: &RepairArgs) -> Result<Outcome> {
             let mut repo = open::open(g)?;
             let r = tidemark_core::repair::repair_index(&mut repo, &open::hostname(), dry_run)?;
             if g.json {
-                println!("{}", serde_json::to_string(&r)?);
+                outln!("{}", serde_json::to_string(&r)?)?;
                 return Ok(Outcome::Ok);
             }
             for f in &r.index_files_damaged {
-                println!("damaged: {f}");
+                outln!("damaged: {f}")?;
             }
             for (p, e) in &r.packs_damaged {
-                println!("damaged: pack {}: {e}", &p[..16]);
+                outln!("damaged: pack {}: {e}", &p[..16])?;
             }
             if !g.quiet {
-                println!(
+                outln!(
                     "{} packs read ({} not in any index before, {} damaged of which {} kept from \
                      the old index), {} blobs; old index: {} files ({} damaged), {} packs it \
                      listed are gone",
@@ -750,14 +761,15 @@ fn repair(g: &Global, a: &RepairArgs) -> Result<Outcome> {
                     r.index_files_before,
                     r.index_files_damaged.len(),
                     r.packs_missing
-                );
+                )?;
                 if dry_run {
-                    println!("dry run: nothing written");
+                    outln!("dry run: nothing written")?;
                 } else {
-                    println!(
+                    outln!(
                         "wrote {} index files, deleted {} old ones",
-                        r.index_files_written, r.index_files_deleted
-                    );
+                        r.index_files_written,
+                        r.index_files_deleted
+                    )?;
                 }
             }
             Ok(Outcome::Ok)
@@ -779,17 +791,17 @@ fn cat(g: &Global, a: &CatArgs) -> Result<Outcome> {
                 &mut std::io::stdout(),
                 &store.get(Kind::Config, &CONFIG_ID, None)?,
             )?;
-            println!();
+            outln!()?;
         }
         "key" => {
             let id = parse_object_id("key", a.id.as_ref())?;
             std::io::Write::write_all(&mut std::io::stdout(), &store.get(Kind::Key, &id, None)?)?;
-            println!();
+            outln!()?;
         }
         "snapshot" => {
             let (_, s) =
                 repo.find_snapshot(a.id.as_deref().context("cat snapshot needs an id")?)?;
-            println!("{}", serde_json::to_string_pretty(&s)?);
+            outln!("{}", serde_json::to_string_pretty(&s)?)?;
         }
         "index" => {
             let id = parse_object_id("index", a.id.as_ref())?;
@@ -802,7 +814,7 @@ fn cat(g: &Global, a: &CatArgs) -> Result<Outcome> {
                 .iter()
                 .map(|(p, e)| json!({"pack": p, "blobs": e}))
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?)?;
         }
         "pack" => {
             let id = parse_object_id("pack", a.id.as_ref())?;
@@ -812,10 +824,10 @@ fn cat(g: &Global, a: &CatArgs) -> Result<Outcome> {
                 .find(|(p, _)| *p == id)
                 .map(|(_, l)| l)
                 .context("no such pack")?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&repo.read_pack_header(&id, len)?)?
-            );
+            )?;
         }
         "tree" | "blob" => {
             repo.load_index()?;
@@ -825,7 +837,7 @@ fn cat(g: &Global, a: &CatArgs) -> Result<Outcome> {
                     .parse()
                     .map_err(anyhow::Error::msg)?;
             if a.kind == "tree" {
-                println!("{}", serde_json::to_string_pretty(&repo.load_tree(&id)?)?);
+                outln!("{}", serde_json::to_string_pretty(&repo.load_tree(&id)?)?)?;
             } else {
                 std::io::Write::write_all(&mut std::io::stdout(), &repo.read_blob(&id)?)?;
             }
@@ -844,48 +856,49 @@ fn stats(g: &Global, snap: Option<&str>) -> Result<Outcome> {
         let (id, s) = repo.find_snapshot(spec)?;
         let st = tidemark_core::stats::snapshot_stats(&repo, &s.tree)?;
         if g.json {
-            println!(
+            outln!(
                 "{}",
                 json!({"snapshot": id, "total_file_count": st.files, "total_dir_count": st.dirs, "total_size": st.bytes})
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "snapshot {}: {} files, {} dirs, {} restore size",
                 id.short(),
                 st.files,
                 st.dirs,
                 progress::bytes(st.bytes)
-            );
+            )?;
         }
         return Ok(Outcome::Ok);
     }
     let st = tidemark_core::stats::repo_stats(&repo)?;
     if g.json {
-        println!(
+        outln!(
             "{}",
             json!({"snapshots_count": st.snapshots, "packs": st.packs, "pack_bytes": st.pack_bytes, "index_bytes": st.index_bytes,
             "data_blobs": st.data_blobs, "tree_blobs": st.tree_blobs, "total_uncompressed_size": st.raw_bytes, "total_stored_size": st.stored_bytes,
             "compression_ratio": st.compression_ratio()})
-        );
+        )?;
     } else {
-        println!("repository {}", repo.store().location());
-        println!("  snapshots:        {}", st.snapshots);
-        println!(
+        outln!("repository {}", repo.store().location())?;
+        outln!("  snapshots:        {}", st.snapshots)?;
+        outln!(
             "  packs:            {} ({})",
             st.packs,
             progress::bytes(st.pack_bytes)
-        );
-        println!("  index files:      {}", progress::bytes(st.index_bytes));
-        println!(
+        )?;
+        outln!("  index files:      {}", progress::bytes(st.index_bytes))?;
+        outln!(
             "  blobs:            {} data, {} trees",
-            st.data_blobs, st.tree_blobs
-        );
-        println!(
+            st.data_blobs,
+            st.tree_blobs
+        )?;
+        outln!(
             "  unique data:      {} uncompressed, {} stored ({:.2}x)",
             progress::bytes(st.raw_bytes),
             progress::bytes(st.stored_bytes),
             st.compression_ratio()
-        );
+        )?;
     }
     Ok(Outcome::Ok)
 }
@@ -897,18 +910,18 @@ fn key(g: &Global, cmd: &KeyCommand) -> Result<Outcome> {
             let keys = repo.keys()?;
             if g.json {
                 let v: Vec<_> = keys.iter().map(|(id, k)| json!({"id": id, "current": Some(*id) == repo.key_id(), "created": k.created, "hostname": k.hostname, "username": k.username})).collect();
-                println!("{}", serde_json::to_string(&v)?);
+                outln!("{}", serde_json::to_string(&v)?)?;
             } else {
-                println!(" {:<10} {:<12} {:<16} Created", "ID", "User", "Host");
+                outln!(" {:<10} {:<12} {:<16} Created", "ID", "User", "Host")?;
                 for (id, k) in keys {
                     let cur = if Some(id) == repo.key_id() { '*' } else { ' ' };
-                    println!(
+                    outln!(
                         "{cur}{:<10} {:<12} {:<16} {}",
                         id.short(),
                         k.username,
                         k.hostname,
                         k.created
-                    );
+                    )?;
                 }
             }
         }
@@ -923,17 +936,17 @@ fn key(g: &Global, cmd: &KeyCommand) -> Result<Outcome> {
                 &current,
             )?;
             if g.json {
-                println!("{}", json!({"added": id}));
+                outln!("{}", json!({"added": id}))?;
             } else {
-                println!("saved new key {}", id.short());
+                outln!("saved new key {}", id.short())?;
             }
         }
         KeyCommand::Remove { id } => {
             let removed = repo.remove_key(id)?;
             if g.json {
-                println!("{}", json!({"removed": removed}));
+                outln!("{}", json!({"removed": removed}))?;
             } else {
-                println!("removed key {}", removed.short());
+                outln!("removed key {}", removed.short())?;
             }
         }
     }

@@ -8,9 +8,10 @@ use clap::Args;
 use tidemark_core::repo::Config;
 use tidemark_core::store::{Kind, CONFIG_ID};
 use tidemark_core::wal::WalOptions;
-use tidemark_daemon::{Notice, Shutdown, StateDir, WatchOptions};
+use tidemark_daemon::{Notice, StateDir, Trigger, WatchOptions};
 
 use crate::args::Global;
+use crate::output::outln;
 use crate::{open, Outcome};
 
 /// `tidemark watch`.
@@ -145,7 +146,7 @@ fn resolve_state_dir(g: &Global, explicit: Option<&Path>, path: Option<&Path>) -
     }
 }
 
-pub fn watch(g: &Global, a: &WatchArgs, shutdown: Shutdown) -> Result<Outcome> {
+pub fn watch(g: &Global, a: &WatchArgs, trigger: &Trigger) -> Result<Outcome> {
     let root = canonical_dir(&a.path)?;
     let excludes = open::excludes(&a.exclude, &a.exclude_file)?;
     let mut repo = open::open(g)?;
@@ -171,115 +172,149 @@ pub fn watch(g: &Global, a: &WatchArgs, shutdown: Shutdown) -> Result<Outcome> {
     if let Some(every) = a.view_every {
         opts.view_every = every;
     }
-    let json = g.json;
-    let quiet = g.quiet;
-    let mut seals_since = 0u64;
-    let mut last_line = Instant::now();
-    let mut last_seal = None;
+    let (json, quiet) = (g.json, g.quiet);
+    let mut printer = NoticePrinter {
+        json,
+        quiet,
+        root: root.clone(),
+        seals_since: 0,
+        last_line: Instant::now(),
+        last_seal: None,
+    };
     let cfg = tidemark_daemon::Config {
         repo,
         options: opts,
     };
-    let report = tidemark_daemon::run(cfg, shutdown, &mut |n| match n {
-        Notice::Started {
-            recovery,
-            sealed,
-            state_dir,
-        } => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"message_type": "started", "watched": root, "state_dir": state_dir,
-                        "recovered_records": recovery.records, "torn_bytes": recovery.torn_bytes, "unsynced_bytes": recovery.unsynced_bytes,
-                        "recovered_snapshot": sealed.map(|s| s.to_hex())})
-                );
-            } else if !quiet {
-                eprintln!(
-                    "watching {} (state in {})",
-                    root.display(),
-                    state_dir.display()
-                );
-                for note in recovery.notes() {
-                    eprintln!("{note}");
-                }
-                if let Some(s) = sealed {
-                    eprintln!("sealed the recovered log as snapshot {}", s.short());
-                }
-            }
-        }
-        Notice::Reconciled { ms } => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"message_type": "reconciled", "ms": ms})
-                );
-            } else if !quiet {
-                eprintln!(
-                    "reconciled with the disk in {:.1} s; capturing changes",
-                    ms as f64 / 1000.0
-                );
-            }
-        }
-        Notice::Sealed {
-            snapshot,
-            revision,
-            ms,
-        } => {
-            seals_since += 1;
-            last_seal = Some((snapshot, revision));
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"message_type": "sealed", "snapshot": snapshot.to_hex(), "revision": revision, "seal_ms": ms})
-                );
-            } else if !quiet && last_line.elapsed() >= Duration::from_secs(30) {
-                eprintln!(
-                    "{seals_since} snapshots in the last {} s; latest {} at revision {}",
-                    last_line.elapsed().as_secs(),
-                    snapshot.short(),
-                    revision.unwrap_or(0)
-                );
-                seals_since = 0;
-                last_line = Instant::now();
-            }
-        }
-        Notice::Warning(w) => eprintln!("tidemark: warning: {w}"),
-        Notice::StoreFailed(why) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"message_type": "store_failed", "reason": why})
-                );
-            }
-            eprintln!(
-                "tidemark: error: {why}; capture goes on into the log and the seal is retried until the repository works again"
-            );
-        }
-        Notice::StoreRecovered { after_ms } => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"message_type": "store_recovered", "after_ms": after_ms})
-                );
-            }
-            eprintln!(
-                "tidemark: the repository works again after {:.1} s; caught up with the log",
-                after_ms as f64 / 1e3
-            );
+    // A closed stdout stops the daemon as a signal would (it seals what it has), then the
+    // error is reported: `main` makes a broken pipe a quiet exit.
+    let mut output_error = None;
+    let report = tidemark_daemon::run(cfg, trigger.subscribe(), &mut |n| {
+        if let Err(e) = printer.print(n) {
+            trigger.trigger();
+            output_error.get_or_insert(e);
         }
     })?;
+    if let Some(e) = output_error {
+        return Err(e.into());
+    }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"message_type": "stopped", "snapshot": report.snapshot.map(|s| s.to_hex()), "capture": report.capture})
-        );
+        )?;
     } else if !quiet {
-        match report.snapshot.or(last_seal.map(|s| s.0)) {
+        match report.snapshot.or(printer.last_seal.map(|s| s.0)) {
             Some(s) => eprintln!("stopped; everything captured is in snapshot {}", s.short()),
             None => eprintln!("stopped"),
         }
     }
     Ok(Outcome::Ok)
+}
+
+/// Prints the daemon's notices: JSON lines on stdout with --json, else a few lines on stderr
+/// (seals at most every 30 s).
+struct NoticePrinter {
+    json: bool,
+    quiet: bool,
+    root: PathBuf,
+    seals_since: u64,
+    last_line: Instant,
+    last_seal: Option<(tidemark_core::id::SnapshotId, Option<u64>)>,
+}
+
+impl NoticePrinter {
+    fn print(&mut self, n: Notice) -> std::io::Result<()> {
+        match n {
+            Notice::Started {
+                recovery,
+                sealed,
+                state_dir,
+            } => {
+                if self.json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({"message_type": "started", "watched": self.root, "state_dir": state_dir,
+                        "recovered_records": recovery.records, "torn_bytes": recovery.torn_bytes, "unsynced_bytes": recovery.unsynced_bytes,
+                        "recovered_snapshot": sealed.map(|s| s.to_hex())})
+                    )?;
+                } else if !self.quiet {
+                    eprintln!(
+                        "watching {} (state in {})",
+                        self.root.display(),
+                        state_dir.display()
+                    );
+                    for note in recovery.notes() {
+                        eprintln!("{note}");
+                    }
+                    if let Some(s) = sealed {
+                        eprintln!("sealed the recovered log as snapshot {}", s.short());
+                    }
+                }
+            }
+            Notice::Reconciled { ms } => {
+                if self.json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({"message_type": "reconciled", "ms": ms})
+                    )?;
+                } else if !self.quiet {
+                    eprintln!(
+                        "reconciled with the disk in {:.1} s; capturing changes",
+                        ms as f64 / 1000.0
+                    );
+                }
+            }
+            Notice::Sealed {
+                snapshot,
+                revision,
+                ms,
+            } => {
+                self.seals_since += 1;
+                self.last_seal = Some((snapshot, revision));
+                if self.json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({"message_type": "sealed", "snapshot": snapshot.to_hex(), "revision": revision, "seal_ms": ms})
+                    )?;
+                } else if !self.quiet && self.last_line.elapsed() >= Duration::from_secs(30) {
+                    eprintln!(
+                        "{} snapshots in the last {} s; latest {} at revision {}",
+                        self.seals_since,
+                        self.last_line.elapsed().as_secs(),
+                        snapshot.short(),
+                        revision.unwrap_or(0)
+                    );
+                    self.seals_since = 0;
+                    self.last_line = Instant::now();
+                }
+            }
+            Notice::Warning(w) => eprintln!("tidemark: warning: {w}"),
+            Notice::StoreFailed(why) => {
+                if self.json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({"message_type": "store_failed", "reason": why})
+                    )?;
+                }
+                eprintln!(
+                "tidemark: error: {why}; capture goes on into the log and the seal is retried until the repository works again"
+            );
+            }
+            Notice::StoreRecovered { after_ms } => {
+                if self.json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({"message_type": "store_recovered", "after_ms": after_ms})
+                    )?;
+                }
+                eprintln!(
+                    "tidemark: the repository works again after {:.1} s; caught up with the log",
+                    after_ms as f64 / 1e3
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 pub fn recover(g: &Global, a: &RecoverArgs) -> Result<Outcome> {
@@ -293,11 +328,11 @@ pub fn recover(g: &Global, a: &RecoverArgs) -> Result<Outcome> {
     };
     let report = tidemark_daemon::recover(repo, &state_dir, wal, &open::hostname())?;
     if g.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"state_dir": state_dir, "records": report.recovery.records, "torn_bytes": report.recovery.torn_bytes, "unsynced_bytes": report.recovery.unsynced_bytes,
                 "discarded_at": report.recovery.discarded_at, "snapshot": report.snapshot.map(|s| s.to_hex())})
-        );
+        )?;
     } else {
         if let Some((file, offset)) = &report.recovery.discarded_at {
             eprintln!(
@@ -305,13 +340,13 @@ pub fn recover(g: &Global, a: &RecoverArgs) -> Result<Outcome> {
             );
         }
         match report.snapshot {
-            Some(s) => println!(
+            Some(s) => outln!(
                 "recovered {} log records from {}; snapshot {}",
                 report.recovery.records,
                 state_dir.display(),
                 s.to_hex()
-            ),
-            None => println!("nothing to recover in {}", state_dir.display()),
+            )?,
+            None => outln!("nothing to recover in {}", state_dir.display())?,
         }
     }
     Ok(Outcome::Ok)
@@ -339,59 +374,66 @@ pub fn status(g: &Global, a: &StatusArgs) -> Result<Outcome> {
     if g.json {
         let mut v = status;
         v["running"] = serde_json::json!(running);
-        println!("{v}");
+        outln!("{v}")?;
         return Ok(Outcome::Ok);
     }
     let e = &status["engine"];
     let sm = &e["state_machine"];
     let wal = &e["wal"];
-    println!(
+    outln!(
         "watched:        {}",
         status["watched"].as_str().unwrap_or("?")
-    );
-    println!(
+    )?;
+    outln!(
         "state:          {} ({})",
         state_dir.display(),
         if running { "running" } else { "not running" }
-    );
-    println!(
+    )?;
+    outln!(
         "updated:        {}",
         status["updated"].as_str().unwrap_or("?")
-    );
-    println!(
+    )?;
+    outln!(
         "revision:       applied {}, sealed {}",
-        sm["applied"], sm["sealed"]
-    );
-    println!(
+        sm["applied"],
+        sm["sealed"]
+    )?;
+    outln!(
         "last snapshot:  {}",
         sm["sealed_snapshot"].as_str().unwrap_or("none")
-    );
+    )?;
     if let Some(age) = status["last_seal_age_ms"].as_u64() {
-        println!(
+        outln!(
             "last seal:      {:.1} s ago ({} ms)",
             age as f64 / 1000.0,
             sm["last_seal_ms"]
-        );
+        )?;
     }
-    println!(
+    outln!(
         "log:            {} bytes in {} segments, {} entries",
-        wal["bytes"], wal["segments"], wal["entries"]
-    );
-    println!(
+        wal["bytes"],
+        wal["segments"],
+        wal["entries"]
+    )?;
+    outln!(
         "watched dirs:   {} (entries: {})",
-        e["catalog"]["dirs"], e["catalog"]["entries"]
-    );
-    println!(
+        e["catalog"]["dirs"],
+        e["catalog"]["entries"]
+    )?;
+    outln!(
         "pending:        {} changes, capture lag {} ms",
-        status["pending_changes"], status["capture_lag_ms"]
-    );
+        status["pending_changes"],
+        status["capture_lag_ms"]
+    )?;
     let r = &status["rpo_ms"];
-    println!(
+    outln!(
         "event→durable:  p50 {} ms, p99 {} ms over {} changes",
-        r["p50"], r["p99"], r["samples"]
-    );
+        r["p50"],
+        r["p99"],
+        r["samples"]
+    )?;
     if let Some(err) = status["last_error"].as_str() {
-        println!("last error:     {err}");
+        outln!("last error:     {err}")?;
     }
     Ok(Outcome::Ok)
 }
