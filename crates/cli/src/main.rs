@@ -1,15 +1,11 @@
 //! The `tidemark` binary: parse flags, call one command, map the outcome to an exit code.
 
 mod args;
-mod commands;
-mod copy;
-mod forget;
-mod mount;
+mod cmd;
 mod open;
 mod output;
 mod parse;
 mod progress;
-mod watch;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,7 +90,7 @@ fn main() -> ExitCode {
         }
         eprintln!("interrupting: finishing what is in flight (Ctrl-C again to quit now)");
     });
-    match commands::run(&cli, &cancel, &trigger) {
+    match cmd::run(&cli, &cancel, &trigger) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Partial) => ExitCode::from(3),
         Ok(Outcome::Damaged) => ExitCode::from(1),

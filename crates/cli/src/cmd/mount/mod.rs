@@ -76,7 +76,7 @@ pub struct MountArgs {
 }
 
 /// Mounts, serves until SIGINT/SIGTERM (or an unmount from outside), then unmounts.
-pub fn mount(g: &Global, a: &MountArgs, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
+pub fn run(g: &Global, a: &MountArgs, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
     let meta = std::fs::metadata(&a.mountpoint)
         .with_context(|| format!("mount point {}", a.mountpoint.display()))?;
     if !meta.is_dir() {

@@ -1,4 +1,5 @@
-//! `watch`, `recover` and `status`: the continuous engine from the command line.
+//! `tidemark watch`: the daemon in the foreground (`tidemark_daemon::run`), its notices printed;
+//! and the state directory lookup that `recover` and `status` share.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -7,7 +8,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tidemark_core::repo::Config;
 use tidemark_core::store::{Kind, CONFIG_ID};
-use tidemark_core::wal::WalOptions;
 use tidemark_daemon::{Notice, StateDir, Trigger, WatchOptions};
 
 use crate::args::Global;
@@ -55,29 +55,6 @@ pub struct WatchArgs {
     pub view_every: Option<Duration>,
 }
 
-/// `tidemark recover`.
-#[derive(Debug, Args)]
-pub struct RecoverArgs {
-    /// The watched directory whose log to seal (or give --state-dir).
-    pub path: Option<PathBuf>,
-    /// The state directory to recover.
-    #[arg(long, env = "TIDEMARK_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// If the log is damaged before its end, cut it there instead of failing (loses what follows).
-    #[arg(long)]
-    pub discard_after_corruption: bool,
-}
-
-/// `tidemark status`.
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// The watched directory (or give --state-dir; with neither, the only one of this repository).
-    pub path: Option<PathBuf>,
-    /// The state directory.
-    #[arg(long, env = "TIDEMARK_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-}
-
 /// The repository id, read from the plain config (no password needed).
 fn repo_id(g: &Global) -> Result<String> {
     let (store, _) = open::store(g)?;
@@ -109,7 +86,11 @@ fn canonical_dir(path: &Path) -> Result<PathBuf> {
 }
 
 /// The state directory for `path` (or the flag), or the only one of this repository.
-fn resolve_state_dir(g: &Global, explicit: Option<&Path>, path: Option<&Path>) -> Result<PathBuf> {
+pub(super) fn resolve_state_dir(
+    g: &Global,
+    explicit: Option<&Path>,
+    path: Option<&Path>,
+) -> Result<PathBuf> {
     if let Some(d) = explicit {
         return Ok(d.to_path_buf());
     }
@@ -146,7 +127,7 @@ fn resolve_state_dir(g: &Global, explicit: Option<&Path>, path: Option<&Path>) -
     }
 }
 
-pub fn watch(g: &Global, a: &WatchArgs, trigger: &Trigger) -> Result<Outcome> {
+pub fn run(g: &Global, a: &WatchArgs, trigger: &Trigger) -> Result<Outcome> {
     let root = canonical_dir(&a.path)?;
     let excludes = open::excludes(&a.exclude, &a.exclude_file)?;
     let mut repo = open::open(g)?;
@@ -315,125 +296,4 @@ impl NoticePrinter {
         }
         Ok(())
     }
-}
-
-pub fn recover(g: &Global, a: &RecoverArgs) -> Result<Outcome> {
-    let state_dir = resolve_state_dir(g, a.state_dir.as_deref(), a.path.as_deref())?;
-    let mut repo = open::open(g)?;
-    repo.begin_session("recover", &open::hostname())?;
-    repo.load_index().context("loading the index")?;
-    let wal = WalOptions {
-        discard_after_corruption: a.discard_after_corruption,
-        ..WalOptions::default()
-    };
-    let report = tidemark_daemon::recover(repo, &state_dir, wal, &open::hostname())?;
-    if g.json {
-        outln!(
-            "{}",
-            serde_json::json!({"state_dir": state_dir, "records": report.recovery.records, "torn_bytes": report.recovery.torn_bytes, "unsynced_bytes": report.recovery.unsynced_bytes,
-                "discarded_at": report.recovery.discarded_at, "snapshot": report.snapshot.map(|s| s.to_hex())})
-        )?;
-    } else {
-        if let Some((file, offset)) = &report.recovery.discarded_at {
-            eprintln!(
-                "the log was damaged at byte {offset} of {file}; everything after it was discarded"
-            );
-        }
-        match report.snapshot {
-            Some(s) => outln!(
-                "recovered {} log records from {}; snapshot {}",
-                report.recovery.records,
-                state_dir.display(),
-                s.to_hex()
-            )?,
-            None => outln!("nothing to recover in {}", state_dir.display())?,
-        }
-    }
-    Ok(Outcome::Ok)
-}
-
-pub fn status(g: &Global, a: &StatusArgs) -> Result<Outcome> {
-    let state_dir = resolve_state_dir(g, a.state_dir.as_deref(), a.path.as_deref())?;
-    let path = state_dir.join("status.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no status in {} (has `tidemark watch` run there?)",
-            state_dir.display()
-        )
-    })?;
-    let status: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))?;
-    // The daemon holds the state directory's lock while it runs.
-    let running = std::fs::OpenOptions::new()
-        .write(true)
-        .open(state_dir.join("lock"))
-        .ok()
-        .is_some_and(|f| {
-            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
-        });
-    if g.json {
-        let mut v = status;
-        v["running"] = serde_json::json!(running);
-        outln!("{v}")?;
-        return Ok(Outcome::Ok);
-    }
-    let e = &status["engine"];
-    let sm = &e["state_machine"];
-    let wal = &e["wal"];
-    outln!(
-        "watched:        {}",
-        status["watched"].as_str().unwrap_or("?")
-    )?;
-    outln!(
-        "state:          {} ({})",
-        state_dir.display(),
-        if running { "running" } else { "not running" }
-    )?;
-    outln!(
-        "updated:        {}",
-        status["updated"].as_str().unwrap_or("?")
-    )?;
-    outln!(
-        "revision:       applied {}, sealed {}",
-        sm["applied"],
-        sm["sealed"]
-    )?;
-    outln!(
-        "last snapshot:  {}",
-        sm["sealed_snapshot"].as_str().unwrap_or("none")
-    )?;
-    if let Some(age) = status["last_seal_age_ms"].as_u64() {
-        outln!(
-            "last seal:      {:.1} s ago ({} ms)",
-            age as f64 / 1000.0,
-            sm["last_seal_ms"]
-        )?;
-    }
-    outln!(
-        "log:            {} bytes in {} segments, {} entries",
-        wal["bytes"],
-        wal["segments"],
-        wal["entries"]
-    )?;
-    outln!(
-        "watched dirs:   {} (entries: {})",
-        e["catalog"]["dirs"],
-        e["catalog"]["entries"]
-    )?;
-    outln!(
-        "pending:        {} changes, capture lag {} ms",
-        status["pending_changes"],
-        status["capture_lag_ms"]
-    )?;
-    let r = &status["rpo_ms"];
-    outln!(
-        "event→durable:  p50 {} ms, p99 {} ms over {} changes",
-        r["p50"],
-        r["p99"],
-        r["samples"]
-    )?;
-    if let Some(err) = status["last_error"].as_str() {
-        outln!("last error:     {err}")?;
-    }
-    Ok(Outcome::Ok)
 }
