@@ -43,6 +43,7 @@ pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod snapshot;
+pub mod stats;
 pub mod store;
 pub mod wal;
 pub mod watch;

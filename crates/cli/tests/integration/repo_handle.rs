@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use tidemark_core::id::{ObjectId, Kind};
+use tidemark_core::id::{Kind, ObjectId};
 use tidemark_core::lifecycle::Session;
 use tidemark_core::pack::BlobKind;
 use tidemark_core::repo::{BlobWriter, InitOptions, Repository};

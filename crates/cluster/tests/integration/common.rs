@@ -183,10 +183,7 @@ pub fn options() -> tidemark_cluster::EngineOptions {
 
 /// A standalone engine with its state in `state`, as the daemon opens one: a group of one,
 /// initialised when new, leading and with its log replayed.
-pub async fn open_engine(
-    repo: Repository,
-    state: &std::path::Path,
-) -> (Engine, Recovery) {
+pub async fn open_engine(repo: Repository, state: &std::path::Path) -> (Engine, Recovery) {
     let parts = EngineParts::standalone(state).unwrap();
     let (engine, recovery) = Engine::open(parts, repo, options()).await.unwrap();
     if !engine.is_initialized().await.unwrap() {

@@ -8,7 +8,7 @@ use super::index::{self, Index, Location};
 use super::Repository;
 use crate::crypto::Domain;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, ObjectId, PackId, Kind};
+use crate::id::{BlobId, Kind, ObjectId, PackId};
 use crate::lifecycle;
 use crate::pack::{self, BlobEntry, BlobKind, FLAG_ZSTD, TRAILER_LEN};
 

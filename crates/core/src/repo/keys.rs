@@ -4,7 +4,7 @@
 use super::{Config, Repository, CONFIG_VERSION};
 use crate::crypto::{KdfParams, KeyFile, MasterKey, EMPTY_PASSWORD};
 use crate::error::{Error, Result};
-use crate::id::{ObjectId, Kind};
+use crate::id::{Kind, ObjectId};
 use crate::store::{Store, CONFIG_ID};
 
 impl Repository {

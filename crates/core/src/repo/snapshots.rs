@@ -5,7 +5,7 @@ use super::Repository;
 use crate::crypto::Domain;
 use crate::error::{Error, Result};
 use crate::forget::StoredPolicy;
-use crate::id::{ObjectId, SnapshotId, Kind};
+use crate::id::{Kind, ObjectId, SnapshotId};
 use crate::lifecycle;
 use crate::snapshot::cache::{self, CacheFile, CacheStats, SnapshotList};
 use crate::snapshot::{Selector, Snapshot, SnapshotFilter};
