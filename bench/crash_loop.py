@@ -198,12 +198,10 @@ class Writer:
 
 class Daemon:
     def __init__(self, ack):
-        env = dict(os.environ)
-        if ack:
-            env["TIDEMARK_ACK_LOG"] = ack
+        ack_flags = ["--ack-log", ack] if ack else []
         self.p = subprocess.Popen(
-            [BIN, "--repo", REPO, "watch", "--json", "--seal-interval", "100ms", "--state-dir", STATE, SRC],
-            stdout=subprocess.PIPE, stderr=open(f"{WORK}/watch.stderr", "a"), env=env)
+            [BIN, "--repo", REPO, "watch", "--json", "--seal-interval", "100ms", *ack_flags, "--state-dir", STATE, SRC],
+            stdout=subprocess.PIPE, stderr=open(f"{WORK}/watch.stderr", "a"))
         self.lines = []
         self.cv = threading.Condition()
         threading.Thread(target=self.read, daemon=True).start()

@@ -14,7 +14,7 @@
 # 4. RPO (b), black box: KILLS times per rate: start `watch`, write for 1–3 s, `kill -9` at a
 #    random moment, `tidemark recover`, list the latest snapshot; the loss window is the age at the
 #    kill of the oldest write that completed before the kill and is missing. Also checks that no
-#    change acknowledged by the log (TIDEMARK_ACK_LOG) is missing.
+#    change acknowledged by the log (`watch --ack-log`) is missing.
 # 5. Idle: `watch` on a copy of the shared dataset (~104k files): time of the first reconcile,
 #    then CPU seconds and RSS over IDLE s without changes.
 # 6. Syncthing (Debian package, two local instances) on the same writer: time until each file
@@ -98,12 +98,12 @@ WATCH_PID=
 cleanup() { [ -n "$WATCH_PID" ] && kill -9 "$WATCH_PID" 2>/dev/null || true; }
 trap cleanup EXIT
 
-# start_watch SRC STATE [extra env…]: starts the daemon, waits (up to RECONCILE_WAIT s) for its
+# start_watch SRC STATE [extra watch flags…]: starts the daemon, waits (up to RECONCILE_WAIT s) for its
 # first reconcile.
 start_watch() {
   local src=$1 state=$2
   shift 2
-  env "$@" "$T" --repo "$W/repo" watch --json --state-dir "$state" "$src" >"$state.out" 2>"$state.err" &
+  "$T" --repo "$W/repo" watch --json "$@" --state-dir "$state" "$src" >"$state.out" 2>"$state.err" &
   WATCH_PID=$!
   for _ in $(seq $((${RECONCILE_WAIT:-30} * 20))); do
     grep -q '"reconciled"' "$state.out" 2>/dev/null && return 0
@@ -165,7 +165,7 @@ if ! skip 4; then
     rm -f "$W/ack-$rate.log" "$W/writes-b-$rate.log"
     idx=0
     for _ in $(seq "$KILLS"); do
-      start_watch "$W/src" "$W/state" TIDEMARK_ACK_LOG="$W/ack-$rate.log"
+      start_watch "$W/src" "$W/state" --ack-log "$W/ack-$rate.log"
       secs=$(python3 -c "import random; print(round(random.uniform(1,3),3))")
       python3 "$SCRIPT_DIR/lib/writer.py" "$W/src" "$rate" 4 "$W/writes-b-$rate.log" "$idx" >"$W/writer.out" &
       wpid=$!

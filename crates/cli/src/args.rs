@@ -1,4 +1,5 @@
-//! Command-line flags, parsed into plain data (no I/O here).
+//! The command line: global flags and the list of commands; each command's own flags live in
+//! its module under `cmd/`, value parsers in `parse`. Plain data, no I/O.
 
 use std::path::PathBuf;
 
@@ -47,401 +48,65 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a repository.
-    Init(InitArgs),
+    Init(crate::cmd::init::InitArgs),
     /// Back up files and directories into a new snapshot.
-    Backup(BackupArgs),
+    Backup(crate::cmd::backup::BackupArgs),
     /// List snapshots, oldest first.
-    Snapshots(SnapshotsArgs),
+    Snapshots(crate::cmd::snapshots::SnapshotsArgs),
     /// List the entries of a snapshot.
-    Ls(LsArgs),
+    Ls(crate::cmd::ls::LsArgs),
     /// Show what changed between two snapshots.
-    Diff(DiffArgs),
+    Diff(crate::cmd::diff::DiffArgs),
     /// Restore a snapshot into a directory.
-    Restore(RestoreArgs),
+    Restore(crate::cmd::restore::RestoreArgs),
     /// Verify the repository's structure, and with --read-data every byte.
-    Check(CheckArgs),
+    Check(crate::cmd::check::CheckArgs),
     /// Repair a damaged repository: `repair index` rebuilds the index from the packs.
-    Repair(RepairArgs),
+    Repair(crate::cmd::repair::RepairArgs),
     /// Print a repository object: config, key ID, snapshot ID, index ID, pack ID, tree ID, blob ID.
-    Cat(CatArgs),
+    Cat(crate::cmd::cat::CatArgs),
     /// Repository statistics, or the size of one snapshot.
-    Stats(StatsArgs),
+    Stats(crate::cmd::stats::StatsArgs),
     /// Manage passwords (key files).
-    Key(KeyArgs),
+    Key(crate::cmd::key::KeyArgs),
     /// Forget snapshots by a retention policy (or by id): deletes the snapshot objects.
     ///
     /// Without --keep-* flags the repository's policy applies (`tidemark policy show`), or the
     /// built-in one for half-second snapshots. Snapshots are judged per host and paths.
     /// The data they alone used stays until `prune`.
-    Forget(crate::forget::ForgetArgs),
+    Forget(crate::cmd::forget::ForgetArgs),
     /// Copy snapshots from another repository, sending only the data this one lacks.
     ///
     /// Between repositories that share keys (made with `init --from-repo`) blobs move as they
     /// are; otherwise every blob is decrypted, re-keyed and re-encrypted.
-    Copy(crate::copy::CopyArgs),
+    Copy(crate::cmd::copy::CopyArgs),
     /// Free the data no snapshot uses, while backups and watchers keep running (no lock).
     ///
     /// Unused and sparse packs are condemned now and deleted by a later prune, once they are
     /// older than --keep-condemned and every running writer has seen that.
-    Prune(crate::forget::PruneArgs),
+    Prune(crate::cmd::prune::PruneArgs),
     /// Show, set or reset the repository's default retention policy.
-    Policy(crate::forget::PolicyArgs),
+    Policy(crate::cmd::policy::PolicyArgs),
     /// Watch a directory: capture every change into the log and seal a snapshot every 500 ms.
     ///
     /// Runs in the foreground until SIGINT or SIGTERM, then captures what is pending, seals a
     /// last snapshot and exits 0. After a crash or power loss, the next start (or `recover`)
     /// seals everything that reached the log first.
-    Watch(crate::watch::WatchArgs),
+    Watch(crate::cmd::watch::WatchArgs),
     /// Seal a watched directory's log into a snapshot without watching (e.g. the source is gone).
-    Recover(crate::watch::RecoverArgs),
+    Recover(crate::cmd::recover::RecoverArgs),
     /// Show a watched directory's engine: revisions, log, last seal, capture lag.
-    Status(crate::watch::StatusArgs),
+    Status(crate::cmd::status::StatusArgs),
     /// Mount the repository read-only (FUSE): snapshots/<time>/, ids/<id>/, latest.
     ///
     /// Serves until SIGINT or SIGTERM, then unmounts and exits 0; `fusermount3 -u MOUNTPOINT`
     /// (or `umount` as root) unmounts it from elsewhere. New snapshots appear within --refresh.
-    Mount(crate::mount::MountArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct InitArgs {
-    /// Store data unencrypted (integrity is still checked). Only for trusted storage.
-    #[arg(long)]
-    pub insecure_no_encryption: bool,
-    /// Chunker minimum size in bytes (fixed for the repository's life).
-    #[arg(long, help_heading = "Advanced")]
-    pub chunk_min: Option<u32>,
-    /// Chunker average size in bytes.
-    #[arg(long, help_heading = "Advanced")]
-    pub chunk_avg: Option<u32>,
-    /// Chunker maximum size in bytes.
-    #[arg(long, help_heading = "Advanced")]
-    pub chunk_max: Option<u32>,
-    /// Target pack size in bytes.
-    #[arg(long, help_heading = "Advanced")]
-    pub pack_size: Option<u32>,
-    /// zstd level, 0 = no compression.
-    #[arg(long, help_heading = "Advanced")]
-    pub compression: Option<i32>,
-    /// Argon2id memory for the first key, in KiB (default 65536).
-    #[arg(long, help_heading = "Advanced")]
-    pub kdf_memory_kib: Option<u32>,
-    /// Argon2id passes for the first key (default 3).
-    #[arg(long, help_heading = "Advanced")]
-    pub kdf_time: Option<u32>,
-    /// Share the keys and chunker settings of this repository, so `copy` between the two moves
-    /// data as it is and dedups across both.
-    #[command(flatten)]
-    pub from: crate::copy::FromArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct BackupArgs {
-    /// Files and directories to back up.
-    #[arg(required = true)]
-    pub paths: Vec<PathBuf>,
-    /// Exclude a pattern (name glob like `*.tmp`, or a path glob containing `/`); repeatable.
-    #[arg(short, long)]
-    pub exclude: Vec<String>,
-    /// Read exclude patterns from a file, one per line; repeatable.
-    #[arg(long)]
-    pub exclude_file: Vec<PathBuf>,
-    /// Do not cross filesystem boundaries.
-    #[arg(short = 'x', long)]
-    pub one_file_system: bool,
-    /// Snapshot to compare against (default: the latest with the same host and paths).
-    #[arg(long)]
-    pub parent: Option<String>,
-    /// Read every file, ignoring the parent's metadata.
-    #[arg(long)]
-    pub force: bool,
-    /// Tag the snapshot; repeatable.
-    #[arg(long)]
-    pub tag: Vec<String>,
-    /// Hostname to record (default: this machine's).
-    #[arg(long)]
-    pub host: Option<String>,
-    /// Record this time (RFC 3339) as the snapshot's instead of now, e.g. when importing history.
-    #[arg(long, value_name = "TIME")]
-    pub time: Option<chrono::DateTime<chrono::FixedOffset>>,
-}
-
-#[derive(Debug, Args)]
-pub struct SnapshotsArgs {
-    /// Only the newest N snapshots.
-    #[arg(long, value_name = "N")]
-    pub latest: Option<usize>,
-}
-
-#[derive(Debug, Args)]
-pub struct LsArgs {
-    /// Snapshot id prefix or `latest`.
-    pub snapshot: String,
-    /// Only this path and below.
-    pub path: Option<PathBuf>,
-    /// Show type, mode, size and time.
-    #[arg(short, long)]
-    pub long: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct DiffArgs {
-    /// Older snapshot.
-    pub first: String,
-    /// Newer snapshot.
-    pub second: String,
-}
-
-#[derive(Debug, Args)]
-pub struct RestoreArgs {
-    /// Snapshot id prefix or `latest` (not with --at or --revision).
-    #[arg(required_unless_present_any = ["at", "revision"], conflicts_with_all = ["at", "revision"])]
-    pub snapshot: Option<String>,
-    /// Restore the newest snapshot taken at or before TIME: RFC 3339 (`2026-11-23T20:15:00+01:00`),
-    /// a local date and time (`2026-11-23 20:15:00`, `2026-11-23 20:15`, `2026-11-23` = its
-    /// midnight), or a time ago (`-10m`, `-2h`, `-1d`; units s, m, h, d, w).
-    #[arg(
-        long,
-        value_name = "TIME",
-        value_parser = parse_time,
-        allow_hyphen_values = true,
-        conflicts_with = "revision"
-    )]
-    pub at: Option<TimeSpec>,
-    /// Restore the snapshot with the greatest revision (log index) at or below R.
-    #[arg(long, value_name = "R")]
-    pub revision: Option<u64>,
-    /// With `latest`, --at or --revision: only snapshots of this host.
-    #[arg(long, value_name = "HOST")]
-    pub host: Option<String>,
-    /// With `latest`, --at or --revision: only snapshots whose paths include PATH; repeatable.
-    #[arg(long, value_name = "PATH")]
-    pub path: Vec<PathBuf>,
-    /// Directory to restore into.
-    #[arg(short, long)]
-    pub target: PathBuf,
-    /// Restore only this path of the snapshot (and below); repeatable.
-    #[arg(short, long)]
-    pub include: Vec<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub struct CheckArgs {
-    /// Also read, decrypt and authenticate every blob.
-    #[arg(long)]
-    pub read_data: bool,
-    /// Read only a part of the packs: N/M (part N of M, by pack id; runs 1/M … M/M together read
-    /// everything once), P% (a random P percent of the packs) or SIZE (random packs up to e.g.
-    /// 500MiB). Implies --read-data.
-    #[arg(long, value_name = "N/M|P%|SIZE", value_parser = parse_subset)]
-    pub read_data_subset: Option<tidemark_core::check::DataSubset>,
-}
-
-fn parse_subset(s: &str) -> std::result::Result<tidemark_core::check::DataSubset, String> {
-    use tidemark_core::check::DataSubset;
-    let s = s.trim();
-    if let Some((n, m)) = s.split_once('/') {
-        let bad = || format!("{s:?}: expected N/M with 1 <= N <= M, like 2/5");
-        let n: u32 = n.trim().parse().map_err(|_| bad())?;
-        let of: u32 = m.trim().parse().map_err(|_| bad())?;
-        if n == 0 || of == 0 || n > of {
-            return Err(bad());
-        }
-        return Ok(DataSubset::Part { n, of });
-    }
-    if s.ends_with('%') {
-        let v: f64 = s
-            .trim_end_matches('%')
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not a percentage like 10%"))?;
-        if !(v > 0.0 && v <= 100.0) {
-            return Err(format!(
-                "{s:?}: the percentage must be above 0 and at most 100"
-            ));
-        }
-        return Ok(DataSubset::Fraction(v / 100.0));
-    }
-    match crate::watch::parse_size(s) {
-        Ok(0) => Err(format!("{s:?}: the size must be above 0")),
-        Ok(n) => Ok(DataSubset::Bytes(n)),
-        Err(e) => Err(format!("{e}; or N/M, or P%")),
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct RepairArgs {
-    #[command(subcommand)]
-    pub what: RepairCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum RepairCommand {
-    /// Rebuild the index from the pack headers, replacing every index file (for lost or damaged
-    /// index files). Safe while backups and watchers run.
-    Index {
-        /// Read the headers and report, but write and delete nothing.
-        #[arg(short = 'n', long)]
-        dry_run: bool,
-    },
-}
-
-#[derive(Debug, Args)]
-pub struct CatArgs {
-    /// config, key, snapshot, index, pack, tree or blob.
-    pub kind: String,
-    /// Object id (a prefix for snapshots; `latest` too).
-    pub id: Option<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct StatsArgs {
-    /// Report this snapshot's restore size instead of the repository totals.
-    pub snapshot: Option<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct KeyArgs {
-    #[command(subcommand)]
-    pub command: KeyCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum KeyCommand {
-    /// Add a password. The new one comes from --new-password-file, TIDEMARK_NEW_PASSWORD or a prompt.
-    Add {
-        /// File holding the new password.
-        #[arg(long, env = "TIDEMARK_NEW_PASSWORD_FILE")]
-        new_password_file: Option<PathBuf>,
-    },
-    /// List key files.
-    List,
-    /// Remove a key file by id prefix (not the one in use, not the last).
-    Remove {
-        /// Key id prefix.
-        id: String,
-    },
-}
-
-/// A point in time as given on the command line; resolved against the clock and the local
-/// time zone when the command runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeSpec {
-    /// An instant (RFC 3339 with an offset).
-    Instant(chrono::DateTime<chrono::Utc>),
-    /// A wall-clock time in the local time zone.
-    Local(chrono::NaiveDateTime),
-    /// This long before now.
-    Ago(chrono::TimeDelta),
-}
-
-/// Parses `--at`: RFC 3339, a local `YYYY-MM-DD[ HH:MM[:SS]]` (`T` may replace the space), or
-/// `-<n><unit>` with unit s, m, h, d or w.
-pub fn parse_time(s: &str) -> Result<TimeSpec, String> {
-    let s = s.trim();
-    if let Some(ago) = s.strip_prefix('-') {
-        let split = ago
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("{s:?}: a relative time needs a unit (s, m, h, d or w)"))?;
-        let (n, unit) = ago.split_at(split);
-        let n: i64 = n
-            .parse()
-            .map_err(|_| format!("{s:?}: expected a number of units, like -10m"))?;
-        let unit_secs = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            "w" => 7 * 86_400,
-            _ => {
-                return Err(format!(
-                    "{s:?}: unknown unit {unit:?} (use s, m, h, d or w)"
-                ))
-            }
-        };
-        return n
-            .checked_mul(unit_secs)
-            .and_then(chrono::TimeDelta::try_seconds)
-            .map(TimeSpec::Ago)
-            .ok_or_else(|| format!("{s:?} is too far back"));
-    }
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(TimeSpec::Instant(t.with_timezone(&chrono::Utc)));
-    }
-    for format in [
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M",
-        "%Y-%m-%dT%H:%M",
-    ] {
-        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, format) {
-            return Ok(TimeSpec::Local(t));
-        }
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        // Missing fields are zero, as everywhere else: a date is that day's midnight.
-        return Ok(TimeSpec::Local(d.and_time(chrono::NaiveTime::MIN)));
-    }
-    Err(format!(
-        "{s:?} is not a time: use RFC 3339 (2026-11-23T20:15:00Z), a local \"2026-11-23 20:15:00\", or -10m / -2h / -1d"
-    ))
+    Mount(crate::cmd::mount::MountArgs),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{NaiveDate, TimeDelta, TimeZone, Utc};
-
-    #[test]
-    fn time_specs() {
-        let local = |y, mo, d, h, mi, s| {
-            NaiveDate::from_ymd_opt(y, mo, d)
-                .unwrap()
-                .and_hms_opt(h, mi, s)
-                .unwrap()
-        };
-        let cases = [
-            (
-                "2026-11-23T20:15:00+01:00",
-                TimeSpec::Instant(Utc.with_ymd_and_hms(2026, 11, 23, 19, 15, 0).unwrap()),
-            ),
-            (
-                "2026-11-23T19:15:00Z",
-                TimeSpec::Instant(Utc.with_ymd_and_hms(2026, 11, 23, 19, 15, 0).unwrap()),
-            ),
-            (
-                "2026-11-23 20:15:00",
-                TimeSpec::Local(local(2026, 11, 23, 20, 15, 0)),
-            ),
-            (
-                "2026-11-23T20:15",
-                TimeSpec::Local(local(2026, 11, 23, 20, 15, 0)),
-            ),
-            ("-10m", TimeSpec::Ago(TimeDelta::minutes(10))),
-            ("-2h", TimeSpec::Ago(TimeDelta::hours(2))),
-            ("-1d", TimeSpec::Ago(TimeDelta::days(1))),
-            ("-90s", TimeSpec::Ago(TimeDelta::seconds(90))),
-            ("-1w", TimeSpec::Ago(TimeDelta::weeks(1))),
-        ];
-        for (text, want) in cases {
-            assert_eq!(parse_time(text), Ok(want), "{text}");
-        }
-        let TimeSpec::Local(day) = parse_time("2026-11-23").unwrap() else {
-            panic!("a date is local")
-        };
-        assert_eq!(day.format("%F %T").to_string(), "2026-11-23 00:00:00");
-        for bad in [
-            "",
-            "yesterday",
-            "-10",
-            "-m",
-            "-10y",
-            "2026-13-01",
-            "-99999999999999w",
-        ] {
-            assert!(parse_time(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn restore_selection_flags() {

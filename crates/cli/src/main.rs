@@ -1,13 +1,11 @@
 //! The `tidemark` binary: parse flags, call one command, map the outcome to an exit code.
 
 mod args;
-mod commands;
-mod copy;
-mod forget;
-mod mount;
+mod cmd;
 mod open;
+mod output;
+mod parse;
 mod progress;
-mod watch;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,27 +46,6 @@ fn limit_malloc_arenas() {
     let _ = cmd.args(args).env("MALLOC_ARENA_MAX", "2").exec();
 }
 
-/// `tidemark ls latest | head`: once the reader is gone, stop as the coreutils do when SIGPIPE
-/// kills them (status 141 = 128 + SIGPIPE), without a panic message. Rust ignores SIGPIPE, so a
-/// write to the closed pipe fails and `println!` panics; restoring the signal's default would need
-/// `unsafe`, which the workspace forbids.
-fn exit_quietly_on_broken_pipe() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let msg = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied());
-        if let Some(msg) = msg {
-            if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
-                std::process::exit(141);
-            }
-        }
-        default(info);
-    }));
-}
-
 /// What is logged when `TIDEMARK_LOG` is unset: warnings and errors; from openraft only errors,
 /// as it warns at each start of a single-node group about a message it rightly ignores.
 const DEFAULT_LOG: &str = "warn,openraft=error";
@@ -99,28 +76,29 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    exit_quietly_on_broken_pipe();
     init_logging();
     let cli = args::Cli::parse();
+    // SIGINT and SIGTERM: commands in core watch `cancel`; the daemon hears its shutdown signal.
     let cancel = Arc::new(AtomicBool::new(false));
-    let c = Arc::clone(&cancel);
+    let (trigger, _) = tidemark_daemon::shutdown::channel();
+    let (c, t) = (Arc::clone(&cancel), trigger.clone());
     let _ = ctrlc::set_handler(move || {
+        t.trigger();
         if c.swap(true, Ordering::SeqCst) {
             eprintln!("interrupted twice, exiting now");
             std::process::exit(130);
         }
         eprintln!("interrupting: finishing what is in flight (Ctrl-C again to quit now)");
     });
-    match commands::run(&cli, &cancel) {
+    match cmd::run(&cli, &cancel, &trigger) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Partial) => ExitCode::from(3),
         Ok(Outcome::Damaged) => ExitCode::from(1),
         Err(e) => {
-            let broken_pipe = e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            });
-            if broken_pipe {
+            // `tidemark ls latest | head`: once the reader is gone, stop quietly, as coreutils
+            // do when SIGPIPE kills them (status 141 = 128 + SIGPIPE). Rust ignores SIGPIPE, so
+            // the write fails and the error comes up here.
+            if output::is_broken_pipe(&e) {
                 return ExitCode::from(141);
             }
             if matches!(

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::output::outln;
+
 /// A snapshot of counters for one tick.
 pub struct Tick {
     pub files: u64,
@@ -87,11 +89,15 @@ impl Display {
                     } else {
                         0
                     };
-                    println!(
+                    let line = outln!(
                         "{}",
                         serde_json::json!({"message_type": "status", "operation": what, "seconds_elapsed": secs as u64, "percent_done": pct,
                             "files_done": t.files, "total_files": t.total_files, "bytes_done": t.bytes, "total_bytes": t.total_bytes, "seconds_remaining": eta})
                     );
+                    // Nobody reads the progress any more; the command's own output will say so.
+                    if line.is_err() {
+                        break;
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }

@@ -20,5 +20,6 @@ mod integration {
     pub mod restore_race;
     pub mod s3;
     pub mod snapshots;
+    pub mod stats;
     pub mod watch;
 }

@@ -44,6 +44,7 @@ pub mod repo;
 pub mod restore;
 pub mod snapshot;
 pub mod source;
+pub mod stats;
 pub mod store;
 pub mod wal;
 pub mod watch;

@@ -208,10 +208,11 @@ fn issue_9_a_full_log_disk_stops_capture_with_a_clear_error() {
     let mut n = 0;
     let mut child = repo
         .cmd()
-        .args(["watch", "--json", "--seal-interval", "100ms", "--state-dir"])
+        .args(["watch", "--json", "--seal-interval", "100ms", "--ack-log"])
+        .arg(&ack)
+        .arg("--state-dir")
         .arg(&state)
         .arg(&src)
-        .env("TIDEMARK_ACK_LOG", &ack)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -20,13 +20,20 @@ fn watch_stderr(repo: &Repo, src: &Path, log: Option<&str>, run_for: Duration) -
     let _ = std::fs::remove_file(&record);
     let err_path = repo.dir.path().join(format!("stderr-{name}"));
     let mut cmd = repo.cmd();
-    cmd.args(["watch", "--json", "--seal-interval", "100ms", "--state-dir"])
-        .arg(repo.dir.path().join(format!("state-{name}")))
-        .arg(src)
-        // The daemon takes in deletion records every 100 ms instead of every few minutes.
-        .env("TIDEMARK_VIEW_EVERY_MS", "100")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&err_path).unwrap());
+    // The daemon takes in deletion records every 100 ms instead of every few minutes.
+    cmd.args([
+        "watch",
+        "--json",
+        "--seal-interval",
+        "100ms",
+        "--view-every",
+        "100ms",
+    ])
+    .arg("--state-dir")
+    .arg(repo.dir.path().join(format!("state-{name}")))
+    .arg(src)
+    .stdout(Stdio::piped())
+    .stderr(std::fs::File::create(&err_path).unwrap());
     if let Some(log) = log {
         cmd.env("TIDEMARK_LOG", log);
     }

@@ -457,8 +457,7 @@ fn prune_runs_while_watch_writes_and_both_are_killed() {
     std::fs::create_dir_all(&src).unwrap();
     let state = repo.dir.path().join("state");
     // The daemon takes in deletion records every 200 ms instead of every 5 minutes.
-    let env = [("TIDEMARK_VIEW_EVERY_MS", "200")];
-    let mut daemon = Daemon::start_with(&repo, &src, &state, None, &env);
+    let mut daemon = Daemon::start_with(&repo, &src, &state, None, &["--view-every", "200ms"]);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (src, stop) = (src.clone(), stop.clone());
@@ -515,7 +514,7 @@ fn prune_runs_while_watch_writes_and_both_are_killed() {
         if round % 4 == 3 {
             seals += daemon.seals();
             daemon.kill9();
-            daemon = Daemon::start_with(&repo, &src, &state, None, &env);
+            daemon = Daemon::start_with(&repo, &src, &state, None, &["--view-every", "200ms"]);
         }
     }
     stop.store(true, Ordering::Relaxed);

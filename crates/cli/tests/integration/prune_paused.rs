@@ -221,8 +221,15 @@ fn prune_twice_while_watch_is_stopped_past_its_lease() {
     let mut watch = Reaper(
         repo.cmd()
             .env("TIDEMARK_STALE_AFTER", STALE_AFTER)
-            .env("TIDEMARK_VIEW_EVERY_MS", "200")
-            .args(["watch", "--json", "--seal-interval", "100ms", "--state-dir"])
+            .args([
+                "watch",
+                "--json",
+                "--seal-interval",
+                "100ms",
+                "--view-every",
+                "200ms",
+            ])
+            .arg("--state-dir")
             .arg(&state)
             .arg(&src)
             .stdout(Stdio::piped())

@@ -23,23 +23,24 @@ impl Daemon {
         Self::start_with(repo, src, state, ack, &[])
     }
 
-    /// Like [`Daemon::start`] with extra environment variables.
+    /// Like [`Daemon::start`] with extra `watch` flags.
     pub fn start_with(
         repo: &Repo,
         src: &Path,
         state: &Path,
         ack: Option<&Path>,
-        env: &[(&str, &str)],
+        flags: &[&str],
     ) -> Daemon {
         let mut cmd = repo.cmd();
-        cmd.envs(env.iter().copied());
-        cmd.args(["watch", "--json", "--seal-interval", "100ms", "--state-dir"])
+        cmd.args(["watch", "--json", "--seal-interval", "100ms"])
+            .args(flags)
+            .arg("--state-dir")
             .arg(state)
             .arg(src)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(a) = ack {
-            cmd.env("TIDEMARK_ACK_LOG", a);
+            cmd.arg("--ack-log").arg(a);
         }
         let mut child = cmd.spawn().unwrap();
         let out = child.stdout.take().unwrap();
@@ -439,4 +440,39 @@ fn check_acknowledged(ack: &Path, restored: &Path) -> usize {
         }
     }
     count
+}
+
+/// `tidemark watch --json | …` whose reader is gone from the start: the first notice cannot be
+/// written, which stops the daemon as a signal would: it captures what is there, seals it and
+/// exits 141 without a word (before, a panic hook exited at once and nothing was sealed).
+#[test]
+fn watch_into_a_closed_pipe_seals_and_exits_quietly() {
+    let repo = Repo::init();
+    let src = repo.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("kept"), b"sealed on the way out").unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = repo
+        .cmd()
+        .args(["watch", "--json", "--state-dir"])
+        .arg(repo.dir.path().join("state"))
+        .arg(&src)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&repo.ok(&["snapshots", "--json"])).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let target = repo.dir.path().join("restored");
+    repo.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    let restored_file = target.join(src.strip_prefix("/").unwrap()).join("kept");
+    assert_eq!(
+        std::fs::read(&restored_file).unwrap(),
+        b"sealed on the way out"
+    );
 }

@@ -87,13 +87,13 @@ pub fn master_key(g: &Global, a: &FromArgs) -> Result<tidemark_core::crypto::Mas
     Ok(Repository::master_key(&**repo.store(), &pw)?)
 }
 
-pub fn copy(g: &Global, a: &CopyArgs) -> Result<Outcome> {
+pub fn run(g: &Global, a: &CopyArgs) -> Result<Outcome> {
     let from = open_from(g, &a.from)?;
     from.load_index().context("loading the source's index")?;
     let mut to = open::open(g)?;
     to.begin_session("copy", &open::hostname())?;
     to.load_index().context("loading the index")?;
-    let filter = crate::commands::snapshot_filter(a.host.as_ref(), &a.path)?;
+    let filter = crate::cmd::snapshot_filter(a.host.as_ref(), &a.path)?;
     let all = from.snapshots()?;
     let chosen: Vec<_> = if a.snapshots.is_empty() {
         all.into_iter().filter(|(_, s)| filter.matches(s)).collect()

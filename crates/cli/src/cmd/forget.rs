@@ -1,18 +1,17 @@
-//! `forget` and `policy`: which snapshots stay (`tidemark_core::forget` decides, this does I/O).
+//! `tidemark forget`: which snapshots stay (`tidemark_core::forget` decides, this does I/O).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use clap::{Args, Subcommand};
-use tidemark_core::forget::{self, Decision, GroupBy, Policy, Span, StoredPolicy, Zone};
+use clap::Args;
+use tidemark_core::forget::{self, Decision, GroupBy, Policy, Span, Zone};
 use tidemark_core::id::{Kind, SnapshotId};
 use tidemark_core::snapshot::Snapshot;
 
 use crate::args::Global;
 use crate::open;
-use crate::watch::parse_duration;
 use crate::Outcome;
 
 /// The rules of a policy, as flags.
@@ -41,25 +40,25 @@ pub struct KeepArgs {
     #[arg(long, value_name = "N")]
     pub keep_yearly: Option<u32>,
     /// Keep every snapshot within DURATION of the group's newest (1h, 7d, 1y, 1d12h).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse::duration)]
     pub keep_within: Option<Duration>,
     /// Keep one snapshot per minute within DURATION of the newest.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse::duration)]
     pub keep_within_minutely: Option<Duration>,
     /// Keep one snapshot per hour within DURATION of the newest.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse::duration)]
     pub keep_within_hourly: Option<Duration>,
     /// Keep one snapshot per day within DURATION of the newest.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse::duration)]
     pub keep_within_daily: Option<Duration>,
     /// Keep one snapshot per week within DURATION of the newest.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse::duration)]
     pub keep_within_weekly: Option<Duration>,
     /// Keep one snapshot per month within DURATION of the newest.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse::duration)]
     pub keep_within_monthly: Option<Duration>,
     /// Keep one snapshot per year within DURATION of the newest.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse::duration)]
     pub keep_within_yearly: Option<Duration>,
     /// Keep snapshots that carry this tag (repeatable).
     #[arg(long, value_name = "TAG")]
@@ -128,174 +127,8 @@ pub struct ForgetArgs {
     pub prune: bool,
 }
 
-#[derive(Debug, Args)]
-pub struct PruneArgs {
-    /// Print the plan; store and delete nothing.
-    #[arg(short = 'n', long)]
-    pub dry_run: bool,
-    /// Delete condemned packs only after this long (and once every writer has seen them).
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
-    pub keep_condemned: Duration,
-    /// Repack a pack when at least this share of it is unused.
-    #[arg(long, value_name = "PERCENT", default_value = "10%", value_parser = parse_percent)]
-    pub repack_threshold: f64,
-    /// Stop repacking once unused data is at most this share of the repository after the prune.
-    #[arg(long, value_name = "PERCENT", default_value = "5%", value_parser = parse_percent)]
-    pub max_unused: f64,
-    /// Repack at most this much per run (e.g. 10GiB).
-    #[arg(long, value_name = "SIZE", value_parser = crate::watch::parse_size)]
-    pub max_repack_size: Option<u64>,
-}
-
-impl Default for PruneArgs {
-    fn default() -> Self {
-        PruneArgs {
-            dry_run: false,
-            keep_condemned: Duration::from_secs(3600),
-            repack_threshold: 0.10,
-            max_unused: 0.05,
-            max_repack_size: None,
-        }
-    }
-}
-
-fn parse_percent(s: &str) -> std::result::Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| format!("{s:?} is not a percentage like 10%"))?;
-    if !(0.0..=100.0).contains(&v) {
-        return Err(format!("{s:?} is not between 0% and 100%"));
-    }
-    Ok(v / 100.0)
-}
-
-pub fn prune(g: &Global, a: &PruneArgs) -> Result<Outcome> {
-    let mut repo = open::open(g)?;
-    let opts = tidemark_core::prune::PruneOptions {
-        dry_run: a.dry_run,
-        keep_condemned: a.keep_condemned,
-        repack_threshold: a.repack_threshold,
-        max_unused: a.max_unused,
-        max_repack_bytes: a.max_repack_size,
-        hostname: open::hostname(),
-    };
-    let t = std::time::Instant::now();
-    // A dry run is the plan alone, printed; otherwise prune plans and executes under a session.
-    let (r, plan) = if a.dry_run {
-        let clock = tidemark_core::lifecycle::SystemClock;
-        let plan = tidemark_core::prune::plan(&mut repo, &opts, &clock)?;
-        (plan.report.clone(), Some(plan))
-    } else {
-        (tidemark_core::prune::prune(&mut repo, &opts)?, None)
-    };
-    let secs = t.elapsed().as_secs_f64();
-    let rss = crate::commands::peak_rss();
-    let mut out = std::io::stdout().lock();
-    if g.json {
-        let mut v = serde_json::to_value(&r)?;
-        v["seconds"] = secs.into();
-        v["peak_rss_bytes"] = rss.into();
-        if let Some(plan) = &plan {
-            v["plan"] = serde_json::to_value(plan)?;
-        }
-        writeln!(out, "{v}")?;
-    } else if !g.quiet {
-        use crate::progress::bytes;
-        let verb = |now: &str, dry: &str| {
-            if r.dry_run {
-                dry.to_string()
-            } else {
-                now.to_string()
-            }
-        };
-        writeln!(
-            out,
-            "{} snapshots, {} packs ({}): {} blobs used, {} unused",
-            r.snapshots,
-            r.packs,
-            bytes(r.bytes),
-            r.blobs_used,
-            r.blobs_unused
-        )?;
-        writeln!(
-            out,
-            "{} {} packs ({}) condemned by earlier prunes; {} resurrected (used again); {} still waiting",
-            verb("deleted", "would delete"),
-            r.packs_deleted,
-            bytes(r.bytes_deleted),
-            r.packs_resurrected,
-            r.packs_waiting
-        )?;
-        for w in &r.waiting_for {
-            writeln!(out, "  waiting for {w}")?;
-        }
-        writeln!(
-            out,
-            "{} {} unused packs and {} repacked ones ({}; freed by a prune after --keep-condemned); {} new packs ({})",
-            verb("condemned", "would condemn"),
-            r.packs_unused,
-            r.packs_repacked,
-            bytes(r.bytes_condemned),
-            r.packs_new,
-            bytes(r.bytes_written)
-        )?;
-        writeln!(
-            out,
-            "unused data left in live packs: {}; {:.1} s, peak RSS {}, ~{} bytes of tables per blob",
-            bytes(r.bytes_unused_left),
-            secs,
-            bytes(rss),
-            r.bytes_per_blob
-        )?;
-        if let Some(plan) = &plan {
-            for (verb, packs) in [
-                ("delete", &plan.delete),
-                ("condemn", &plan.condemn),
-                ("repack", &plan.repack),
-                ("resurrect", &plan.resurrect),
-            ] {
-                for p in packs {
-                    writeln!(
-                        out,
-                        "  would {verb} pack {} ({} used of {})",
-                        p.pack.short(),
-                        bytes(p.used),
-                        bytes(p.bytes)
-                    )?;
-                }
-            }
-        }
-    }
-    Ok(Outcome::Ok)
-}
-
-#[derive(Debug, Args)]
-pub struct PolicyArgs {
-    #[command(subcommand)]
-    pub command: PolicyCommand,
-}
-
-#[allow(clippy::large_enum_variant)] // parsed once per run
-#[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
-    /// Print the policy `forget` applies when given no --keep-* flag.
-    Show,
-    /// Store the given rules as the repository's default policy.
-    Set {
-        #[command(flatten)]
-        keep: KeepArgs,
-        /// Grouping, as for `forget --group-by` (default `host,paths`).
-        #[arg(long, value_name = "LIST")]
-        group_by: Option<String>,
-    },
-    /// Remove the stored policy: the built-in default applies again.
-    Reset,
-}
-
 /// The policy in force: the flags, else the stored one, else the built-in default.
-fn effective(
+pub(super) fn effective(
     repo: &tidemark_core::repo::Repository,
     keep: &KeepArgs,
     group_by: Option<&str>,
@@ -338,9 +171,9 @@ fn when(d: &Decision) -> String {
     d.time.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
-pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
+pub fn run(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
     let repo = open::open(g)?;
-    let filter = crate::commands::snapshot_filter(a.host.as_ref(), &a.path)?;
+    let filter = crate::cmd::snapshot_filter(a.host.as_ref(), &a.path)?;
     let all: Vec<(SnapshotId, Snapshot)> = repo
         .snapshots()?
         .into_iter()
@@ -443,11 +276,11 @@ pub fn forget(g: &Global, a: &ForgetArgs) -> Result<Outcome> {
     }
     drop(out);
     if a.prune {
-        let p = PruneArgs {
+        let p = super::prune::PruneArgs {
             dry_run: a.dry_run,
-            ..PruneArgs::default()
+            ..super::prune::PruneArgs::default()
         };
-        return prune(g, &p);
+        return super::prune::run(g, &p);
     }
     Ok(Outcome::Ok)
 }
@@ -475,56 +308,4 @@ fn delete_snapshots(
             .into_iter()
             .try_for_each(|h| h.join().expect("delete thread panicked"))
     })
-}
-
-pub fn policy(g: &Global, a: &PolicyArgs) -> Result<Outcome> {
-    let repo = open::open(g)?;
-    let mut out = std::io::stdout().lock();
-    match &a.command {
-        PolicyCommand::Show => {
-            let (policy, group, source) = effective(&repo, &KeepArgs::default(), None)?;
-            if g.json {
-                let v = serde_json::json!({
-                    "source": source, "policy": policy, "group_by": group.names(),
-                });
-                writeln!(out, "{v}")?;
-            } else {
-                writeln!(out, "{} ({source})", policy.describe())?;
-                writeln!(out, "grouped by: {}", group.names().join(","))?;
-            }
-        }
-        PolicyCommand::Set { keep, group_by } => {
-            let policy = keep.policy();
-            if policy.is_empty() {
-                bail!("a policy needs at least one --keep-* rule");
-            }
-            let group = match group_by {
-                Some(s) => GroupBy::parse(s).map_err(|e| anyhow!(e))?,
-                None => GroupBy::default(),
-            };
-            let stored = StoredPolicy {
-                version: 1,
-                time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-                policy,
-                group_by: group.names(),
-            };
-            repo.save_policy(&stored)?;
-            if !g.quiet {
-                writeln!(out, "policy set: {}", stored.policy.describe())?;
-            }
-        }
-        PolicyCommand::Reset => {
-            for (id, _) in repo.store().list(Kind::Policy)? {
-                repo.store().delete(Kind::Policy, &id)?;
-            }
-            if !g.quiet {
-                writeln!(
-                    out,
-                    "policy reset: {}",
-                    Policy::continuous_default().describe()
-                )?;
-            }
-        }
-    }
-    Ok(Outcome::Ok)
 }

@@ -60,10 +60,10 @@ pub struct MountArgs {
     /// An existing directory to mount on.
     pub mountpoint: PathBuf,
     /// Look for new snapshots at most this often (when `snapshots/`, `ids/` or `latest` is read).
-    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = crate::watch::parse_duration)]
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = crate::parse::duration)]
     pub refresh: Duration,
     /// Memory for decrypted file chunks, shared by all readers (the least recently used go first).
-    #[arg(long, default_value = "64MiB", value_name = "SIZE", value_parser = crate::watch::parse_size)]
+    #[arg(long, default_value = "64MiB", value_name = "SIZE", value_parser = crate::parse::size)]
     pub cache_size: u64,
     /// Let other users in too (the kernel checks the stored modes and owners); unless run as
     /// root this needs `user_allow_other` in /etc/fuse.conf.
@@ -75,7 +75,7 @@ pub struct MountArgs {
 }
 
 /// Mounts, serves until SIGINT/SIGTERM (or an unmount from outside), then unmounts.
-pub fn mount(g: &Global, a: &MountArgs, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
+pub fn run(g: &Global, a: &MountArgs, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
     let meta = std::fs::metadata(&a.mountpoint)
         .with_context(|| format!("mount point {}", a.mountpoint.display()))?;
     if !meta.is_dir() {
