@@ -43,6 +43,13 @@ pub struct Global {
     /// Directory of the local snapshot cache (default: $XDG_CACHE_HOME/tidemark, ~/.cache/tidemark).
     #[arg(long, env = "TIDEMARK_CACHE_DIR", global = true, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Shortens the lease of this process's session, and the lease it judges other writers by
+    /// (`docs/format.md` §19), from 10 minutes to DURATION: tests pause writers past a lease of
+    /// seconds. Hidden, and named so, because it is not a tuning knob: nothing records it in the
+    /// repository, and a prune given a shorter lease than a running writer's would find that
+    /// writer dead while it still stores, and delete packs it uses.
+    #[arg(long, global = true, hide = true, value_name = "DURATION", value_parser = crate::parse::lease)]
+    pub lease_for_testing: Option<tidemark_core::lifecycle::Lease>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,5 +130,30 @@ mod tests {
         assert!(parse(&["abc", "--revision", "7"]).is_err());
         assert!(parse(&["--at", "-1h", "--revision", "7"]).is_err());
         assert!(parse(&["--at", "soon"]).is_err());
+    }
+
+    /// `--lease-for-testing` is global (it goes to every command, before or after its name) and
+    /// hidden from --help.
+    #[test]
+    fn the_lease_flag_is_global_and_hidden() {
+        use clap::{CommandFactory, Parser};
+        let two =
+            Some(tidemark_core::lifecycle::Lease::new(std::time::Duration::from_secs(2)).unwrap());
+        for args in [
+            &["tidemark", "--lease-for-testing", "2s", "prune"][..],
+            &["tidemark", "backup", "--lease-for-testing", "2", "/src"][..],
+        ] {
+            assert_eq!(
+                Cli::try_parse_from(args).unwrap().global.lease_for_testing,
+                two,
+                "{args:?}"
+            );
+        }
+        assert!(Cli::try_parse_from(["tidemark", "--lease-for-testing", "1h", "prune"]).is_err());
+        let help = Cli::command().render_long_help().to_string();
+        assert!(
+            help.contains("--cache-dir") && !help.contains("lease"),
+            "{help}"
+        );
     }
 }

@@ -139,6 +139,9 @@ pub fn open(g: &Global) -> Result<Repository> {
         })?
     };
     repo.set_cache_dir(cache_dir(g));
+    if let Some(lease) = g.lease_for_testing {
+        repo.set_lease(lease);
+    }
     Ok(repo)
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use tidemark_core::check::DataSubset;
+use tidemark_core::lifecycle::Lease;
 
 /// The examples every duration error names.
 const DURATION_EXAMPLES: &str = "500ms, 2s, 5m, 1h, 7d, 1d12h, 2w, 1y";
@@ -91,6 +92,11 @@ pub fn percent(s: &str) -> Result<f64, String> {
         return Err(format!("{s:?} is not between 0% and 100%"));
     }
     Ok(v / 100.0)
+}
+
+/// `--lease-for-testing`: a [`duration`] of more than zero, at most the default lease (10 min).
+pub fn lease(s: &str) -> Result<Lease, String> {
+    Lease::new(duration(s)?).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// `--read-data-subset`: N/M (part N of M), P% (a random share of the packs) or a SIZE.
@@ -231,6 +237,23 @@ mod tests {
             let err = duration(bad).expect_err(bad);
             assert!(err.contains("is not a duration"), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn leases() {
+        let l = lease("2s").unwrap();
+        assert_eq!(
+            (l.stale_after(), l.dead_after()),
+            (Duration::from_secs(2), Duration::from_secs(6))
+        );
+        assert_eq!(lease("10m"), Ok(Lease::DEFAULT));
+        let e = lease("11m").unwrap_err();
+        assert!(
+            e.starts_with("\"11m\": ") && e.contains("can only be shortened"),
+            "{e}"
+        );
+        assert!(lease("0s").is_err());
+        assert!(lease("soon").unwrap_err().contains("is not a duration"));
     }
 
     #[test]

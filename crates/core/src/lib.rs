@@ -12,6 +12,39 @@
 //! [`pack::PackBuilder`], and [`clock::Clock`] (where every time-based decision reads the time).
 //! The byte layouts are in `docs/format.md`.
 //!
+//! Two paths lead into a repository:
+//! * **One-shot** ([`backup::backup`], [`restore::restore`], [`check`], [`prune`]): a command
+//!   walks a tree (or a snapshot) once, in a pipeline of threads, and writes a snapshot (or
+//!   files) at the end.
+//! * **Continuous** ([`capture::Capturer`] over [`watch`]'s change queue): every change becomes
+//!   a [`batch::Batch`] that `tidemark-cluster`'s engine appends to its log and applies to a live
+//!   tree; the engine seals it into a snapshot every 500 ms. Both paths read the disk through
+//!   [`source`] and store through [`pack::Packer`], so a `backup` and a seal of the same tree
+//!   give the same root tree id.
+//!
+//! The one-shot path, from a directory to a snapshot and back:
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::{atomic::AtomicBool, Arc};
+//! use tidemark_core::backup::{backup, BackupOptions, BackupProgress};
+//! use tidemark_core::repo::{InitOptions, Repository};
+//! use tidemark_core::restore::{restore, RestoreOptions, RestoreProgress};
+//!
+//! let src = tempfile::tempdir()?;
+//! std::fs::write(src.path().join("a.txt"), b"hello")?;
+//! let mut repo = Repository::init(Arc::new(tidemark_testkit::MemStore::new()), &InitOptions::default())?;
+//! repo.load_index()?;
+//! let opts = BackupOptions { paths: vec![src.path().to_path_buf()], ..BackupOptions::default() };
+//! let done = backup(&mut repo, &opts, &BackupProgress::default(), &AtomicBool::new(false))?;
+//!
+//! let dst = tempfile::tempdir()?;
+//! let to = RestoreOptions { target: dst.path().to_path_buf(), ..RestoreOptions::default() };
+//! restore(&repo, &done.snapshot.tree, &to, &RestoreProgress::default())?;
+//! let restored = dst.path().join(src.path().strip_prefix("/")?).join("a.txt");
+//! assert_eq!(std::fs::read(restored)?, b"hello");
+//! # Ok(()) }
+//! ```
+//!
 //! ```
 //! # fn main() -> tidemark_core::Result<()> {
 //! use tidemark_core::chunk::{Chunker, ChunkerParams};

@@ -34,25 +34,67 @@ pub const STALE_AFTER: Duration = Duration::from_secs(10 * 60);
 /// A session not renewed for this long is dead to `prune` (twice the lease: clock skew).
 pub const DEAD_AFTER: Duration = Duration::from_secs(30 * 60);
 
-/// `STALE_AFTER`, or the seconds in `TIDEMARK_STALE_AFTER` (a test knob: tests pause writers
-/// past a lease of seconds instead of minutes). [`renew_every`] and [`dead_after`] keep their
-/// ratios to it (1/2 and 3).
-pub fn stale_after() -> Duration {
-    std::env::var("TIDEMARK_STALE_AFTER")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map_or(STALE_AFTER, Duration::from_secs_f64)
+/// The lease every writer takes and every judge of writers assumes (`docs/format.md` §19): a
+/// writer stores nothing once its last renewal is older than [`Lease::stale_after`]; it renews
+/// every [`Lease::renew_every`]; prune finds it dead after [`Lease::dead_after`].
+///
+/// The default is [`STALE_AFTER`]. A shorter one is for tests that pause writers past a lease
+/// of seconds instead of minutes; the renewal period and the dead time keep their ratios to it
+/// (1/2 and 3). A [`Repository`](crate::repo::Repository) carries
+/// one ([`Repository::set_lease`](crate::repo::Repository::set_lease)): its sessions, its lease
+/// checks and its prunes read it. Nothing records it in the repository, so every process that
+/// writes to or prunes one repository must use the same lease: a prune with a shorter one than a
+/// writer's would judge that writer dead while it may still store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    stale_after: Duration,
 }
 
-/// How often a writer renews: [`RENEW_EVERY`], or half of the `TIDEMARK_STALE_AFTER` test knob.
-pub fn renew_every() -> Duration {
-    RENEW_EVERY.min(stale_after() / 2)
+impl Lease {
+    /// The lease of [`STALE_AFTER`], renewed every [`RENEW_EVERY`], dead after [`DEAD_AFTER`].
+    pub const DEFAULT: Lease = Lease {
+        stale_after: STALE_AFTER,
+    };
+
+    /// A lease of `stale_after`: more than zero and at most [`STALE_AFTER`] (a longer lease
+    /// would outlive [`DEAD_AFTER`], and prune would delete under a writer that still stores).
+    pub fn new(stale_after: Duration) -> Result<Self> {
+        if stale_after.is_zero() {
+            return Err(Error::Invalid("a lease must be longer than zero".into()));
+        }
+        if stale_after > STALE_AFTER {
+            return Err(Error::Invalid(format!(
+                "a lease of {}s is longer than the default {}s: a lease can only be shortened \
+                 (prune finds a writer dead after at most {}s)",
+                stale_after.as_secs_f64(),
+                STALE_AFTER.as_secs(),
+                DEAD_AFTER.as_secs()
+            )));
+        }
+        Ok(Lease { stale_after })
+    }
+
+    /// A writer whose last renewal is older than this stores nothing more.
+    pub fn stale_after(self) -> Duration {
+        self.stale_after
+    }
+
+    /// How often a writer renews: [`RENEW_EVERY`], or half the lease if that is shorter.
+    pub fn renew_every(self) -> Duration {
+        RENEW_EVERY.min(self.stale_after / 2)
+    }
+
+    /// When a session is dead to prune: [`DEAD_AFTER`], or three times the lease if that is
+    /// shorter.
+    pub fn dead_after(self) -> Duration {
+        DEAD_AFTER.min(self.stale_after * 3)
+    }
 }
 
-/// When a session is dead to `prune`: [`DEAD_AFTER`], or three times the test knob.
-pub fn dead_after() -> Duration {
-    DEAD_AFTER.min(stale_after() * 3)
+impl Default for Lease {
+    fn default() -> Self {
+        Lease::DEFAULT
+    }
 }
 
 /// The clocks a lease needs ([`Clock`] under the name leases used first).
@@ -166,6 +208,8 @@ struct Shared {
     store: Arc<dyn Store>,
     crypto: Crypto,
     clock: Arc<dyn LeaseClock>,
+    /// How long a renewal holds, by `clock.since_boot()`.
+    lease: Lease,
     /// The current object and what it says. Held only to read or replace them, never across a
     /// put: a slow store must not block [`Session::check`] (every write checks the lease).
     current: Mutex<(ObjectId, SessionInfo)>,
@@ -213,22 +257,23 @@ impl Shared {
     fn fresh(&self, command: &str, at: Duration) -> Result<()> {
         let mut lapsed = self.lapsed.lock().expect("session lock");
         let gap = at.saturating_sub(*self.last_ok.lock().expect("session lock"));
-        if lapsed.is_none() && gap > stale_after() {
+        let limit = self.lease.stale_after();
+        if lapsed.is_none() && gap > limit {
             *lapsed = Some(gap);
         }
         match *lapsed {
             None => Ok(()),
-            Some(gap) => Err(lapsed_error(command, gap)),
+            Some(gap) => Err(lapsed_error(command, gap, limit)),
         }
     }
 }
 
-fn lapsed_error(command: &str, gap: Duration) -> Error {
+fn lapsed_error(command: &str, gap: Duration, limit: Duration) -> Error {
     Error::Invalid(format!(
         "this {command} was paused too long (its session was last renewed {}s before it \
          noticed, limit {}s); prune may have run: start again",
         gap.as_secs(),
-        stale_after().as_secs()
+        limit.as_secs()
     ))
 }
 
@@ -240,15 +285,17 @@ pub struct Session {
 }
 
 impl Session {
-    /// Stores a new session (its `view` is now, so call this before reading deletion records
-    /// and the index) and starts renewing it.
+    /// Stores a new session under the default [`Lease`] (its `view` is now, so call this before
+    /// reading deletion records and the index) and starts renewing it.
+    /// [`Repository::begin_session`](crate::repo::Repository::begin_session) starts one under
+    /// the repository's lease and clock.
     pub fn start(
         store: Arc<dyn Store>,
         crypto: &Crypto,
         command: &str,
         host: &str,
     ) -> Result<Self> {
-        Self::start_every(store, crypto, command, host, renew_every())
+        Self::start_every(store, crypto, command, host, Lease::DEFAULT.renew_every())
     }
 
     /// Like [`Session::start`] with another renewal period (tests).
@@ -259,15 +306,25 @@ impl Session {
         host: &str,
         every: Duration,
     ) -> Result<Self> {
-        Self::start_with(store, crypto, command, host, every, Arc::new(SystemClock))
+        Self::start_with(
+            store,
+            crypto,
+            command,
+            host,
+            Lease::DEFAULT,
+            every,
+            Arc::new(SystemClock),
+        )
     }
 
-    /// Like [`Session::start_every`] with other clocks (tests: a skewed or paused writer).
+    /// Like [`Session::start_every`] with another lease and clock (the repository's; tests: a
+    /// skewed or paused writer). The renewing thread waits `every` between renewals.
     pub fn start_with(
         store: Arc<dyn Store>,
         crypto: &Crypto,
         command: &str,
         host: &str,
+        lease: Lease,
         every: Duration,
         clock: Arc<dyn LeaseClock>,
     ) -> Result<Self> {
@@ -292,6 +349,7 @@ impl Session {
             store,
             crypto: crypto.clone(),
             clock,
+            lease,
             current: Mutex::new((id, info)),
             renewing: Mutex::new(()),
             last_ok: Mutex::new(began),
@@ -410,7 +468,7 @@ pub struct DeletionRecord {
     /// The condemned packs.
     pub packs: Vec<PackId>,
     /// Session objects prune listed before `time` that no earlier record names. One still in
-    /// the repository, unchanged, [`dead_after`] after `time` (by the clock of a later prune)
+    /// the repository, unchanged, [`Lease::dead_after`] after `time` (by the clock of a later prune)
     /// belongs to a writer that has stored nothing for that long: it is dead.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sessions: Vec<ObjectId>,
@@ -452,7 +510,7 @@ impl DeletionRecord {
 
 /// Which writers `prune` (or `repair index`) must reckon with, judged by its own clock alone
 /// (`docs/format.md` §19): a writer's object is dead once a record sighted it more than
-/// [`dead_after`] ago by the judge's clock and it is still there, i.e. it was not renewed.
+/// [`Lease::dead_after`] ago by the judge's clock and it is still there, i.e. it was not renewed.
 #[derive(Debug, Default)]
 pub struct Liveness {
     /// The newest object of each live writer, by its `refreshed` (one writer's clock).
@@ -464,11 +522,13 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    /// Judges `sessions` by the sightings in `records`, at `now` by the judge's clock.
+    /// Judges `sessions` by the sightings in `records`, at `now` by the judge's clock, under
+    /// `lease` (the judge's repository's).
     pub fn judge(
         sessions: Vec<(ObjectId, SessionInfo)>,
         records: &[(ObjectId, DeletionRecord)],
         now: DateTime<Utc>,
+        lease: Lease,
     ) -> Self {
         let mut sighted: HashMap<ObjectId, DateTime<Utc>> = HashMap::new();
         for (_, r) in records {
@@ -482,7 +542,7 @@ impl Liveness {
             sighted.get(id).is_some_and(|t| {
                 now.signed_duration_since(*t)
                     .to_std()
-                    .is_ok_and(|age| age > dead_after())
+                    .is_ok_and(|age| age > lease.dead_after())
             })
         };
         let mut out = Liveness::default();
@@ -642,6 +702,7 @@ mod tests {
             &crypto,
             "backup",
             "h",
+            Lease::DEFAULT,
             Duration::from_secs(3600),
             clock.clone(),
         )
@@ -785,7 +846,7 @@ mod tests {
             (b1, info("b", "2020-01-01T00:00:00Z")),
             (b2, info("b", "2020-01-01T00:10:00Z")),
         ];
-        let l = Liveness::judge(sessions.clone(), &[], now);
+        let l = Liveness::judge(sessions.clone(), &[], now, Lease::DEFAULT);
         assert_eq!(
             l.live.len(),
             2,
@@ -798,14 +859,108 @@ mod tests {
         let sighted =
             |t, ids: Vec<ObjectId>| (ObjectId([9; 32]), DeletionRecord::at(t, Vec::new(), ids));
         // Sighted 29 minutes ago: still live.
-        let l = Liveness::judge(sessions.clone(), &[sighted(minutes(29), vec![a, b1])], now);
+        let l = Liveness::judge(
+            sessions.clone(),
+            &[sighted(minutes(29), vec![a, b1])],
+            now,
+            Lease::DEFAULT,
+        );
         assert_eq!(l.live.len(), 2);
         assert_eq!(l.unsighted, vec![b2]);
         // 31 minutes: `a` is dead; `b` renewed since (b2 is new), so it lives, newest first.
-        let l = Liveness::judge(sessions, &[sighted(minutes(31), vec![a, b1])], now);
+        let l = Liveness::judge(
+            sessions,
+            &[sighted(minutes(31), vec![a, b1])],
+            now,
+            Lease::DEFAULT,
+        );
         assert_eq!(l.dead, vec![a]);
         assert_eq!(l.live.len(), 1);
         assert_eq!(l.live[0].0, b2);
+    }
+
+    /// The default lease is §19's (10, 5 and 30 minutes); a shorter one keeps the ratios, each
+    /// capped at its default; a lease of zero or longer than the default is refused.
+    #[test]
+    fn a_lease_keeps_its_ratios_and_can_only_be_shortened() {
+        let l = Lease::default();
+        assert_eq!(
+            (l.stale_after(), l.renew_every(), l.dead_after()),
+            (STALE_AFTER, RENEW_EVERY, DEAD_AFTER)
+        );
+        let l = Lease::new(Duration::from_secs(2)).unwrap();
+        assert_eq!(
+            (l.stale_after(), l.renew_every(), l.dead_after()),
+            (
+                Duration::from_secs(2),
+                Duration::from_secs(1),
+                Duration::from_secs(6)
+            )
+        );
+        // Nine minutes: half and three times it are both under their caps.
+        let l = Lease::new(Duration::from_secs(9 * 60)).unwrap();
+        assert_eq!(l.renew_every(), Duration::from_secs(270));
+        assert_eq!(l.dead_after(), Duration::from_secs(27 * 60));
+        assert_eq!(Lease::new(STALE_AFTER).unwrap(), Lease::DEFAULT);
+        let e = Lease::new(STALE_AFTER + Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("can only be shortened"), "{e}");
+        assert!(Lease::new(Duration::ZERO).is_err());
+    }
+
+    /// A session lapses by its own lease: a gap of 3 s ends one under a 2 s lease, not one under
+    /// the default.
+    #[test]
+    fn a_session_lapses_by_its_lease() {
+        let store: Arc<dyn Store> = Arc::new(Mem::default());
+        let crypto = Crypto::plain([7; 32]);
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let start = |lease| {
+            Session::start_with(
+                Arc::clone(&store),
+                &crypto,
+                "backup",
+                "h",
+                lease,
+                Duration::from_secs(3600),
+                clock.clone(),
+            )
+            .unwrap()
+        };
+        let short = start(Lease::new(Duration::from_secs(2)).unwrap());
+        let long = start(Lease::DEFAULT);
+        clock.advance(Duration::from_secs(3));
+        let e = short.check().unwrap_err().to_string();
+        assert!(
+            e.contains("paused too long") && e.contains("limit 2s"),
+            "{e}"
+        );
+        assert!(short.renew().is_err());
+        long.check().unwrap();
+        long.renew().unwrap();
+    }
+
+    /// Prune finds a writer dead after three times a short lease, by the judge's clock.
+    #[test]
+    fn liveness_follows_the_judges_lease() {
+        let now = Utc::now();
+        let a = ObjectId([1; 32]);
+        let sessions = vec![(a, info("a", "2020-01-01T00:00:00Z"))];
+        let seconds = |s: i64| {
+            let t = now - chrono::Duration::seconds(s);
+            vec![(
+                ObjectId([9; 32]),
+                DeletionRecord::at(t, Vec::new(), vec![a]),
+            )]
+        };
+        let short = Lease::new(Duration::from_secs(2)).unwrap();
+        let l = Liveness::judge(sessions.clone(), &seconds(5), now, short);
+        assert!(l.dead.is_empty(), "5 s < 6 s: live");
+        let l = Liveness::judge(sessions.clone(), &seconds(7), now, short);
+        assert_eq!(l.dead, vec![a]);
+        let l = Liveness::judge(sessions, &seconds(7), now, Lease::DEFAULT);
+        assert!(l.dead.is_empty(), "the default lease waits 30 minutes");
     }
 
     #[test]

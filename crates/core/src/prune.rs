@@ -252,7 +252,8 @@ pub fn plan(
     let now = clock.wall();
     let listed = lifecycle::sessions(&*store, &crypto)?;
     let records = lifecycle::deletions(&*store, &crypto)?;
-    let liveness = Liveness::judge(listed, &records, now);
+    let lease = repo.lease();
+    let liveness = Liveness::judge(listed, &records, now, lease);
     if own_object.is_some() {
         liveness.sight(&*store, &crypto, now, own_object.as_ref())?;
     }
@@ -282,7 +283,7 @@ pub fn plan(
             other.host,
             other.pid,
             other.started,
-            lifecycle::dead_after().as_secs().div_ceil(60)
+            lease.dead_after().as_secs().div_ceil(60)
         )));
     }
     let sessions: Vec<lifecycle::SessionInfo> = liveness

@@ -117,7 +117,8 @@ fn refuse_beside_prune(repo: &Repository) -> Result<()> {
     let (store, crypto) = (repo.store(), repo.crypto());
     let now = chrono::Utc::now();
     let records = lifecycle::deletions(&**store, crypto)?;
-    let liveness = Liveness::judge(lifecycle::sessions(&**store, crypto)?, &records, now);
+    let lease = repo.lease();
+    let liveness = Liveness::judge(lifecycle::sessions(&**store, crypto)?, &records, now, lease);
     let own = repo.session().map(|s| s.info().writer);
     // Sighting the prune's session lets a later prune or repair find it dead if it crashed.
     liveness.sight(
@@ -133,7 +134,7 @@ fn refuse_beside_prune(repo: &Repository) -> Result<()> {
             p.host,
             p.pid,
             p.started,
-            lifecycle::dead_after().as_secs().div_ceil(60)
+            lease.dead_after().as_secs().div_ceil(60)
         ))),
         None => Ok(()),
     }

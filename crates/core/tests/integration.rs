@@ -4,6 +4,7 @@
 mod integration {
     pub mod common;
     pub mod golden;
+    pub mod lease;
     pub mod prune;
     pub mod repair;
 }

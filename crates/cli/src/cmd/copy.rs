@@ -65,6 +65,7 @@ pub fn open_from(g: &Global, a: &FromArgs) -> Result<Repository> {
         quiet: g.quiet,
         no_cache: g.no_cache,
         cache_dir: g.cache_dir.clone(),
+        lease_for_testing: g.lease_for_testing,
     };
     let (store, _) = open::store(&fg)?;
     let mut repo = Repository::open(store, &mut || {

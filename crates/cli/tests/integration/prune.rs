@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidemark_core::id::{Kind, ObjectId};
-use tidemark_core::lifecycle::{self, LeaseClock, ManualClock, Session};
+use tidemark_core::lifecycle::{self, Lease, LeaseClock, ManualClock, Session};
 use tidemark_core::prune::{prune, prune_with_clock, PruneOptions};
 use tidemark_core::repair::repair_index;
 use tidemark_core::repo::Repository;
@@ -210,6 +210,7 @@ fn prune_with_writers_skewed_an_hour_either_way() {
             &crypto,
             "backup",
             "skewed",
+            Lease::DEFAULT,
             Duration::from_secs(24 * 3600),
             writer_clock.clone(),
         )

@@ -2,8 +2,8 @@
 //! `prune` runs twice: the writer either fails cleanly ("paused too long") or finishes, and the
 //! repository passes `check --read-data` with every snapshot restoring (`docs/format.md` §19).
 //!
-//! The lease is shortened with the `TIDEMARK_STALE_AFTER` test knob: 2 s, so a session is dead to
-//! prune after 6 s.
+//! Every process (the writer and each prune) is given the hidden `--lease-for-testing 2s`: a
+//! session lapses after 2 s and is dead to prune after 6 s.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -16,8 +16,9 @@ use nix::unistd::Pid;
 
 use super::common::Repo;
 
-const STALE_AFTER: &str = "2";
-/// Past `dead_after` (3 × the knob) by prune's clock.
+/// The flag that shortens the lease of every process here: all must agree on it (§19).
+const LEASE: [&str; 2] = ["--lease-for-testing", "2s"];
+/// Past `dead_after` (3 × the lease) by prune's clock.
 const PAUSE: Duration = Duration::from_secs(7);
 
 /// Kills the child if the test fails while it is stopped (it would hold the test's pipes).
@@ -95,7 +96,7 @@ fn prune_twice(repo: &Repo) -> Vec<serde_json::Value> {
         }
         let o = repo
             .cmd()
-            .env("TIDEMARK_STALE_AFTER", STALE_AFTER)
+            .args(LEASE)
             .args(["--json", "prune", "--keep-condemned", "0s"])
             .output()
             .unwrap();
@@ -180,7 +181,7 @@ fn prune_twice_while_a_backup_is_stopped_past_its_lease() {
 
     let mut backup = Reaper(
         repo.cmd()
-            .env("TIDEMARK_STALE_AFTER", STALE_AFTER)
+            .args(LEASE)
             .args(["backup", "--quiet", src.to_str().unwrap()])
             .stderr(Stdio::piped())
             .spawn()
@@ -220,7 +221,7 @@ fn prune_twice_while_watch_is_stopped_past_its_lease() {
     let state = repo.dir.path().join("state");
     let mut watch = Reaper(
         repo.cmd()
-            .env("TIDEMARK_STALE_AFTER", STALE_AFTER)
+            .args(LEASE)
             .args([
                 "watch",
                 "--json",

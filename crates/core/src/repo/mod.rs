@@ -45,7 +45,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::crypto::{Crypto, KdfParams, KeyFile, MasterKey, EMPTY_PASSWORD};
 use crate::error::{Error, Result};
 use crate::id::{Kind, ObjectId};
-use crate::lifecycle::Session;
+use crate::lifecycle::{Lease, Session};
 use crate::store::{Store, CONFIG_ID};
 
 /// Settings for a new repository.
@@ -103,9 +103,9 @@ impl Default for InitOptions {
 /// An open repository: a cheap `Clone` handle.
 ///
 /// Clones share the store, the keys, the chunker and the index (an index loaded or added to
-/// through one is seen by all). The config, the snapshot cache directory, the clock and the
-/// session are the handle's own: a clone made after [`Repository::begin_session`] shares that
-/// session, one made before has none.
+/// through one is seen by all). The config, the snapshot cache directory, the clock, the lease
+/// and the session are the handle's own: a clone made after [`Repository::begin_session`] shares
+/// that session, one made before has none.
 #[derive(Clone)]
 pub struct Repository {
     store: Arc<dyn Store>,
@@ -115,6 +115,8 @@ pub struct Repository {
     key_id: Option<ObjectId>,
     index: Arc<SharedIndex>,
     clock: Arc<dyn Clock>,
+    /// The lease this handle's sessions take and its prunes judge other writers by.
+    lease: Lease,
     /// Base directory of the local snapshot cache (`docs/format.md` §16); `None`: no cache.
     cache_dir: Option<PathBuf>,
     /// This writer's lease and what it has revalidated (`docs/format.md` §19), if it writes.
@@ -248,6 +250,7 @@ impl Repository {
             key_id,
             index: Arc::new(SharedIndex::default()),
             clock: Arc::new(SystemClock),
+            lease: Lease::DEFAULT,
             cache_dir: None,
             session: None,
         })
@@ -283,6 +286,19 @@ impl Repository {
     /// stamps read it (tests use a [`crate::clock::ManualClock`]).
     pub fn set_clock(&mut self, clock: Arc<dyn Clock>) {
         self.clock = clock;
+    }
+
+    /// The lease this handle's sessions take, and that its prunes and `repair index` judge other
+    /// writers by ([`Lease::DEFAULT`] unless [`Repository::set_lease`] changed it).
+    pub fn lease(&self) -> Lease {
+        self.lease
+    }
+
+    /// Sets the lease: sessions begun after this, and prunes and `repair index` runs, read it
+    /// (tests shorten it to pause writers past it in seconds). Every process that writes to or
+    /// prunes the repository must use the same lease (see [`Lease`]).
+    pub fn set_lease(&mut self, lease: Lease) {
+        self.lease = lease;
     }
 
     /// The key file this session unlocked with.

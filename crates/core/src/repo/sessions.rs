@@ -9,8 +9,9 @@ use crate::error::Result;
 use crate::lifecycle::Session;
 
 impl Repository {
-    /// Starts this writer's session (`docs/format.md` §19); call before [`Repository::load_index`],
-    /// so that the session's view covers the deletion records it reads.
+    /// Starts this writer's session (`docs/format.md` §19) under the handle's lease and clock;
+    /// call before [`Repository::load_index`], so that the session's view covers the deletion
+    /// records it reads.
     ///
     /// A version-1 config of an encrypted repository is upgraded to version 2 (authenticated)
     /// first: a writer holds the key (`docs/format.md` §3).
@@ -23,7 +24,8 @@ impl Repository {
             &self.crypto,
             command,
             host,
-            crate::lifecycle::renew_every(),
+            self.lease,
+            self.lease.renew_every(),
             Arc::clone(&self.clock),
         )?));
         Ok(())
