@@ -366,8 +366,8 @@ impl Engine {
     /// Seals what was applied so far (no-op when nothing changed) and purges the log up to it.
     /// Returns the repository snapshot, if there is one.
     ///
-    /// A seal is a log entry ([`crate::Seal`], stamped here by the proposer with [`now_ns`] and this
-    /// replica's options), so that every replica seals the same revision and root tree at the
+    /// A seal is a log entry ([`crate::Seal`], stamped here by the proposer with the repository's
+    /// clock and this replica's options: [`StateMachine::stamp_now`]), so that every replica seals the same revision and root tree at the
     /// same index. Before proposing it, the open data pack is stored on the blocking pool
     /// ([`StateMachine::prepare_seal`]), so applying the entry only writes trees, the index and
     /// the snapshot. A store failure comes back as [`Error::Store`] and leaves the engine running
@@ -383,7 +383,7 @@ impl Engine {
             tokio::task::spawn_blocking(move || sm.prepare_seal())
                 .await
                 .map_err(|e| Error::Invalid(format!("the seal task failed: {e}")))??;
-            let stamp = self.opts.sm.stamp(now_ns());
+            let stamp = self.sm.stamp_now();
             let applied = self
                 .raft
                 .client_write(Request::Seal(Arc::new(stamp)))
@@ -448,14 +448,6 @@ impl Engine {
             .map_err(|e| Error::Fatal(format!("stopping: {e}")))?;
         Ok(sealed)
     }
-}
-
-/// The one clock of the engine: a seal's stamp (and, outside the engine, a state machine's own
-/// seal) takes its time from here, ns since the epoch.
-pub(crate) fn now_ns() -> i64 {
-    chrono::Utc::now()
-        .timestamp_nanos_opt()
-        .expect("the clock is between 1677 and 2262")
 }
 
 fn fatal(e: impl std::fmt::Display) -> Error {

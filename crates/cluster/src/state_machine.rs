@@ -38,6 +38,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tidemark_core::batch::{Batch, Edit, NewBlob};
+use tidemark_core::clock::Clock;
 use tidemark_core::id::{BlobId, Kind, PackId, SnapshotId};
 use tidemark_core::pack::{BlobKind, FinishedPack, Packer};
 use tidemark_core::repo::Repository;
@@ -349,12 +350,15 @@ pub struct StateMachine {
     sealing: Arc<Mutex<()>>,
     /// Notified when an apply's packs are stored ([`SmPacker::in_flight`] went down).
     idle: Arc<Condvar>,
+    /// The repository's clock: a seal proposed here is stamped with its time.
+    clock: Arc<dyn Clock>,
 }
 
 impl StateMachine {
     /// Opens the state machine over `catalog` and `repo` (whose index must be loaded). Its applied
     /// state is the catalog's last durable commit, i.e. the last seal.
     pub fn open(catalog: Catalog, repo: Repository, opts: SmOptions) -> Result<Self> {
+        let clock = Arc::clone(repo.clock());
         let applied = catalog
             .meta::<LogIdJson>("applied")?
             .map(LogIdJson::to_log_id);
@@ -435,7 +439,20 @@ impl StateMachine {
             inner: Arc::new(Mutex::new(inner)),
             sealing: Arc::new(Mutex::new(())),
             idle: Arc::new(Condvar::new()),
+            clock,
         })
+    }
+
+    /// A seal stamp for now: the repository's clock ([`Repository::set_clock`]) and this
+    /// replica's host, path and ancestors. Only the proposer stamps; every replica applies the
+    /// stamp it finds in the log.
+    pub fn stamp_now(&self) -> Seal {
+        let ns = self
+            .clock
+            .now()
+            .timestamp_nanos_opt()
+            .expect("the clock is between 1677 and 2262");
+        self.lock().opts.stamp(ns)
     }
 
     /// Gives the state machine the log it applies, so that it can replay what it applied since
@@ -607,7 +624,12 @@ impl StateMachine {
                 return Ok(cur);
             }
         }
-        let stamp = g.opts.stamp(crate::engine::now_ns());
+        let ns = self
+            .clock
+            .now()
+            .timestamp_nanos_opt()
+            .expect("the clock is between 1677 and 2262");
+        let stamp = g.opts.stamp(ns);
         match g.seal(at.as_ref(), &stamp, Instant::now()) {
             Ok(s) => Ok(s),
             Err(e) => Err(g.store_failed(e)),

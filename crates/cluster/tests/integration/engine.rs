@@ -326,3 +326,30 @@ fn issue_10_apply_stores_packs_off_the_runtime_workers() {
         "pack puts ran on an async worker"
     );
 }
+
+/// Issue 10: a seal is stamped with the repository's clock (the `Clock` seam), not the process's,
+/// and the stamp is what the snapshot says.
+#[test]
+fn issue_10_a_seal_takes_its_time_from_the_repositorys_clock() {
+    use chrono::TimeZone;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut repo = repo();
+    let when = chrono::Utc.with_ymd_and_hms(2031, 5, 6, 7, 8, 9).unwrap();
+    let clock = std::sync::Arc::new(tidemark_core::clock::ManualClock::new(when));
+    repo.set_clock(clock.clone());
+    rt().block_on(async {
+        let (engine, _) = open_engine(repo.clone(), tmp.path()).await;
+        engine.write(batch(&repo, &[("a", b"1")])).await.unwrap();
+        let first = engine.seal().await.unwrap().expect("a snapshot");
+        clock.advance(std::time::Duration::from_secs(90));
+        engine.write(batch(&repo, &[("b", b"2")])).await.unwrap();
+        let second = engine.seal().await.unwrap().expect("a snapshot");
+        let time = |id| {
+            let s = repo.load_snapshot(id).unwrap();
+            chrono::DateTime::parse_from_rfc3339(&s.time).unwrap()
+        };
+        assert_eq!(time(&first.id), when);
+        assert_eq!(time(&second.id), when + chrono::Duration::seconds(90));
+        engine.shutdown().await.unwrap();
+    });
+}
